@@ -1,0 +1,36 @@
+# Every target sets itself up: it makes .venv on first use, and reinstalls
+# when pyproject.toml changes (the stamp file is older than it).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEV    := $(VENV)/.installed-dev
+
+.PHONY: demo test lint typecheck bench clean
+
+demo: $(DEV)
+	$(PY) -m naive.demo
+
+test: lint typecheck
+	$(PY) -m pytest
+
+lint: $(DEV)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: $(DEV)
+	$(PY) -m mypy
+
+bench: $(DEV)
+	$(PY) -m benchmarks.throughput_latency
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed; set PYTHON=/path/to/python3.11")'
+	$(PYTHON) -m venv $(VENV)
+
+$(DEV): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks *.egg-info

@@ -1,0 +1,144 @@
+"""Helpers the tests share: the tiers, their options, and a recording handler.
+
+Tests synchronise on conditions and events through these helpers, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections import Counter
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+# The tiers the suite runs against; the list grows as tiers land.
+TIERS = ("naive",)
+
+# The options each tier takes (beyond the handler), as the contract fixes them.
+OPTIONS: dict[str, frozenset[str]] = {
+    "naive": frozenset({"workers"}),
+    "improved": frozenset(
+        {"workers", "queue_size", "max_retries", "backoff", "max_backoff", "job_timeout"}
+    ),
+    "final": frozenset(
+        {
+            "workers",
+            "queue_size",
+            "max_retries",
+            "backoff",
+            "max_backoff",
+            "job_timeout",
+            "fairness",
+            "rate_limit",
+            "path",
+        }
+    ),
+}
+ALL_OPTIONS = OPTIONS["final"]
+
+# Long enough for a loaded 2-core machine; only reached when something is wrong.
+PATIENCE = 10.0
+
+
+class Boom(Exception):
+    """What a test handler raises to fail an attempt."""
+
+
+class Recorder:
+    """A handler that records every attempt, holds chosen jobs at a gate, fails others.
+
+    ``hold(job)`` says whether the attempt waits at the gate until ``release()``;
+    ``fail(job, attempt_number)`` says whether the attempt raises ``Boom``.
+    """
+
+    def __init__(
+        self,
+        *,
+        hold: Callable[[Any], bool] = lambda job: False,
+        fail: Callable[[Any, int], bool] = lambda job, n: False,
+    ) -> None:
+        self._hold = hold
+        self._fail = fail
+        self._gate = threading.Event()
+        self._cond = threading.Condition()
+        self.attempts: Counter[str] = Counter()
+        self.order: list[str] = []  # ids in the order their attempts started
+        self.succeeded: list[str] = []
+
+    def __call__(self, job: Any) -> None:
+        with self._cond:
+            self.attempts[job.id] += 1
+            number = self.attempts[job.id]
+            self.order.append(job.id)
+            self._cond.notify_all()
+        if self._hold(job):
+            self._gate.wait()
+        if self._fail(job, number):
+            raise Boom(f"{job.id} attempt {number}")
+        with self._cond:
+            self.succeeded.append(job.id)
+            self._cond.notify_all()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def wait_until(self, predicate: Callable[[Recorder], bool], what: str) -> None:
+        """Wait (on a condition, not a sleep) until ``predicate(self)`` holds."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: predicate(self), PATIENCE):
+                raise AssertionError(f"gave up after {PATIENCE}s waiting for {what}")
+
+    def wait_started(self, n: int) -> None:
+        self.wait_until(lambda r: len(r.order) >= n, f"{n} attempts to start")
+
+
+class Tier:
+    """One tier under test: its module, and queues that are closed after the test."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.module: ModuleType = importlib.import_module(name)
+        self._queues: list[Any] = []
+        self._recorders: list[Recorder] = []
+
+    def __repr__(self) -> str:
+        return f"Tier({self.name!r})"
+
+    @property
+    def Job(self) -> Any:
+        return self.module.Job
+
+    @property
+    def Priority(self) -> Any:
+        return self.module.Priority
+
+    @property
+    def QueueFull(self) -> Any:
+        return self.module.QueueFull
+
+    @property
+    def QueueClosed(self) -> Any:
+        return self.module.QueueClosed
+
+    def supports(self, option: str) -> bool:
+        return option in OPTIONS[self.name]
+
+    def queue(self, handler: Callable[[Any], object], **options: Any) -> Any:
+        """A JobQueue of this tier, given the options it takes and none it lacks.
+
+        A test states the setting it wants (say ``queue_size=3``); on a tier without
+        that option the test then shows what the tier does without it.
+        """
+        kept = {k: v for k, v in options.items() if k in OPTIONS[self.name]}
+        if isinstance(handler, Recorder):
+            self._recorders.append(handler)
+        q = self.module.JobQueue(handler, **kept)
+        self._queues.append(q)
+        return q
+
+    def cleanup(self) -> None:
+        for recorder in self._recorders:
+            recorder.release()
+        for q in self._queues:
+            q.close(timeout=PATIENCE)
