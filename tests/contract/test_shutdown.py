@@ -68,10 +68,10 @@ def test_close_runs_the_queued_jobs_before_returning(tier: Tier) -> None:
 @pytest.mark.lacks(naive="naive: no metrics; what close() dropped is not even counted")
 def test_close_with_a_timeout_counts_the_jobs_it_left_as_lost(tier: Tier) -> None:
     q, recorder = _held_with_queue(tier, 5)
+    assert hasattr(q, "metrics")
     q.close(timeout=0.05)  # returns while the gate job still runs
     recorder.release()
     assert q.join(timeout=PATIENCE)
-    assert hasattr(q, "metrics")
     m = q.metrics()
     assert m.lost == 5
     assert recorder.succeeded == ["gate"]  # started before close: never abandoned

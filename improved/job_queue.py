@@ -1,0 +1,532 @@
+"""The improved tier: bounded priority lanes, retries, timeouts, metrics, graceful shutdown.
+
+What it fixes from naive, lesson by lesson:
+
+1. Backpressure. Each priority has its own lane of ``queue_size`` jobs. ``enqueue``
+   blocks while the job's lane is full and raises ``QueueFull`` once ``timeout``
+   has passed, so a fast producer is slowed down instead of filling memory.
+2. Priority. A free worker always takes the oldest job of the highest non-empty lane.
+3. Retries. A failed attempt is retried up to ``max_retries`` times, after an
+   exponential backoff with jitter (``backoff_delay``). A job waiting out its
+   backoff sits in one timer heap served by one scheduler thread: it holds neither
+   a worker nor a producer.
+4. Timeouts. ``job_timeout`` bounds one attempt. Python cannot kill a thread, so a
+   timed-out attempt is *abandoned*: it is counted as timed out and retried, and a
+   fresh worker thread takes its slot so that the pool keeps its capacity. The
+   abandoned thread runs on until its handler returns; its result is ignored.
+   At most ``workers`` threads may be abandoned at once: past that, a timed-out
+   worker is not replaced (the pool shrinks until one comes back) rather than
+   growing threads without bound. ``metrics().abandoned`` shows how many there
+   are. A handler can cooperate: ``current_attempt()`` returns the running
+   ``Attempt``, whose ``expired`` and ``time_left()`` say when to give up.
+5. Graceful shutdown. ``close()`` stops accepting, runs what is queued, in flight
+   and waiting to retry, and returns with no thread of the queue left running.
+   ``close(timeout)`` returns when the timeout passes and counts the jobs it left
+   unrun as ``lost``; it never abandons an attempt that has started. A queue
+   nobody closed is closed at interpreter exit, before its daemon workers die.
+6. Metrics. ``metrics()`` returns a ``Metrics`` snapshot taken under the one lock,
+   so its counters always agree with each other.
+
+What it still gets wrong:
+
+7. Starvation. Strict priority means a steady stream of HIGH jobs keeps a LOW job
+   waiting for ever.
+8. No status by id and no dead letter queue. A job that fails for good is
+   counted and gone; nobody can look it up or replay it.
+9. No idempotency: the same work enqueued twice runs twice.
+10. A crash loses everything: lanes, retry timers and counters live in memory.
+"""
+
+from __future__ import annotations
+
+import atexit
+import enum
+import heapq
+import itertools
+import logging
+import math
+import random
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+
+__all__ = [
+    "Attempt",
+    "Job",
+    "JobQueue",
+    "Metrics",
+    "Priority",
+    "QueueClosed",
+    "QueueFull",
+    "backoff_delay",
+    "current_attempt",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class Priority(enum.IntEnum):
+    """How urgent a job is. Iteration order is the order a worker looks in."""
+
+    HIGH = 2
+    MEDIUM = 1
+    LOW = 0
+
+
+@dataclass(slots=True)
+class Job:
+    """One unit of work. The handler decides what ``payload`` means."""
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    payload: bytes = b""
+    priority: Priority = Priority.MEDIUM
+
+
+class QueueFull(Exception):
+    """The job's lane stayed full past the timeout given to ``enqueue``."""
+
+
+class QueueClosed(Exception):
+    """``close()`` has begun: the queue accepts no more jobs."""
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """A consistent snapshot: when the queue is idle, submitted == completed + failed + lost."""
+
+    submitted: int  # accepted by enqueue
+    started: int  # attempts begun
+    completed: int  # jobs that succeeded
+    failed: int  # jobs that failed for good (their last attempt failed)
+    retried: int  # retries scheduled
+    timed_out: int  # attempts that ran past job_timeout
+    lost: int  # accepted jobs that close(timeout) left unrun
+    queued: int  # gauge: jobs waiting in the lanes
+    retrying: int  # gauge: jobs waiting out a backoff
+    in_flight: int  # gauge: attempts running (abandoned ones excluded)
+    abandoned: int  # gauge: threads still running an attempt that timed out
+
+
+@dataclass(slots=True, eq=False)
+class Attempt:
+    """One run of the handler on one job; ``current_attempt()`` returns it to the handler."""
+
+    job: Job
+    number: int  # 1 for the first attempt, 2 for the first retry, ...
+    deadline: float | None  # time.monotonic() after which the attempt has timed out
+    thread: threading.Thread
+    abandoned: bool = False  # set, under the queue's lock, when the attempt times out
+
+    @property
+    def expired(self) -> bool:
+        """True once the deadline has passed: a cooperative handler stops here."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def time_left(self) -> float | None:
+        """Seconds until the deadline (0 once past it), or None when there is no timeout."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+
+_current = threading.local()
+
+
+def current_attempt() -> Attempt:
+    """The attempt the calling handler is running; ``RuntimeError`` outside a handler."""
+    attempt: Attempt | None = getattr(_current, "attempt", None)
+    if attempt is None:
+        raise RuntimeError("current_attempt() is only meaningful inside a handler")
+    return attempt
+
+
+def backoff_delay(
+    retry: int, backoff: float, max_backoff: float, rand: Callable[[], float] = random.random
+) -> float:
+    """Seconds to wait before retry number ``retry`` (1 for the first retry).
+
+    The ceiling is ``min(max_backoff, backoff * 2**(retry-1))``, and the delay is
+    drawn uniformly from its upper half ("equal jitter"). Why not full jitter,
+    uniform over the whole [0, ceiling]? Full jitter spreads a herd of retries a
+    little better, but it may retry almost at once, which is exactly what a failing
+    service does not need. Equal jitter keeps at least half of the promised rest
+    and still spreads jobs that failed together over the other half.
+    """
+    ceiling = min(max_backoff, backoff * 2.0 ** min(retry - 1, 64))
+    return ceiling / 2 + rand() * ceiling / 2
+
+
+Handler = Callable[[Job], object]
+_Retry = tuple[float, int, Job, int]  # (due, tie-breaker, job, attempts made)
+
+
+class JobQueue:
+    """Run ``handler(job)`` on ``workers`` threads for every job given to ``enqueue``.
+
+    The handler succeeds when it returns and fails when it raises an ``Exception``.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        workers: int = 4,
+        queue_size: int = 1000,
+        max_retries: int = 3,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        job_timeout: float | None = None,
+    ) -> None:
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {type(handler).__name__}")
+        _check_int("workers", workers, minimum=1)
+        _check_int("queue_size", queue_size, minimum=1)
+        _check_int("max_retries", max_retries, minimum=0)
+        _check_seconds("backoff", backoff)
+        _check_seconds("max_backoff", max_backoff)
+        if max_backoff < backoff:
+            raise ValueError(f"max_backoff ({max_backoff!r}) must be >= backoff ({backoff!r})")
+        if job_timeout is not None:
+            _check_seconds("job_timeout", job_timeout, positive=True)
+        self._handler = handler
+        self._workers = workers
+        self._queue_size = queue_size
+        self._max_retries = max_retries
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._job_timeout = job_timeout
+
+        # One lock guards everything below; every condition is built on it.
+        self._mutex = threading.Lock()
+        # Notified when a job enters a lane (enqueue, a retry falling due) and at
+        # stop; idle workers wait on it.
+        self._not_empty = threading.Condition(self._mutex)
+        # One per lane, notified when a worker takes a job from that lane and at
+        # close; producers blocked on that lane wait on it. Per lane, because room
+        # in the LOW lane must not wake (and use up the wake-up of) a HIGH producer.
+        self._lane_not_full = {p: threading.Condition(self._mutex) for p in Priority}
+        # Notified when the last accepted job settles; join() and close() wait on it.
+        self._all_settled = threading.Condition(self._mutex)
+        # Notified when the scheduler's next wake-up moves earlier (a retry or a
+        # deadline sooner than the one it sleeps towards) and at stop; the
+        # scheduler thread waits on it.
+        self._timer_changed = threading.Condition(self._mutex)
+
+        # The lanes hold (job, attempts made so far), highest priority first.
+        self._lanes = {p: deque[tuple[Job, int]]() for p in Priority}
+        self._retries: list[_Retry] = []  # a heap, soonest first
+        self._running: set[Attempt] = set()
+        self._next_wake = math.inf  # when the scheduler means to wake next
+        self._seq = 0
+        self._unsettled = 0  # accepted and not yet settled
+        self._closing = False  # close() has begun: enqueue refuses
+        self._stopping = False  # workers and scheduler leave; what is left is lost
+        self._counts = dict.fromkeys(
+            ("submitted", "started", "completed", "failed", "retried", "timed_out", "lost"), 0
+        )
+        self._abandoned = 0
+        self._live_workers = 0  # worker threads not running an abandoned attempt
+        self._threads: set[threading.Thread] = set()  # what close() joins
+        self._thread_names = itertools.count()
+
+        # Daemon threads, so that a hung handler cannot hold up interpreter exit;
+        # the atexit hook below is what lets queued work finish first.
+        for _ in range(workers):
+            self._start_worker()
+        scheduler = threading.Thread(target=self._scheduler, name="improved-scheduler", daemon=True)
+        self._threads.add(scheduler)
+        scheduler.start()
+        # atexit runs before the interpreter stops daemon threads, so a queue that
+        # was never closed drains at exit instead of dying mid-job (naive's lesson 5).
+        # A weak reference, so that the hook does not keep the queue alive.
+        ref = weakref.ref(self)
+
+        def close_at_exit() -> None:
+            if (queue := ref()) is not None:
+                queue.close()
+
+        self._atexit_hook = close_at_exit
+        atexit.register(close_at_exit)
+
+    # -- the contract ------------------------------------------------------------------
+
+    def enqueue(self, job: Job, timeout: float | None = None) -> None:
+        """Accept ``job`` into its priority's lane.
+
+        Blocks while the lane is full. Raises ``QueueFull`` if it is still full after
+        ``timeout`` seconds (``0``: do not wait; ``None``: wait as long as it takes),
+        ``QueueClosed`` once ``close()`` has begun (a blocked producer is woken to
+        raise it), and ``TypeError`` for anything that is not a ``Job`` with a
+        ``Priority``.
+        """
+        _check_job(job)
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
+        with self._mutex:
+            lane = self._lanes[job.priority]
+            if len(lane) >= self._queue_size and not self._closing:
+                if timeout == 0:
+                    raise QueueFull(f"the {job.priority.name} lane is full")
+                not_full = self._lane_not_full[job.priority]
+                endtime = None if timeout is None else time.monotonic() + timeout
+                while len(lane) >= self._queue_size and not self._closing:
+                    remaining = None if endtime is None else endtime - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise QueueFull(
+                            f"the {job.priority.name} lane stayed full for {timeout}s; "
+                            "slow the producer down, or add workers"
+                        )
+                    not_full.wait(remaining)
+            if self._closing:
+                raise QueueClosed("the queue is closed; create a new JobQueue to run more jobs")
+            lane.append((job, 0))
+            self._counts["submitted"] += 1
+            self._unsettled += 1
+            self._not_empty.notify()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every accepted job has settled; ``False`` if ``timeout`` passed first."""
+        with self._mutex:
+            return self._all_settled.wait_for(lambda: self._unsettled == 0, timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop accepting jobs, run the ones accepted, and return.
+
+        Without ``timeout``, returns once every accepted job has settled (retries
+        included) and every thread of the queue has ended. With ``timeout``, returns
+        when it passes: jobs not yet started are counted as ``lost``; attempts that
+        have started are never abandoned, and settle on their own threads. Safe to
+        call twice; calling it from a handler is a ``RuntimeError`` (it would wait
+        for itself).
+        """
+        if threading.current_thread() in self._threads:
+            raise RuntimeError("close() from a handler would wait for its own job")
+        endtime = None if timeout is None else time.monotonic() + timeout
+        with self._mutex:
+            self._closing = True
+            for not_full in self._lane_not_full.values():
+                not_full.notify_all()
+            self._all_settled.wait_for(lambda: self._unsettled == 0, timeout)
+            if not self._stopping:
+                self._stop()
+            threads = list(self._threads)
+        atexit.unregister(self._atexit_hook)
+        for thread in threads:
+            thread.join(None if endtime is None else max(0.0, endtime - time.monotonic()))
+
+    def metrics(self) -> Metrics:
+        """A snapshot of the counters and gauges, all read under one lock."""
+        with self._mutex:
+            return Metrics(
+                **self._counts,
+                queued=sum(len(lane) for lane in self._lanes.values()),
+                retrying=len(self._retries),
+                in_flight=len(self._running),
+                abandoned=self._abandoned,
+            )
+
+    def __enter__(self) -> JobQueue:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the life of one job: taken, run, settled or retried ---------------------------
+
+    def _worker(self) -> None:
+        while (attempt := self._take()) is not None:
+            if not self._run(attempt):
+                return  # this thread was abandoned, and the pool no longer needs it
+
+    def _take(self) -> Attempt | None:
+        with self._mutex:
+            # A loop, not an if: a wait can wake with nothing to do.
+            while not self._stopping:
+                lane = self._pick()
+                if lane is None:
+                    self._not_empty.wait()
+                    continue
+                job, attempts = lane.popleft()
+                self._lane_not_full[job.priority].notify()
+                deadline = None
+                if self._job_timeout is not None:
+                    deadline = time.monotonic() + self._job_timeout
+                    if deadline < self._next_wake:
+                        self._timer_changed.notify()
+                attempt = Attempt(job, attempts + 1, deadline, threading.current_thread())
+                self._running.add(attempt)
+                self._counts["started"] += 1
+                return attempt
+            return None
+
+    def _pick(self) -> deque[tuple[Job, int]] | None:
+        """Strict priority: the highest lane that is not empty. Holds the lock."""
+        for lane in self._lanes.values():  # HIGH first
+            if lane:
+                return lane
+        return None
+
+    def _run(self, attempt: Attempt) -> bool:
+        """Run one attempt; False when this thread should leave the pool."""
+        _current.attempt = attempt
+        try:
+            self._handler(attempt.job)
+        except Exception:
+            late = " after it had timed out; the result is ignored" if attempt.abandoned else ""
+            logger.warning(
+                "job %s attempt %d failed%s", attempt.job.id, attempt.number, late, exc_info=True
+            )
+            failed = True
+        else:
+            failed = False
+        finally:
+            _current.attempt = None
+        with self._mutex:
+            if attempt.abandoned:
+                return self._rejoin()
+            self._running.discard(attempt)
+            if failed:
+                self._fail(attempt)
+            else:
+                self._counts["completed"] += 1
+                self._settle()
+            return True
+
+    def _fail(self, attempt: Attempt) -> None:
+        """Retry the job after a backoff, or settle it as failed. Holds the lock."""
+        if self._stopping:
+            self._counts["lost"] += 1  # close(timeout) has passed: nobody will retry it
+            self._settle()
+        elif attempt.number <= self._max_retries:
+            due = time.monotonic() + backoff_delay(attempt.number, self._backoff, self._max_backoff)
+            self._seq += 1
+            heapq.heappush(self._retries, (due, self._seq, attempt.job, attempt.number))
+            self._counts["retried"] += 1
+            if due < self._next_wake:
+                self._timer_changed.notify()
+        else:
+            self._counts["failed"] += 1
+            self._settle()
+
+    def _settle(self) -> None:
+        """One accepted job is done with. Holds the lock."""
+        self._unsettled -= 1
+        if self._unsettled == 0:
+            self._all_settled.notify_all()
+
+    # -- the scheduler: retries falling due, attempts running out of time -------------
+
+    def _scheduler(self) -> None:
+        with self._mutex:
+            while not self._stopping:
+                now = time.monotonic()
+                wake = math.inf
+                # Deadlines first: timing an attempt out may push its retry onto the
+                # heap, and the wake-up below must account for it.
+                if self._job_timeout is not None:
+                    # At most `workers` attempts run at once, so a scan is cheap, and
+                    # it leaves no stale timer behind for each attempt that finished.
+                    for attempt in list(self._running):
+                        assert attempt.deadline is not None  # set for every attempt
+                        if attempt.deadline <= now:
+                            self._time_out(attempt)
+                        else:
+                            wake = min(wake, attempt.deadline)
+                while self._retries and self._retries[0][0] <= now:
+                    _, _, job, attempts = heapq.heappop(self._retries)
+                    # A retry goes back even into a full lane: it was accepted once,
+                    # and backpressure is for new work. A lane can therefore hold up
+                    # to queue_size plus the jobs coming back from a backoff.
+                    self._lanes[job.priority].append((job, attempts))
+                    self._not_empty.notify()
+                if self._retries:
+                    wake = min(wake, self._retries[0][0])
+                self._next_wake = wake
+                self._timer_changed.wait(None if wake == math.inf else wake - now)
+
+    def _time_out(self, attempt: Attempt) -> None:
+        """Abandon an attempt past its deadline, and keep the pool full. Holds the lock."""
+        self._running.discard(attempt)
+        attempt.abandoned = True
+        self._threads.discard(attempt.thread)
+        self._counts["timed_out"] += 1
+        self._abandoned += 1
+        self._live_workers -= 1
+        logger.warning(
+            "job %s attempt %d timed out after %ss; its thread is abandoned",
+            attempt.job.id,
+            attempt.number,
+            self._job_timeout,
+        )
+        self._fail(attempt)
+        if self._abandoned <= self._workers:
+            self._start_worker()
+
+    def _rejoin(self) -> bool:
+        """An abandoned thread's handler returned. Holds the lock."""
+        self._abandoned -= 1
+        if self._live_workers < self._workers and not self._stopping:
+            # The cap kept this slot empty: the thread can fill it again itself.
+            self._live_workers += 1
+            self._threads.add(threading.current_thread())
+            return True
+        return False
+
+    def _start_worker(self) -> None:
+        """Holds the lock, or runs in the constructor before any thread exists."""
+        thread = threading.Thread(
+            target=self._worker,
+            name=f"improved-worker-{next(self._thread_names)}",
+            daemon=True,
+        )
+        self._live_workers += 1
+        self._threads.add(thread)
+        thread.start()
+
+    def _stop(self) -> None:
+        """Workers and scheduler leave; jobs not started are lost. Holds the lock."""
+        self._stopping = True
+        left = sum(len(lane) for lane in self._lanes.values()) + len(self._retries)
+        for lane in self._lanes.values():
+            lane.clear()
+        self._retries.clear()
+        self._counts["lost"] += left
+        self._unsettled -= left
+        if self._unsettled == 0:
+            self._all_settled.notify_all()
+        self._not_empty.notify_all()
+        self._timer_changed.notify_all()
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_seconds(name: str, value: object, *, positive: bool = False) -> None:
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > 0 if positive else value >= 0)
+    )
+    if not ok:
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+
+
+def _check_job(job: object) -> None:
+    if not isinstance(job, Job):
+        raise TypeError(f"enqueue takes a Job, got {type(job).__name__}")
+    if not isinstance(job.priority, Priority):
+        raise TypeError(f"Job.priority must be a Priority, got {job.priority!r}")
