@@ -171,12 +171,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {system:<20}{median:>12,.0f}{ratio}   {spread}")
 
     lat: dict[str, list[Latency]] = {s: [] for s in args.systems}
-    for _ in range(max(1, args.rounds // 2)):
+    for _ in range(args.rounds):
         for system in args.systems:
             lat[system].append(latency(system, args.rate, args.seconds))
     print(
         f"\nlatency, enqueue returned -> handler started, {args.rate:,.0f} jobs/s offered "
-        f"for {args.seconds}s, round with the median p99 of {max(1, args.rounds // 2)}"
+        f"for {args.seconds}s, round with the median p99 of {args.rounds}"
     )
     print(f"  {'system':<20}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'achieved/s':>12}")
     chosen: dict[str, Latency] = {}
