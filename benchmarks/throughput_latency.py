@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import final
 import improved
 import naive
 
@@ -72,6 +73,7 @@ SYSTEMS: dict[str, Callable[[], Runner]] = {
     "naive": lambda: run_tier(naive),
     # Default options: a lane of 1,000, so the producer really meets backpressure.
     "improved": lambda: run_tier(improved),
+    "final": lambda: run_tier(final),
 }
 
 
@@ -116,7 +118,7 @@ def latency(system: str, rate: float, seconds: float) -> Latency:
         with ThreadPoolExecutor(WORKERS) as pool:
             elapsed = produce(lambda i: _discard(pool.submit(on_start, i)))
     else:
-        module = {"naive": naive, "improved": improved}[system]
+        module = {"naive": naive, "improved": improved, "final": final}[system]
         with module.JobQueue(lambda job: on_start(int(job.id)), workers=WORKERS) as q:
             elapsed = produce(lambda i: q.enqueue(module.Job(id=str(i))))
             q.join()

@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import Any
 
 # The tiers the suite runs against; the list grows as tiers land.
-TIERS = ("naive", "improved")
+TIERS = ("naive", "improved", "final")
 
 # The options each tier takes (beyond the handler), as the contract fixes them.
 OPTIONS: dict[str, frozenset[str]] = {
@@ -32,6 +32,7 @@ OPTIONS: dict[str, frozenset[str]] = {
             "fairness",
             "rate_limit",
             "path",
+            "history",
         }
     ),
 }

@@ -8,8 +8,12 @@ import textwrap
 import tracemalloc
 from pathlib import Path
 
+import pytest
+
 import naive
 from tests.support import PATIENCE, Recorder
+
+pytestmark = pytest.mark.tiers("naive")
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -60,7 +60,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         callspec = getattr(item, "callspec", None)
         tier = callspec.params.get("tier") if callspec else None
-        (drop if tier is not None and tier not in wanted else keep).append(item)
+        only = item.get_closest_marker("tiers")
+        if tier is not None:
+            selected = tier in wanted
+        elif only is not None:  # a tier's own tests that take no tier fixture
+            selected = any(name in wanted for name in only.args)
+        else:
+            selected = True
+        (keep if selected else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

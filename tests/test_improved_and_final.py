@@ -1,4 +1,5 @@
-"""What the improved tier adds beyond the shared contract: backoff, timeouts, metrics, exit."""
+"""What improved adds beyond the shared contract, and final keeps: backoff, timeouts,
+metrics, exit. These run against both tiers (``tier`` is improved or final)."""
 
 from __future__ import annotations
 
@@ -14,32 +15,21 @@ from typing import Any
 
 import pytest
 
-import improved
-from improved import Job, JobQueue, backoff_delay, current_attempt
-from tests.support import PATIENCE, Boom, Recorder
+from tests.support import PATIENCE, Boom, Recorder, Tier
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"backoff": 0.001, "max_backoff": 0.01}
 
+pytestmark = pytest.mark.tiers("improved", "final")
+
 
 @pytest.fixture
-def queues() -> Any:
-    """Queues made by a test, closed after it (with their recorders' gates opened)."""
-    made: list[tuple[JobQueue, Recorder | None]] = []
-
-    def make(handler: Any, **options: Any) -> JobQueue:
-        q = JobQueue(handler, **options)
-        made.append((q, handler if isinstance(handler, Recorder) else None))
-        return q
-
-    yield make
-    for q, recorder in made:
-        if recorder is not None:
-            recorder.release()
-        q.close(timeout=PATIENCE)
+def queues(tier: Tier) -> Any:
+    """Make a queue of the tier under test; the tier fixture closes it afterwards."""
+    return tier.queue
 
 
-def wait_for_metrics(q: JobQueue, predicate: Any, what: str) -> improved.Metrics:
+def wait_for_metrics(q: Any, predicate: Any, what: str) -> Any:
     """Metrics change on worker threads with no event to wait on; poll them briefly."""
     deadline = time.monotonic() + PATIENCE
     while not predicate(m := q.metrics()):
@@ -53,32 +43,34 @@ def wait_for_metrics(q: JobQueue, predicate: Any, what: str) -> improved.Metrics
 
 
 @pytest.mark.parametrize("retry", range(1, 12))
-def test_backoff_doubles_from_the_base_up_to_the_cap(retry: int) -> None:
+def test_backoff_doubles_from_the_base_up_to_the_cap(tier: Tier, retry: int) -> None:
     ceiling = min(30.0, 1.0 * 2 ** (retry - 1))
-    assert backoff_delay(retry, 1.0, 30.0, rand=lambda: 1.0) == ceiling
+    assert tier.module.backoff_delay(retry, 1.0, 30.0, rand=lambda: 1.0) == ceiling
     # Equal jitter: never less than half the ceiling, so a failing service gets its rest.
-    assert backoff_delay(retry, 1.0, 30.0, rand=lambda: 0.0) == ceiling / 2
-    assert ceiling / 2 <= backoff_delay(retry, 1.0, 30.0) <= ceiling
+    assert tier.module.backoff_delay(retry, 1.0, 30.0, rand=lambda: 0.0) == ceiling / 2
+    assert ceiling / 2 <= tier.module.backoff_delay(retry, 1.0, 30.0) <= ceiling
 
 
-def test_backoff_of_a_huge_retry_number_is_the_cap_not_an_overflow() -> None:
-    assert backoff_delay(10_000, 1.0, 30.0, rand=lambda: 1.0) == 30.0
+def test_backoff_of_a_huge_retry_number_is_the_cap_not_an_overflow(tier: Tier) -> None:
+    assert tier.module.backoff_delay(10_000, 1.0, 30.0, rand=lambda: 1.0) == 30.0
 
 
-def test_backoff_jitter_spreads_retries_that_failed_together() -> None:
-    delays = {round(backoff_delay(3, 1.0, 30.0), 6) for _ in range(100)}
+def test_backoff_jitter_spreads_retries_that_failed_together(tier: Tier) -> None:
+    delays = {round(tier.module.backoff_delay(3, 1.0, 30.0), 6) for _ in range(100)}
     assert len(delays) > 90
 
 
-def test_retries_wait_at_least_half_their_nominal_backoff() -> None:
+def test_retries_wait_at_least_half_their_nominal_backoff(tier: Tier) -> None:
     starts: list[float] = []
 
-    def handler(job: Job) -> None:
+    def handler(job: Any) -> None:
         starts.append(time.monotonic())
         raise Boom
 
-    with JobQueue(handler, workers=1, max_retries=3, backoff=0.04, max_backoff=0.1) as q:
-        q.enqueue(Job())
+    with tier.module.JobQueue(
+        handler, workers=1, max_retries=3, backoff=0.04, max_backoff=0.1
+    ) as q:
+        q.enqueue(tier.Job())
         assert q.join(timeout=PATIENCE)
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(gaps) == 3
@@ -86,12 +78,12 @@ def test_retries_wait_at_least_half_their_nominal_backoff() -> None:
         assert gap >= nominal / 2
 
 
-def test_a_job_waiting_out_its_backoff_holds_no_worker(queues: Any) -> None:
+def test_a_job_waiting_out_its_backoff_holds_no_worker(tier: Tier, queues: Any) -> None:
     recorder = Recorder(fail=lambda job, n: job.id == "slow-retry")
     q = queues(recorder, workers=1, max_retries=1, backoff=60.0, max_backoff=60.0)
-    q.enqueue(Job(id="slow-retry"))
+    q.enqueue(tier.Job(id="slow-retry"))
     recorder.wait_started(1)
-    q.enqueue(Job(id="next"))
+    q.enqueue(tier.Job(id="next"))
     # The only worker is free for "next" while "slow-retry" waits a minute.
     recorder.wait_until(lambda r: r.succeeded == ["next"], "the job behind the retry")
     m = q.metrics()
@@ -100,10 +92,10 @@ def test_a_job_waiting_out_its_backoff_holds_no_worker(queues: Any) -> None:
     assert q.metrics().lost == 1  # close(timeout) counts the retry it did not wait for
 
 
-def test_close_waits_for_a_job_in_backoff_and_runs_its_retry() -> None:
+def test_close_waits_for_a_job_in_backoff_and_runs_its_retry(tier: Tier) -> None:
     recorder = Recorder(fail=lambda job, n: n == 1)
-    q = JobQueue(recorder, workers=2, max_retries=1, backoff=0.05, max_backoff=0.05)
-    q.enqueue(Job(id="flaky"))
+    q = tier.module.JobQueue(recorder, workers=2, max_retries=1, backoff=0.05, max_backoff=0.05)
+    q.enqueue(tier.Job(id="flaky"))
     recorder.wait_started(1)
     q.close()
     assert recorder.succeeded == ["flaky"]
@@ -114,12 +106,12 @@ def test_close_waits_for_a_job_in_backoff_and_runs_its_retry() -> None:
 # -- per-attempt timeouts --------------------------------------------------------------
 
 
-def test_a_hung_handler_times_out_while_other_jobs_keep_flowing(queues: Any) -> None:
+def test_a_hung_handler_times_out_while_other_jobs_keep_flowing(tier: Tier, queues: Any) -> None:
     recorder = Recorder(hold=lambda job: job.id == "hangs")
     q = queues(recorder, workers=2, job_timeout=0.1, max_retries=1, **FAST)
-    q.enqueue(Job(id="hangs"))
+    q.enqueue(tier.Job(id="hangs"))
     for i in range(200):
-        q.enqueue(Job(id=f"ok-{i}"))
+        q.enqueue(tier.Job(id=f"ok-{i}"))
     m = wait_for_metrics(q, lambda m: m.failed == 1, "the hung job to fail for good")
     assert m.timed_out == 2  # both of its attempts, each abandoned at its deadline
     assert m.abandoned == 2  # their threads still run the handler: Python cannot kill them
@@ -130,16 +122,16 @@ def test_a_hung_handler_times_out_while_other_jobs_keep_flowing(queues: Any) -> 
     assert (m.completed, m.failed, m.timed_out) == (200, 1, 2)
 
 
-def test_abandoned_threads_are_capped_at_the_number_of_workers(queues: Any) -> None:
+def test_abandoned_threads_are_capped_at_the_number_of_workers(tier: Tier, queues: Any) -> None:
     recorder = Recorder(hold=lambda job: job.id.startswith("hangs"))
     q = queues(recorder, workers=1, job_timeout=0.05, max_retries=0)
     for i in range(3):
-        q.enqueue(Job(id=f"hangs-{i}"))
+        q.enqueue(tier.Job(id=f"hangs-{i}"))
     m = wait_for_metrics(q, lambda m: m.timed_out == 2, "two attempts to time out")
     # The first abandoned thread was replaced; the second was not, so the third
     # job waits instead of a new thread being started for it.
     assert (m.abandoned, m.queued, m.in_flight) == (2, 1, 0)
-    workers = [t for t in threading.enumerate() if t.name.startswith("improved-worker")]
+    workers = [t for t in threading.enumerate() if t.name.startswith(f"{tier.name}-worker")]
     assert len(workers) <= 2
     recorder.release()  # a returning abandoned thread fills the empty slot itself
     assert q.join(timeout=PATIENCE)
@@ -147,18 +139,18 @@ def test_abandoned_threads_are_capped_at_the_number_of_workers(queues: Any) -> N
     wait_for_metrics(q, lambda m: m.abandoned == 0, "both abandoned threads to return")
 
 
-def test_a_handler_can_see_its_attempt_and_deadline(queues: Any) -> None:
+def test_a_handler_can_see_its_attempt_and_deadline(tier: Tier, queues: Any) -> None:
     seen: list[tuple[int, float | None, bool]] = []
 
-    def handler(job: Job) -> None:
-        attempt = current_attempt()
+    def handler(job: Any) -> None:
+        attempt = tier.module.current_attempt()
         assert attempt.job is job
         seen.append((attempt.number, attempt.time_left(), attempt.expired))
         if attempt.number == 1:
             raise Boom
 
     q = queues(handler, workers=1, job_timeout=5.0, max_retries=1, **FAST)
-    q.enqueue(Job())
+    q.enqueue(tier.Job())
     assert q.join(timeout=PATIENCE)
     assert [number for number, _, _ in seen] == [1, 2]
     for _, left, expired in seen:
@@ -166,31 +158,31 @@ def test_a_handler_can_see_its_attempt_and_deadline(queues: Any) -> None:
         assert not expired
 
 
-def test_a_cooperative_handler_stops_at_its_deadline(queues: Any) -> None:
+def test_a_cooperative_handler_stops_at_its_deadline(tier: Tier, queues: Any) -> None:
     stopped = threading.Event()
 
-    def handler(job: Job) -> None:
-        attempt = current_attempt()
+    def handler(job: Any) -> None:
+        attempt = tier.module.current_attempt()
         while not attempt.expired:
             stopped.wait(0.01)  # one slice of real work
         stopped.set()
 
     q = queues(handler, workers=1, job_timeout=0.05, max_retries=0)
-    q.enqueue(Job())
+    q.enqueue(tier.Job())
     assert stopped.wait(PATIENCE)
     assert q.join(timeout=PATIENCE)
     assert q.metrics().timed_out == 1
 
 
-def test_current_attempt_outside_a_handler_is_an_error() -> None:
+def test_current_attempt_outside_a_handler_is_an_error(tier: Tier) -> None:
     with pytest.raises(RuntimeError, match="inside a handler"):
-        current_attempt()
+        tier.module.current_attempt()
 
 
-def test_without_a_timeout_attempts_have_no_deadline(queues: Any) -> None:
+def test_without_a_timeout_attempts_have_no_deadline(tier: Tier, queues: Any) -> None:
     seen: list[float | None] = []
-    q = queues(lambda job: seen.append(current_attempt().time_left()), workers=1)
-    q.enqueue(Job())
+    q = queues(lambda job: seen.append(tier.module.current_attempt().time_left()), workers=1)
+    q.enqueue(tier.Job())
     assert q.join(timeout=PATIENCE)
     assert seen == [None]
 
@@ -199,11 +191,11 @@ def test_without_a_timeout_attempts_have_no_deadline(queues: Any) -> None:
 
 
 def test_every_failed_attempt_is_logged_with_its_traceback(
-    queues: Any, caplog: pytest.LogCaptureFixture
+    tier: Tier, queues: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="improved")
+    caplog.set_level(logging.WARNING, logger=tier.name)
     q = queues(Recorder(fail=lambda job, n: True), workers=1, max_retries=2, **FAST)
-    q.enqueue(Job(id="doomed"))
+    q.enqueue(tier.Job(id="doomed"))
     assert q.join(timeout=PATIENCE)
     records = [r for r in caplog.records if "doomed" in r.getMessage()]
     assert [r.getMessage() for r in records] == [
@@ -215,9 +207,11 @@ def test_every_failed_attempt_is_logged_with_its_traceback(
 # -- metrics under concurrency -----------------------------------------------------------
 
 
-def test_metrics_stay_consistent_under_eight_producers_and_failures(queues: Any) -> None:
+def test_metrics_stay_consistent_under_eight_producers_and_failures(
+    tier: Tier, queues: Any
+) -> None:
     producers, per_producer = 8, 5_000
-    logging.getLogger("improved").setLevel(logging.CRITICAL)  # 8,000 tracebacks is noise
+    logging.getLogger(tier.name).setLevel(logging.CRITICAL)  # 8,000 tracebacks is noise
     try:
         q = queues(
             Recorder(fail=lambda job, n: job.id.endswith("0")),  # 10% always fail
@@ -226,7 +220,7 @@ def test_metrics_stay_consistent_under_eight_producers_and_failures(queues: Any)
             max_retries=1,
             **FAST,
         )
-        snapshots: list[improved.Metrics] = []
+        snapshots: list[Any] = []
         done = threading.Event()
 
         def sample() -> None:
@@ -235,7 +229,7 @@ def test_metrics_stay_consistent_under_eight_producers_and_failures(queues: Any)
 
         def produce(p: int) -> None:
             for i in range(per_producer):
-                q.enqueue(Job(id=f"{p}-{i}"))
+                q.enqueue(tier.Job(id=f"{p}-{i}"))
 
         sampler = threading.Thread(target=sample)
         sampler.start()
@@ -248,7 +242,7 @@ def test_metrics_stay_consistent_under_eight_producers_and_failures(queues: Any)
         done.set()
         sampler.join()
     finally:
-        logging.getLogger("improved").setLevel(logging.NOTSET)
+        logging.getLogger(tier.name).setLevel(logging.NOTSET)
 
     total = producers * per_producer
     final = q.metrics()
@@ -285,29 +279,33 @@ def test_metrics_stay_consistent_under_eight_producers_and_failures(queues: Any)
         ({"job_timeout": "soon"}, "job_timeout"),
     ],
 )
-def test_a_bad_option_is_a_value_error_that_names_it(options: dict[str, Any], named: str) -> None:
+def test_a_bad_option_is_a_value_error_that_names_it(
+    tier: Tier, options: dict[str, Any], named: str
+) -> None:
     with pytest.raises(ValueError, match=named):
-        JobQueue(lambda job: None, **options)
+        tier.module.JobQueue(lambda job: None, **options)
 
 
 @pytest.mark.parametrize("timeout", [-1, float("nan")])
-def test_a_negative_enqueue_timeout_is_a_value_error(queues: Any, timeout: float) -> None:
+def test_a_negative_enqueue_timeout_is_a_value_error(
+    tier: Tier, queues: Any, timeout: float
+) -> None:
     q = queues(lambda job: None)
     with pytest.raises(ValueError, match="timeout"):
-        q.enqueue(Job(), timeout=timeout)
+        q.enqueue(tier.Job(), timeout=timeout)
 
 
-def test_close_from_a_handler_is_refused_rather_than_deadlocking(queues: Any) -> None:
+def test_close_from_a_handler_is_refused_rather_than_deadlocking(tier: Tier, queues: Any) -> None:
     errors: list[BaseException] = []
 
-    def handler(job: Job) -> None:
+    def handler(job: Any) -> None:
         try:
             q.close()
         except RuntimeError as exc:
             errors.append(exc)
 
     q = queues(handler, workers=1)
-    q.enqueue(Job())
+    q.enqueue(tier.Job())
     assert q.join(timeout=PATIENCE)
     assert len(errors) == 1 and "own job" in str(errors[0])
 
@@ -315,11 +313,11 @@ def test_close_from_a_handler_is_refused_rather_than_deadlocking(queues: Any) ->
 # -- shutdown ---------------------------------------------------------------------------------
 
 
-def test_no_thread_is_left_after_timeouts_once_their_handlers_return() -> None:
+def test_no_thread_is_left_after_timeouts_once_their_handlers_return(tier: Tier) -> None:
     before = set(threading.enumerate())
     recorder = Recorder(hold=lambda job: job.id == "hangs")
-    q = JobQueue(recorder, workers=2, job_timeout=0.05, max_retries=0)
-    q.enqueue(Job(id="hangs"))
+    q = tier.module.JobQueue(recorder, workers=2, job_timeout=0.05, max_retries=0)
+    q.enqueue(tier.Job(id="hangs"))
     wait_for_metrics(q, lambda m: m.timed_out == 1, "the attempt to time out")
     recorder.release()
     wait_for_metrics(q, lambda m: m.abandoned == 0, "the abandoned thread to return")
@@ -328,11 +326,11 @@ def test_no_thread_is_left_after_timeouts_once_their_handlers_return() -> None:
     assert left == []
 
 
-def test_a_queue_nobody_closed_still_runs_its_jobs_at_interpreter_exit() -> None:
+def test_a_queue_nobody_closed_still_runs_its_jobs_at_interpreter_exit(tier: Tier) -> None:
     script = textwrap.dedent(
         """
         import threading
-        from improved import Job, JobQueue
+        from {tier} import Job, JobQueue
         def handler(job):
             threading.Event().wait(0.05)
             print(job.id, flush=True)
@@ -341,7 +339,7 @@ def test_a_queue_nobody_closed_still_runs_its_jobs_at_interpreter_exit() -> None
             q.enqueue(Job(id=str(i)))
         print("exiting", flush=True)
         """
-    )
+    ).replace("{tier}", tier.name)
     out = subprocess.run(
         [sys.executable, "-c", script],
         cwd=ROOT,

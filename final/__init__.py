@@ -1,0 +1,33 @@
+"""The final tier: fairness, status, dead letters, idempotency, rate limiting. See job_queue.py."""
+
+from final.job_queue import (
+    Attempt,
+    DuplicateJob,
+    Job,
+    JobInfo,
+    JobQueue,
+    LaneMetrics,
+    Metrics,
+    Priority,
+    QueueClosed,
+    QueueFull,
+    Status,
+    backoff_delay,
+    current_attempt,
+)
+
+__all__ = [
+    "Attempt",
+    "DuplicateJob",
+    "Job",
+    "JobInfo",
+    "JobQueue",
+    "LaneMetrics",
+    "Metrics",
+    "Priority",
+    "QueueClosed",
+    "QueueFull",
+    "Status",
+    "backoff_delay",
+    "current_attempt",
+]

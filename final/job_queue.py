@@ -1,0 +1,945 @@
+"""The final tier: fairness, status by id, dead letters, idempotency, rate limiting.
+
+It keeps everything the improved tier fixed (lessons 1 to 6: backpressure, priority,
+retries with backoff, timeouts, graceful shutdown, metrics) and fixes what improved
+still got wrong:
+
+7. Starvation. Strict priority, except that after ``fairness`` picks in a row from
+   higher lanes while a lower lane waits, the lower lane's oldest job goes next
+   (see ``final/fairness.py`` for the exact bound and why a count of picks).
+8. Status and dead letters. ``status(job_id)`` and ``info(job_id)`` follow a job by
+   its id. A job that fails for good is ``FAILED`` and waits in ``dead_letters()``
+   until ``retry_dead(job_id)`` replays it with a fresh retry budget.
+9. Idempotency. A job may carry an ``idempotency_key``; enqueueing a second job with
+   a key already used raises ``DuplicateJob``, which names the first job's id. A job
+   may also carry its own ``max_retries``.
+10. Crashes: not yet. Every write goes through a store (``final/store.py``); the
+    ``MemoryStore`` used today keeps nothing, so a crash still loses everything, and
+    ``path`` raises ``NotImplementedError`` until the SQLite store exists.
+
+It also adds ``rate_limit`` (attempts started per second, a token bucket: see
+``final/rate_limit.py``), ``enqueue_many``, and metrics per priority with queue-wait
+percentiles and worker utilisation.
+
+Memory stays bounded: the queue remembers ``history`` settled jobs (100,000 by
+default), letting go of the oldest in batches once it holds a sixteenth more.
+Without a ``path``, ``status`` of a job it has let go of is ``None``, and its
+idempotency key may be used again; a dead letter let go of this way is logged at
+WARNING. Jobs not yet settled are never let go of.
+
+What it still gets wrong, or leaves to you:
+
+- Delivery is at least once, never exactly once: a job can run again after a crash
+  or a timeout, so handlers must be idempotent.
+- One process. Several machines need a shared database and a claim protocol
+  between them; the store interface is where that would begin.
+"""
+
+from __future__ import annotations
+
+import atexit
+import enum
+import heapq
+import itertools
+import logging
+import math
+import random
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from final.fairness import FairPicker
+from final.rate_limit import TokenBucket
+from final.store import MemoryStore, Store
+
+__all__ = [
+    "Attempt",
+    "DuplicateJob",
+    "Job",
+    "JobInfo",
+    "JobQueue",
+    "LaneMetrics",
+    "Metrics",
+    "Priority",
+    "QueueClosed",
+    "QueueFull",
+    "Status",
+    "backoff_delay",
+    "current_attempt",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_KEY_LENGTH = 1024  # for ids and idempotency keys: long enough for any real key
+
+
+class Priority(enum.IntEnum):
+    """How urgent a job is. Iteration order is the order a worker looks in."""
+
+    HIGH = 2
+    MEDIUM = 1
+    LOW = 0
+
+
+@dataclass(slots=True)
+class Job:
+    """One unit of work. The handler decides what ``payload`` means."""
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    payload: bytes = b""
+    priority: Priority = Priority.MEDIUM
+    idempotency_key: str | None = None  # a second job with this key is refused
+    max_retries: int | None = None  # this job's own budget; None: the queue's
+
+
+class Status(enum.Enum):
+    QUEUED = "queued"  # waiting in its lane
+    PROCESSING = "processing"  # an attempt is running
+    RETRYING = "retrying"  # waiting out a backoff before its next attempt
+    COMPLETED = "completed"  # succeeded
+    FAILED = "failed"  # failed for good: in the dead letters
+
+
+class QueueFull(Exception):
+    """The job's lane stayed full past the timeout given to ``enqueue``."""
+
+    accepted: int = 0  # enqueue_many: how many jobs before this one were accepted
+
+
+class QueueClosed(Exception):
+    """``close()`` has begun: the queue accepts no more jobs."""
+
+    accepted: int = 0
+
+
+class DuplicateJob(Exception):
+    """A job with this idempotency key (or this id) was accepted before: ``job_id`` is its id."""
+
+    accepted: int = 0
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+@dataclass(frozen=True, slots=True)
+class LaneMetrics:
+    """One priority's share of the counters and gauges."""
+
+    submitted: int
+    started: int
+    completed: int
+    failed: int
+    retried: int
+    timed_out: int
+    lost: int
+    queued: int
+    retrying: int
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """A consistent snapshot: when the queue is idle, submitted == completed + failed + lost."""
+
+    submitted: int  # accepted by enqueue, and replays from the dead letters
+    started: int  # attempts begun
+    completed: int  # jobs that succeeded
+    failed: int  # jobs that failed for good (went to the dead letters)
+    retried: int  # retries scheduled
+    timed_out: int  # attempts that ran past job_timeout
+    lost: int  # accepted jobs that close(timeout) left unrun
+    queued: int  # gauge: jobs waiting in the lanes
+    retrying: int  # gauge: jobs waiting out a backoff
+    in_flight: int  # gauge: attempts running (abandoned ones excluded)
+    abandoned: int  # gauge: threads still running an attempt that timed out
+    dead: int  # gauge: jobs in the dead letters
+    by_priority: Mapping[Priority, LaneMetrics]
+    wait_p50: float | None  # seconds from entering a lane to starting, recent attempts
+    wait_p99: float | None
+    utilization: float  # share of worker time spent in handlers since the queue began
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """What ``info(job_id)`` tells about one job. Times are ``time.time()`` values."""
+
+    id: str
+    priority: Priority
+    status: Status
+    attempts: int  # since it was accepted, or last replayed from the dead letters
+    max_retries: int
+    last_error: str | None
+    idempotency_key: str | None
+    enqueued_at: float
+    started_at: float | None  # the latest attempt's start
+    finished_at: float | None
+
+
+@dataclass(slots=True, eq=False)
+class Record:
+    """What the queue knows of one accepted job, and what a store keeps of it.
+
+    Times are ``time.monotonic()`` values, cheap to read on the hot path and immune
+    to clock changes; ``info()`` turns them into wall-clock times when asked.
+    """
+
+    job: Job
+    max_retries: int
+    status: Status = Status.QUEUED
+    attempts: int = 0
+    last_error: str | None = None
+    enqueued: float = 0.0
+    started: float | None = None  # the latest attempt's start
+    finished: float | None = None
+    ready: float = 0.0  # when it last entered its lane (or was enqueued)
+    # The running attempt, while there is one: its token (0 once it timed out),
+    # its deadline, and the worker thread running it.
+    token: int = 0
+    deadline: float | None = None
+    runner: threading.Thread | None = None
+    settled: int = 0  # its number in the order of settling, 0 while unsettled
+
+    def info(self) -> JobInfo:
+        to_wall = time.time() - time.monotonic()
+        return JobInfo(
+            self.job.id,
+            self.job.priority,
+            self.status,
+            self.attempts,
+            self.max_retries,
+            self.last_error,
+            self.job.idempotency_key,
+            self.enqueued + to_wall,
+            None if self.started is None else self.started + to_wall,
+            None if self.finished is None else self.finished + to_wall,
+        )
+
+
+@dataclass(slots=True, eq=False)
+class Attempt:
+    """One run of the handler on one job; ``current_attempt()`` returns it to the handler."""
+
+    job: Job
+    number: int  # 1 for the first attempt, 2 for the first retry, ...
+    deadline: float | None  # time.monotonic() after which the attempt has timed out
+    _record: Record
+    _token: int  # the record's token while this attempt is the one running
+
+    @property
+    def expired(self) -> bool:
+        """True once the deadline has passed: a cooperative handler stops here."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def time_left(self) -> float | None:
+        """Seconds until the deadline (0 once past it), or None when there is no timeout."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    @property
+    def abandoned(self) -> bool:
+        """True once the queue has timed this attempt out and moved on without it."""
+        return self._record.token != self._token
+
+
+_current = threading.local()
+
+
+def current_attempt() -> Attempt:
+    """The attempt the calling handler is running; ``RuntimeError`` outside a handler."""
+    attempt: Attempt | None = getattr(_current, "attempt", None)
+    if attempt is None:
+        raise RuntimeError("current_attempt() is only meaningful inside a handler")
+    return attempt
+
+
+def backoff_delay(
+    retry: int, backoff: float, max_backoff: float, rand: Callable[[], float] = random.random
+) -> float:
+    """Seconds to wait before retry number ``retry`` (1 for the first retry).
+
+    The ceiling is ``min(max_backoff, backoff * 2**(retry-1))``, and the delay is
+    drawn uniformly from its upper half ("equal jitter"): at least half the promised
+    rest for a failing service, and jobs that failed together spread over the rest.
+    """
+    ceiling = min(max_backoff, backoff * 2.0 ** min(retry - 1, 64))
+    return ceiling / 2 + rand() * ceiling / 2
+
+
+Handler = Callable[[Job], object]
+_Retry = tuple[float, int, Record]  # (due, tie-breaker, record)
+_COUNTERS = ("submitted", "started", "completed", "failed", "retried", "timed_out", "lost")
+_WAIT_WINDOW = 1000  # attempts the wait percentiles are computed over
+
+
+class JobQueue:
+    """Run ``handler(job)`` on ``workers`` threads for every job given to ``enqueue``.
+
+    The handler succeeds when it returns and fails when it raises an ``Exception``.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        workers: int = 4,
+        queue_size: int = 1000,
+        max_retries: int = 3,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        job_timeout: float | None = None,
+        fairness: int = 10,
+        rate_limit: float | None = None,
+        path: str | None = None,
+        history: int = 100_000,
+    ) -> None:
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {type(handler).__name__}")
+        _check_int("workers", workers, minimum=1)
+        _check_int("queue_size", queue_size, minimum=1)
+        _check_int("max_retries", max_retries, minimum=0)
+        _check_seconds("backoff", backoff)
+        _check_seconds("max_backoff", max_backoff)
+        if max_backoff < backoff:
+            raise ValueError(f"max_backoff ({max_backoff!r}) must be >= backoff ({backoff!r})")
+        if job_timeout is not None:
+            _check_seconds("job_timeout", job_timeout, positive=True)
+        _check_int("fairness", fairness, minimum=0)
+        if rate_limit is not None:
+            _check_seconds("rate_limit", rate_limit, positive=True)
+        _check_int("history", history, minimum=1)
+        if path is not None:
+            raise NotImplementedError("path: the SQLite store is not built yet")
+        self._handler = handler
+        self._workers = workers
+        self._queue_size = queue_size
+        self._max_retries = max_retries
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._job_timeout = job_timeout
+        self._history_size = history
+        self._store: Store = MemoryStore()
+        # A store that keeps nothing needs no unlocked window to write in.
+        self._durable = not isinstance(self._store, MemoryStore)
+
+        # One lock guards everything below; every condition is built on it.
+        self._mutex = threading.Lock()
+        # Notified when a job enters a lane (enqueue, a retry falling due, a replay)
+        # and at stop; idle workers wait on it (with a timeout, for a rate limit token).
+        self._not_empty = threading.Condition(self._mutex)
+        # One per lane, notified when a worker takes a job from that lane and at
+        # close; producers blocked on that lane wait on it. Per lane, because room
+        # in the LOW lane must not wake (and use up the wake-up of) a HIGH producer.
+        self._lane_not_full = {p: threading.Condition(self._mutex) for p in Priority}
+        # Notified when the last accepted job settles; join() and close() wait on it.
+        self._all_settled = threading.Condition(self._mutex)
+        # Notified when the scheduler's next wake-up moves earlier (a retry or a
+        # deadline sooner than the one it sleeps towards) and at stop; the
+        # scheduler thread waits on it.
+        self._timer_changed = threading.Condition(self._mutex)
+
+        self._lanes = {p: deque[Record]() for p in Priority}  # highest first
+        self._reserved = dict.fromkeys(Priority, 0)  # room taken by enqueues being stored
+        # Threads waiting on _not_empty and on each _lane_not_full. A notify is Python
+        # code even when nobody waits, and the hot path would pay for it on every job.
+        self._idle = 0
+        self._blocked = dict.fromkeys(Priority, 0)
+        self._picker = FairPicker(fairness, self._lanes)
+        now = time.monotonic()
+        self._bucket = None if rate_limit is None else TokenBucket(rate_limit, now)
+        self._retries: list[_Retry] = []  # a heap, soonest first
+        self._running: set[Record] = set()  # jobs with an attempt running
+        self._tokens = itertools.count(1)  # one per attempt; 0 means "timed out"
+        self._records: dict[str, Record] = {}  # every job we remember, by id
+        # The settled ones, oldest first, as (settle number, record): a replayed job
+        # settles again later, and its old entry is then recognised and skipped.
+        self._settled: deque[tuple[int, Record]] = deque()
+        self._settle_numbers = itertools.count(1)
+        self._dead: dict[str, Record] = {}  # the dead letters, a subset of the history
+        self._keys: dict[str, str] = {}  # idempotency key -> job id, for what we remember
+        self._next_wake = math.inf  # when the scheduler means to wake next
+        self._seq = 0
+        self._unsettled = 0  # accepted and not yet settled
+        self._closing = False  # close() has begun: enqueue refuses
+        self._stopping = False  # workers and scheduler leave; what is left is lost
+        self._counts = {p: dict.fromkeys(_COUNTERS, 0) for p in Priority}
+        self._waits: deque[float] = deque(maxlen=_WAIT_WINDOW)
+        self._busy = 0.0  # seconds of handler time in finished attempts
+        self._began = now
+        self._abandoned = 0
+        self._live_workers = 0  # worker threads not running an abandoned attempt
+        self._threads: set[threading.Thread] = set()  # what close() joins
+        self._thread_names = itertools.count()
+
+        # Daemon threads, so that a hung handler cannot hold up interpreter exit;
+        # the atexit hook below is what lets queued work finish first.
+        for _ in range(workers):
+            self._start_worker()
+        scheduler = threading.Thread(target=self._scheduler, name="final-scheduler", daemon=True)
+        self._threads.add(scheduler)
+        scheduler.start()
+        # atexit runs before the interpreter stops daemon threads, so a queue that
+        # was never closed drains at exit instead of dying mid-job.
+        # A weak reference, so that the hook does not keep the queue alive.
+        ref = weakref.ref(self)
+
+        def close_at_exit() -> None:
+            if (queue := ref()) is not None:
+                queue.close()
+
+        self._atexit_hook = close_at_exit
+        atexit.register(close_at_exit)
+
+    # -- the contract ------------------------------------------------------------------
+
+    def enqueue(self, job: Job, timeout: float | None = None) -> None:
+        """Accept ``job`` into its priority's lane.
+
+        Blocks while the lane is full. Raises ``QueueFull`` if it is still full after
+        ``timeout`` seconds (``0``: do not wait; ``None``: wait as long as it takes),
+        ``DuplicateJob`` if its idempotency key or its id was used by a job the queue
+        remembers, ``QueueClosed`` once ``close()`` has begun (a blocked producer is
+        woken to raise it), and ``TypeError`` or ``ValueError`` for a malformed job.
+        """
+        _check_job(job)
+        _check_timeout(timeout)
+        record = self._record(job)  # built before the lock, to keep the lock short
+        with self._mutex:
+            self._admit(record, timeout)
+            if not self._durable:
+                self._publish(record)  # nothing to store: accepted at once
+                return
+        self._store_and_publish([record])
+
+    def enqueue_many(self, jobs: Iterable[Job], timeout: float | None = None) -> None:
+        """Accept ``jobs`` in order, as ``enqueue`` would, storing them together.
+
+        ``timeout`` applies to each job's wait for room. Every job is checked before
+        any is accepted. If a job cannot be accepted (``QueueFull``, ``DuplicateJob``,
+        ``QueueClosed``), the jobs before it stay accepted, and the exception's
+        ``accepted`` says how many they are.
+        """
+        jobs = list(jobs)
+        for job in jobs:
+            _check_job(job)
+        _check_timeout(timeout)
+        records = [self._record(job) for job in jobs]  # built before the lock
+        accepted = 0
+        while accepted < len(records):
+            # Admit as many as fit without waiting; wait only when nothing admitted is
+            # pending, or a batch larger than a lane would wait on its own reservations.
+            batch: list[Record] = []
+            error: QueueFull | QueueClosed | DuplicateJob | None = None
+            with self._mutex:
+                for record in records[accepted:]:
+                    try:
+                        self._admit(record, timeout if not batch else 0)
+                    except QueueFull as exc:
+                        if not batch:
+                            error = exc
+                        break
+                    except (QueueClosed, DuplicateJob) as exc:
+                        error = exc
+                        break
+                    if not self._durable:
+                        self._publish(record)
+                    batch.append(record)
+            if batch and self._durable:
+                self._store_and_publish(batch)
+            accepted += len(batch)
+            if error is not None:
+                error.accepted = accepted
+                raise error
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every accepted job has settled; ``False`` if ``timeout`` passed first."""
+        with self._mutex:
+            return self._all_settled.wait_for(lambda: self._unsettled == 0, timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop accepting jobs, run the ones accepted, and return.
+
+        Without ``timeout``, returns once every accepted job has settled (retries
+        included) and every thread of the queue has ended. With ``timeout``, returns
+        when it passes: jobs not yet started are counted as ``lost``; attempts that
+        have started are never abandoned, and settle on their own threads. Safe to
+        call twice; calling it from a handler is a ``RuntimeError`` (it would wait
+        for itself).
+        """
+        if threading.current_thread() in self._threads:
+            raise RuntimeError("close() from a handler would wait for its own job")
+        endtime = None if timeout is None else time.monotonic() + timeout
+        with self._mutex:
+            self._closing = True
+            for not_full in self._lane_not_full.values():
+                not_full.notify_all()
+            self._all_settled.wait_for(lambda: self._unsettled == 0, timeout)
+            if not self._stopping:
+                self._stop()
+            threads = list(self._threads)
+        atexit.unregister(self._atexit_hook)
+        for thread in threads:
+            thread.join(None if endtime is None else max(0.0, endtime - time.monotonic()))
+        self._store.close()
+
+    def metrics(self) -> Metrics:
+        """A snapshot of the counters and gauges, all read under one lock."""
+        with self._mutex:
+            now = time.monotonic()
+            lanes: dict[Priority, LaneMetrics] = {}
+            for p, lane in self._lanes.items():
+                lanes[p] = LaneMetrics(
+                    **self._counts[p],
+                    queued=len(lane),
+                    retrying=sum(1 for _, _, r in self._retries if r.job.priority is p),
+                    in_flight=sum(1 for r in self._running if r.job.priority is p),
+                )
+            waits = list(self._waits)
+            busy = self._busy + sum(now - (r.started or now) for r in self._running)
+            elapsed = (now - self._began) * self._workers
+            abandoned, dead = self._abandoned, len(self._dead)
+        waits.sort()
+        totals = {name: sum(getattr(m, name) for m in lanes.values()) for name in _COUNTERS}
+        return Metrics(
+            **totals,
+            queued=sum(m.queued for m in lanes.values()),
+            retrying=sum(m.retrying for m in lanes.values()),
+            in_flight=sum(m.in_flight for m in lanes.values()),
+            abandoned=abandoned,
+            dead=dead,
+            by_priority=lanes,
+            wait_p50=_percentile(waits, 0.50),
+            wait_p99=_percentile(waits, 0.99),
+            utilization=min(1.0, busy / elapsed) if elapsed > 0 else 0.0,
+        )
+
+    def status(self, job_id: str) -> Status | None:
+        """Where the job is now; ``None`` for an id this queue never saw (or let go of)."""
+        info = self.info(job_id)
+        return None if info is None else info.status
+
+    def info(self, job_id: str) -> JobInfo | None:
+        """Status, attempts, last error and times of a job; ``None`` if unknown."""
+        with self._mutex:
+            record = self._records.get(job_id)
+            if record is not None:
+                return record.info()
+        record = self._store.find(job_id)
+        return None if record is None else record.info()
+
+    def dead_letters(self) -> list[Job]:
+        """The jobs that failed for good, oldest first; ``info(id).last_error`` says why."""
+        with self._mutex:
+            return [record.job for record in self._dead.values()]
+
+    def retry_dead(self, job_id: str) -> None:
+        """Put a dead job back in its lane with a fresh retry budget.
+
+        It goes in even if the lane is full, as a retry does: it was accepted once.
+        Raises ``KeyError`` for an id that is not in the dead letters, and
+        ``QueueClosed`` once ``close()`` has begun.
+        """
+        with self._mutex:
+            if self._closing:
+                raise QueueClosed("the queue is closed; replay the job after a restart")
+            record = self._dead.pop(job_id, None)
+            if record is None:
+                raise KeyError(f"{job_id!r} is not in the dead letters")
+            record.settled = 0  # its entry in the settle order is stale now
+            record.attempts = 0
+            record.status = Status.QUEUED
+            record.finished = None
+            record.ready = time.monotonic()
+            self._lanes[record.job.priority].append(record)
+            self._counts[record.job.priority]["submitted"] += 1
+            self._unsettled += 1
+            self._not_empty.notify()
+        self._store.revived(record)
+
+    def __enter__(self) -> JobQueue:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the life of one job: accepted, taken, run, settled or retried -----------------
+
+    def _record(self, job: Job) -> Record:
+        max_retries = self._max_retries if job.max_retries is None else job.max_retries
+        now = time.monotonic()
+        return Record(job, max_retries, enqueued=now, ready=now)
+
+    def _admit(self, record: Record, timeout: float | None) -> None:
+        """Check a job and reserve room for it in its lane. Holds the lock."""
+        job = record.job
+        key = job.idempotency_key
+        if self._closing:
+            raise QueueClosed("the queue is closed; create a new JobQueue to run more jobs")
+        if key is not None and (first := self._keys.get(key) or self._store.find_key(key)):
+            raise DuplicateJob(first, f"idempotency key {key!r} was used by job {first}")
+        if job.id in self._records:
+            raise DuplicateJob(job.id, f"a job with id {job.id!r} was accepted before")
+        priority = job.priority
+        lane = self._lanes[priority]
+        if len(lane) + self._reserved[priority] >= self._queue_size:
+            if timeout == 0:
+                raise QueueFull(f"the {priority.name} lane is full")
+            not_full = self._lane_not_full[priority]
+            endtime = None if timeout is None else time.monotonic() + timeout
+            while len(lane) + self._reserved[priority] >= self._queue_size:
+                remaining = None if endtime is None else endtime - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise QueueFull(
+                        f"the {priority.name} lane stayed full for {timeout}s; "
+                        "slow the producer down, or add workers"
+                    )
+                self._blocked[priority] += 1
+                try:
+                    not_full.wait(remaining)
+                finally:
+                    self._blocked[priority] -= 1
+                if self._closing:
+                    raise QueueClosed("the queue closed while this enqueue waited for room")
+                # Another producer may have taken the key while we waited.
+                if key is not None and (first := self._keys.get(key)):
+                    raise DuplicateJob(first, f"idempotency key {key!r} was used by job {first}")
+        self._reserved[priority] += 1
+        if key is not None:
+            self._keys[key] = job.id
+        self._records[job.id] = record
+
+    def _unadmit(self, records: Sequence[Record]) -> None:
+        """The store refused these: forget them as if never admitted. Holds the lock."""
+        for record in records:
+            self._reserved[record.job.priority] -= 1
+            del self._records[record.job.id]
+            if record.job.idempotency_key is not None:
+                self._keys.pop(record.job.idempotency_key, None)
+            self._lane_not_full[record.job.priority].notify()
+
+    def _store_and_publish(self, records: Sequence[Record]) -> None:
+        """Make admitted jobs durable, outside the lock, then accept them."""
+        try:
+            self._store.add(records)
+        except BaseException:
+            with self._mutex:
+                self._unadmit(records)
+            raise
+        with self._mutex:
+            for record in records:
+                self._publish(record)
+
+    def _publish(self, record: Record) -> None:
+        """Stored (or nothing to store), so accepted: into its lane. Holds the lock."""
+        priority = record.job.priority
+        self._reserved[priority] -= 1
+        self._lanes[priority].append(record)
+        self._counts[priority]["submitted"] += 1
+        self._unsettled += 1
+        if self._idle:
+            self._not_empty.notify()
+
+    def _worker(self) -> None:
+        me = threading.current_thread()
+        with self._mutex:
+            record = self._take_locked(me)
+        while record is not None:
+            record = self._run(record, me)
+
+    def _take_locked(self, me: threading.Thread) -> Record | None:
+        """The next job to run, waiting for one; None when it is time to stop. Holds the lock.
+
+        Everything that needs no lock (building the Attempt, reading the wall
+        clock) is left to the caller: the shorter each hold, the rarer a queue of
+        threads at the lock, and with the GIL such a queue is what costs most.
+        """
+        # A loop, not an if: a wait can wake with nothing to do.
+        while not self._stopping:
+            if self._bucket is not None and any(self._lanes.values()):
+                wait = self._bucket.take(time.monotonic())
+                if wait > 0:
+                    self._wait_for_work(wait)  # no token yet: throttle, never drop
+                    continue
+            priority = self._picker.pick()  # strict priority, within final/fairness.py's bound
+            if priority is None:
+                self._wait_for_work(None)
+                continue
+            record = self._lanes[priority].popleft()
+            if self._blocked[priority]:
+                self._lane_not_full[priority].notify()
+            now = time.monotonic()
+            if self._job_timeout is not None:
+                # Only an attempt that can time out needs to be found and abandoned.
+                record.deadline = now + self._job_timeout
+                record.token = next(self._tokens)
+                record.runner = me
+                if record.deadline < self._next_wake:
+                    self._timer_changed.notify()
+            record.attempts += 1
+            record.status = Status.PROCESSING
+            record.started = now
+            self._waits.append(now - record.ready)
+            self._running.add(record)
+            self._counts[priority]["started"] += 1
+            return record
+        return None
+
+    def _wait_for_work(self, timeout: float | None) -> None:
+        """Wait on _not_empty, counted, so that enqueue notifies only when one waits."""
+        self._idle += 1
+        try:
+            self._not_empty.wait(timeout)
+        finally:
+            self._idle -= 1
+
+    def _run(self, record: Record, me: threading.Thread) -> Record | None:
+        """Run one attempt, settle it, and take the next (None: this thread leaves).
+
+        Settling and taking share one hold of the lock: every acquisition a worker
+        makes is a chance for the others to queue up behind it, and with the GIL a
+        queue of threads at a lock costs more than the work the lock protects.
+        """
+        # Only this thread changes these fields until the attempt settles or times out.
+        attempt = Attempt(record.job, record.attempts, record.deadline, record, record.token)
+        if self._durable:
+            self._store.claimed(record)
+        _current.attempt = attempt
+        error: str | None = None
+        try:
+            self._handler(attempt.job)
+        except Exception as exc:
+            late = " after it had timed out; the result is ignored" if attempt.abandoned else ""
+            logger.warning(
+                "job %s attempt %d failed%s", attempt.job.id, attempt.number, late, exc_info=True
+            )
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            _current.attempt = None
+        finished = time.monotonic()
+        with self._mutex:
+            if attempt.abandoned:
+                return self._take_locked(me) if self._rejoin(me) else None
+            self._running.discard(record)
+            assert record.started is not None
+            self._busy += finished - record.started
+            if error is not None:
+                self._fail(record, error)
+            else:
+                self._counts[record.job.priority]["completed"] += 1
+                self._settle(record, Status.COMPLETED, finished)
+            return self._take_locked(me)
+
+    def _fail(self, record: Record, error: str) -> None:
+        """Retry the job after a backoff, or settle it as failed. Holds the lock."""
+        record.last_error = error
+        counts = self._counts[record.job.priority]
+        if self._stopping:
+            counts["lost"] += 1  # close(timeout) has passed: nobody will retry it
+            self._forget(record)
+        elif record.attempts <= record.max_retries:
+            delay = backoff_delay(record.attempts, self._backoff, self._max_backoff)
+            due = time.monotonic() + delay
+            self._seq += 1
+            heapq.heappush(self._retries, (due, self._seq, record))
+            record.status = Status.RETRYING
+            counts["retried"] += 1
+            if due < self._next_wake:
+                self._timer_changed.notify()
+            if self._durable:
+                self._store.retrying(record, delay)
+        else:
+            counts["failed"] += 1
+            self._settle(record, Status.FAILED, time.monotonic())
+
+    def _settle(self, record: Record, status: Status, now: float) -> None:
+        """One accepted job is done with: remembered, within the history. Holds the lock."""
+        record.status = status
+        record.finished = now
+        record.settled = next(self._settle_numbers)
+        self._settled.append((record.settled, record))
+        if status is Status.FAILED:
+            self._dead[record.job.id] = record
+        # Let go in batches, a sixteenth of the history at a time: the check is all
+        # that most settles pay, and the lock is held for as little as possible.
+        if len(self._settled) > self._history_size + self._history_size // 16:
+            self._let_go()
+        if self._durable:
+            self._store.settled(record)
+        self._unsettled -= 1
+        if self._unsettled == 0:
+            self._all_settled.notify_all()
+
+    def _let_go(self) -> None:
+        """Forget the oldest settled jobs, down to ``history``. Holds the lock."""
+        while len(self._settled) > self._history_size:
+            number, old = self._settled.popleft()
+            if old.settled != number:
+                continue  # replayed since: a later entry stands for it
+            del self._records[old.job.id]
+            self._drop_key(old)
+            if self._dead.pop(old.job.id, None) is not None:
+                logger.warning(
+                    "dead letter %s let go of: more than history=%d settled jobs",
+                    old.job.id,
+                    self._history_size,
+                )
+
+    def _forget(self, record: Record) -> None:
+        """A job that will never run: counted as lost by the caller. Holds the lock."""
+        del self._records[record.job.id]
+        self._drop_key(record)
+        self._unsettled -= 1
+        if self._unsettled == 0:
+            self._all_settled.notify_all()
+
+    def _drop_key(self, record: Record) -> None:
+        key = record.job.idempotency_key
+        if key is not None and self._keys.get(key) == record.job.id:
+            del self._keys[key]
+
+    # -- the scheduler: retries falling due, attempts running out of time -------------
+
+    def _scheduler(self) -> None:
+        with self._mutex:
+            while not self._stopping:
+                now = time.monotonic()
+                wake = math.inf
+                # Deadlines first: timing an attempt out may push its retry onto the
+                # heap, and the wake-up below must account for it.
+                if self._job_timeout is not None:
+                    # At most `workers` attempts run at once, so a scan is cheap, and
+                    # it leaves no stale timer behind for each attempt that finished.
+                    for record in list(self._running):
+                        assert record.deadline is not None  # set for every attempt
+                        if record.deadline <= now:
+                            self._time_out(record)
+                        else:
+                            wake = min(wake, record.deadline)
+                while self._retries and self._retries[0][0] <= now:
+                    _, _, record = heapq.heappop(self._retries)
+                    # A retry goes back even into a full lane: it was accepted once,
+                    # and backpressure is for new work. A lane can therefore hold up
+                    # to queue_size plus the jobs coming back from a backoff.
+                    record.status = Status.QUEUED
+                    record.ready = now
+                    self._lanes[record.job.priority].append(record)
+                    self._not_empty.notify()
+                if self._retries:
+                    wake = min(wake, self._retries[0][0])
+                self._next_wake = wake
+                self._timer_changed.wait(None if wake == math.inf else wake - now)
+
+    def _time_out(self, record: Record) -> None:
+        """Abandon an attempt past its deadline, and keep the pool full. Holds the lock."""
+        self._running.discard(record)
+        record.token = 0  # its Attempt now sees itself abandoned
+        assert record.runner is not None
+        self._threads.discard(record.runner)
+        self._counts[record.job.priority]["timed_out"] += 1
+        self._busy += self._job_timeout or 0.0
+        self._abandoned += 1
+        self._live_workers -= 1
+        logger.warning(
+            "job %s attempt %d timed out after %ss; its thread is abandoned",
+            record.job.id,
+            record.attempts,
+            self._job_timeout,
+        )
+        self._fail(record, f"timed out after {self._job_timeout}s")
+        if self._abandoned <= self._workers:
+            self._start_worker()
+
+    def _rejoin(self, me: threading.Thread) -> bool:
+        """An abandoned thread's handler returned. Holds the lock."""
+        self._abandoned -= 1
+        if self._live_workers < self._workers and not self._stopping:
+            # The cap kept this slot empty: the thread can fill it again itself.
+            self._live_workers += 1
+            self._threads.add(me)
+            return True
+        return False
+
+    def _start_worker(self) -> None:
+        """Holds the lock, or runs in the constructor before any thread exists."""
+        thread = threading.Thread(
+            target=self._worker,
+            name=f"final-worker-{next(self._thread_names)}",
+            daemon=True,
+        )
+        self._live_workers += 1
+        self._threads.add(thread)
+        thread.start()
+
+    def _stop(self) -> None:
+        """Workers and scheduler leave; jobs not started are lost. Holds the lock."""
+        self._stopping = True
+        left = [record for lane in self._lanes.values() for record in lane]
+        left += [record for _, _, record in self._retries]
+        for lane in self._lanes.values():
+            lane.clear()
+        self._retries.clear()
+        for record in left:
+            self._counts[record.job.priority]["lost"] += 1
+            self._forget(record)
+        self._not_empty.notify_all()
+        self._timer_changed.notify_all()
+
+
+def _percentile(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_seconds(name: str, value: object, *, positive: bool = False) -> None:
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > 0 if positive else value >= 0)
+    )
+    if not ok:
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not timeout >= 0:
+        raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
+
+
+def _check_key(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if not 0 < len(value) <= MAX_KEY_LENGTH:
+        raise ValueError(f"{name} must have 1 to {MAX_KEY_LENGTH} characters, got {len(value)}")
+
+
+def _check_job(job: object) -> None:
+    if not isinstance(job, Job):
+        raise TypeError(f"enqueue takes a Job, got {type(job).__name__}")
+    if not isinstance(job.priority, Priority):
+        raise TypeError(f"Job.priority must be a Priority, got {job.priority!r}")
+    if not isinstance(job.payload, bytes):
+        raise TypeError(f"Job.payload must be bytes, got {type(job.payload).__name__}")
+    _check_key("Job.id", job.id)
+    if job.idempotency_key is not None:
+        _check_key("Job.idempotency_key", job.idempotency_key)
+    if job.max_retries is not None:
+        _check_int("Job.max_retries", job.max_retries, minimum=0)

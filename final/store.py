@@ -1,0 +1,92 @@
+"""Where the final tier keeps what must outlive its memory.
+
+The queue keeps its working state itself: the lanes, the retry timers, the running
+attempts, and a bounded record of recently settled jobs. It tells its store about
+every step in a job's life, and the store's one job is to make those steps survive
+what the queue promises, and to answer for what memory no longer holds.
+
+The queue calls a store from any thread, and a store serialises its own writes.
+What each write must survive decides how it is called:
+
+- ``add`` (the jobs of one ``enqueue`` or ``enqueue_many``) and ``revived`` (a
+  replay from the dead letters) are durable when they return, because returning is
+  how the queue acknowledges them. The queue calls them outside its lock, so that
+  a disk write never stalls the other threads.
+- ``claimed`` (an attempt about to start, with its attempt count) is durable when
+  it returns, so that a handler which kills the process is still counted, and its
+  job ends in the dead letters instead of crashing every restart for ever. Called
+  outside the lock, before the handler runs.
+- ``retrying`` and ``settled`` may lag: losing one only means that a job runs once
+  more after a crash, which at-least-once delivery allows. The queue calls them
+  under its lock, so they must not block: a store buffers them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from final.job_queue import Record
+
+
+class Store(Protocol):
+    def add(self, records: Sequence[Record]) -> None: ...
+
+    def claimed(self, record: Record) -> None: ...
+
+    def retrying(self, record: Record, due_in: float) -> None: ...
+
+    def settled(self, record: Record) -> None: ...
+
+    def revived(self, record: Record) -> None: ...
+
+    def find(self, job_id: str) -> Record | None:
+        """A settled job that memory no longer holds, or None."""
+        ...
+
+    def find_key(self, key: str) -> str | None:
+        """The id of the job that used an idempotency key memory no longer holds."""
+        ...
+
+    def load(self) -> list[tuple[Record, float]]:
+        """Every unsettled job, with the seconds left of its backoff (0 if none)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """The store of a queue without a ``path``: nothing outlives the process.
+
+    Every write is a no-op, because there is nothing to write to: the queue's own
+    memory is all there is. So a settled job that the queue's ``history`` has let
+    go of is forgotten, its idempotency key with it, and a crash loses everything.
+    """
+
+    def add(self, records: Sequence[Record]) -> None:
+        pass
+
+    def claimed(self, record: Record) -> None:
+        pass
+
+    def retrying(self, record: Record, due_in: float) -> None:
+        pass
+
+    def settled(self, record: Record) -> None:
+        pass
+
+    def revived(self, record: Record) -> None:
+        pass
+
+    def find(self, job_id: str) -> Record | None:
+        return None
+
+    def find_key(self, key: str) -> str | None:
+        return None
+
+    def load(self) -> list[tuple[Record, float]]:
+        return []
+
+    def close(self) -> None:
+        pass
