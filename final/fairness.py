@@ -58,21 +58,30 @@ class FairPicker(Generic[K]):
 
     def pick(self) -> K | None:
         """The lane to take from next (None when all are empty), and count the pick."""
-        lanes, n = self._lanes, len(self._lanes)
+        # Runs under the queue's lock for every job, so it is written for speed:
+        # an empty lane is falsy, and the usual case (nothing below the first
+        # non-empty lane is waiting) touches no counter at all.
+        lanes = self._lanes
         first = 0
-        while first < n and not len(lanes[first]):
+        for lane in lanes:
+            if lane:
+                break
             first += 1
-        if first == n:
+        else:
             return None
         if not self.fairness:
             return self._keys[first]  # strict priority: nothing to count
         passed = self._passed_over
         chosen = first  # what strict priority would take...
-        for i in range(first + 1, n):
-            if len(lanes[i]) and passed[i] >= self.fairness:
-                chosen = i  # ...unless a lower lane is owed; the lowest owed wins
-        for i in range(chosen + 1, n):
-            if len(lanes[i]):
-                passed[i] += 1
+        waiting = False
+        for i in range(first + 1, len(lanes)):
+            if lanes[i]:
+                waiting = True
+                if passed[i] >= self.fairness:
+                    chosen = i  # ...unless a lower lane is owed; the lowest owed wins
+        if waiting:
+            for i in range(chosen + 1, len(lanes)):
+                if lanes[i]:
+                    passed[i] += 1
         passed[chosen] = 0
         return self._keys[chosen]

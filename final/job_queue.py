@@ -324,6 +324,7 @@ class JobQueue:
         self._max_backoff = max_backoff
         self._job_timeout = job_timeout
         self._history_size = history
+        self._let_go_at = history + history // 16
         self._store: Store = MemoryStore()
         # A store that keeps nothing needs no unlocked window to write in.
         self._durable = not isinstance(self._store, MemoryStore)
@@ -415,6 +416,7 @@ class JobQueue:
             if not self._durable:
                 self._publish(record)  # nothing to store: accepted at once
                 return
+            self._reserved[job.priority] += 1  # room held while the store writes
         self._store_and_publish([record])
 
     def enqueue_many(self, jobs: Iterable[Job], timeout: float | None = None) -> None:
@@ -447,7 +449,9 @@ class JobQueue:
                     except (QueueClosed, DuplicateJob) as exc:
                         error = exc
                         break
-                    if not self._durable:
+                    if self._durable:
+                        self._reserved[record.job.priority] += 1
+                    else:
                         self._publish(record)
                     batch.append(record)
             if batch and self._durable:
@@ -577,11 +581,12 @@ class JobQueue:
 
     def _record(self, job: Job) -> Record:
         max_retries = self._max_retries if job.max_retries is None else job.max_retries
-        now = time.monotonic()
-        return Record(job, max_retries, enqueued=now, ready=now)
+        record = Record(job, max_retries)  # positional: keywords cost twice as much here
+        record.enqueued = record.ready = time.monotonic()
+        return record
 
     def _admit(self, record: Record, timeout: float | None) -> None:
-        """Check a job and reserve room for it in its lane. Holds the lock."""
+        """Check a job, wait for room in its lane, and remember it. Holds the lock."""
         job = record.job
         key = job.idempotency_key
         if self._closing:
@@ -591,33 +596,39 @@ class JobQueue:
         if job.id in self._records:
             raise DuplicateJob(job.id, f"a job with id {job.id!r} was accepted before")
         priority = job.priority
-        lane = self._lanes[priority]
-        if len(lane) + self._reserved[priority] >= self._queue_size:
-            if timeout == 0:
-                raise QueueFull(f"the {priority.name} lane is full")
-            not_full = self._lane_not_full[priority]
-            endtime = None if timeout is None else time.monotonic() + timeout
-            while len(lane) + self._reserved[priority] >= self._queue_size:
-                remaining = None if endtime is None else endtime - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise QueueFull(
-                        f"the {priority.name} lane stayed full for {timeout}s; "
-                        "slow the producer down, or add workers"
-                    )
-                self._blocked[priority] += 1
-                try:
-                    not_full.wait(remaining)
-                finally:
-                    self._blocked[priority] -= 1
-                if self._closing:
-                    raise QueueClosed("the queue closed while this enqueue waited for room")
-                # Another producer may have taken the key while we waited.
-                if key is not None and (first := self._keys.get(key)):
-                    raise DuplicateJob(first, f"idempotency key {key!r} was used by job {first}")
-        self._reserved[priority] += 1
+        if len(self._lanes[priority]) + self._reserved[priority] >= self._queue_size:
+            self._wait_for_room(job, timeout)
         if key is not None:
             self._keys[key] = job.id
         self._records[job.id] = record
+
+    def _wait_for_room(self, job: Job, timeout: float | None) -> None:
+        """Block while the job's lane is full, as enqueue promises. Holds the lock."""
+        priority, key = job.priority, job.idempotency_key
+        lane = self._lanes[priority]
+        if timeout == 0:
+            raise QueueFull(f"the {priority.name} lane is full")
+        not_full = self._lane_not_full[priority]
+        endtime = None if timeout is None else time.monotonic() + timeout
+        while len(lane) + self._reserved[priority] >= self._queue_size:
+            remaining = None if endtime is None else endtime - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise QueueFull(
+                    f"the {priority.name} lane stayed full for {timeout}s; "
+                    "slow the producer down, or add workers"
+                )
+            self._blocked[priority] += 1
+            try:
+                not_full.wait(remaining)
+            finally:
+                self._blocked[priority] -= 1
+            if self._closing:
+                raise QueueClosed("the queue closed while this enqueue waited for room")
+            # Another producer may have taken the key or the id while we waited.
+            if key is not None and (first := self._keys.get(key)):
+                raise DuplicateJob(first, f"idempotency key {key!r} was used by job {first}")
+            if job.id in self._records:
+                raise DuplicateJob(job.id, f"a job with id {job.id!r} was accepted before")
 
     def _unadmit(self, records: Sequence[Record]) -> None:
         """The store refused these: forget them as if never admitted. Holds the lock."""
@@ -638,12 +649,12 @@ class JobQueue:
             raise
         with self._mutex:
             for record in records:
+                self._reserved[record.job.priority] -= 1
                 self._publish(record)
 
     def _publish(self, record: Record) -> None:
         """Stored (or nothing to store), so accepted: into its lane. Holds the lock."""
         priority = record.job.priority
-        self._reserved[priority] -= 1
         self._lanes[priority].append(record)
         self._counts[priority]["submitted"] += 1
         self._unsettled += 1
@@ -711,7 +722,8 @@ class JobQueue:
         queue of threads at a lock costs more than the work the lock protects.
         """
         # Only this thread changes these fields until the attempt settles or times out.
-        attempt = Attempt(record.job, record.attempts, record.deadline, record, record.token)
+        token = record.token
+        attempt = Attempt(record.job, record.attempts, record.deadline, record, token)
         if self._durable:
             self._store.claimed(record)
         _current.attempt = attempt
@@ -728,11 +740,10 @@ class JobQueue:
             _current.attempt = None
         finished = time.monotonic()
         with self._mutex:
-            if attempt.abandoned:
+            if record.token != token:  # timed out and abandoned while it ran
                 return self._take_locked(me) if self._rejoin(me) else None
             self._running.discard(record)
-            assert record.started is not None
-            self._busy += finished - record.started
+            self._busy += finished - (record.started or finished)
             if error is not None:
                 self._fail(record, error)
             else:
@@ -772,7 +783,7 @@ class JobQueue:
             self._dead[record.job.id] = record
         # Let go in batches, a sixteenth of the history at a time: the check is all
         # that most settles pay, and the lock is held for as little as possible.
-        if len(self._settled) > self._history_size + self._history_size // 16:
+        if len(self._settled) > self._let_go_at:
             self._let_go()
         if self._durable:
             self._store.settled(record)

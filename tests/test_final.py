@@ -272,6 +272,29 @@ def test_concurrent_producers_with_one_key_get_exactly_one_job_in(queues: Any) -
     assert sorted(outcomes) == ["accepted"] + ["duplicate"] * 7
 
 
+def test_producers_waiting_for_room_with_one_id_get_exactly_one_job_in(queues: Any) -> None:
+    q, recorder = gated(queues, queue_size=1)
+    q.enqueue(Job(id="filler"))  # the MEDIUM lane is full: both producers below wait
+    outcomes: list[str] = []
+
+    def produce() -> None:
+        try:
+            q.enqueue(Job(id="twin"))
+            outcomes.append("accepted")
+        except DuplicateJob:
+            outcomes.append("duplicate")
+
+    threads = [threading.Thread(target=produce) for _ in range(2)]
+    for t in threads:
+        t.start()
+    recorder.release()  # room appears; the second to get it must see the first's id
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["accepted", "duplicate"]
+    assert q.join(timeout=PATIENCE)
+    assert recorder.attempts["twin"] == 1
+
+
 def test_a_job_may_carry_its_own_retry_budget(queues: Any) -> None:
     recorder = Recorder(fail=lambda job, n: True)
     q = queues(recorder, max_retries=1, **FAST)
