@@ -13,9 +13,13 @@ still got wrong:
 9. Idempotency. A job may carry an ``idempotency_key``; enqueueing a second job with
    a key already used raises ``DuplicateJob``, which names the first job's id. A job
    may also carry its own ``max_retries``.
-10. Crashes: not yet. Every write goes through a store (``final/store.py``); the
-    ``MemoryStore`` used today keeps nothing, so a crash still loses everything, and
-    ``path`` raises ``NotImplementedError`` until the SQLite store exists.
+10. Crashes. With a ``path``, every accepted job is in SQLite before ``enqueue``
+    returns (``final/sqlite_store.py``), and a new queue on the same path runs every
+    job that had not settled, with its attempts, backoff, dead letters and keys:
+    at-least-once delivery. Attempts are counted on disk before the handler runs,
+    so a handler that kills the process ends in the dead letters after
+    ``max_retries + 1`` tries. Without a ``path`` the ``MemoryStore`` keeps nothing,
+    as in the improved tier. ``close(timeout)`` leaves what it did not run on disk.
 
 It also adds ``rate_limit`` (attempts started per second, a token bucket: see
 ``final/rate_limit.py``), ``enqueue_many``, and metrics per priority with queue-wait
@@ -43,6 +47,7 @@ import heapq
 import itertools
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -55,6 +60,7 @@ from types import TracebackType
 
 from final.fairness import FairPicker
 from final.rate_limit import TokenBucket
+from final.sqlite_store import DuplicateRow, SQLiteStore, StoreError
 from final.store import MemoryStore, Store
 
 __all__ = [
@@ -296,7 +302,8 @@ class JobQueue:
         job_timeout: float | None = None,
         fairness: int = 10,
         rate_limit: float | None = None,
-        path: str | None = None,
+        path: str | os.PathLike[str] | None = None,
+        durability: str = "power",
         history: int = 100_000,
     ) -> None:
         if not callable(handler):
@@ -314,8 +321,8 @@ class JobQueue:
         if rate_limit is not None:
             _check_seconds("rate_limit", rate_limit, positive=True)
         _check_int("history", history, minimum=1)
-        if path is not None:
-            raise NotImplementedError("path: the SQLite store is not built yet")
+        if durability not in ("power", "process"):
+            raise ValueError(f"durability must be 'power' or 'process', got {durability!r}")
         self._handler = handler
         self._workers = workers
         self._queue_size = queue_size
@@ -325,7 +332,9 @@ class JobQueue:
         self._job_timeout = job_timeout
         self._history_size = history
         self._let_go_at = history + history // 16
-        self._store: Store = MemoryStore()
+        self._store: Store = (
+            MemoryStore() if path is None else SQLiteStore(os.fspath(path), durability)
+        )
         # A store that keeps nothing needs no unlocked window to write in.
         self._durable = not isinstance(self._store, MemoryStore)
 
@@ -377,6 +386,7 @@ class JobQueue:
         self._live_workers = 0  # worker threads not running an abandoned attempt
         self._threads: set[threading.Thread] = set()  # what close() joins
         self._thread_names = itertools.count()
+        self._recover()
 
         # Daemon threads, so that a hung handler cannot hold up interpreter exit;
         # the atexit hook below is what lets queued work finish first.
@@ -455,7 +465,11 @@ class JobQueue:
                         self._publish(record)
                     batch.append(record)
             if batch and self._durable:
-                self._store_and_publish(batch)
+                try:
+                    self._store_and_publish(batch)
+                except DuplicateJob as exc:
+                    exc.accepted += accepted
+                    raise
             accepted += len(batch)
             if error is not None:
                 error.accepted = accepted
@@ -490,7 +504,16 @@ class JobQueue:
         atexit.unregister(self._atexit_hook)
         for thread in threads:
             thread.join(None if endtime is None else max(0.0, endtime - time.monotonic()))
-        self._store.close()
+        if any(thread.is_alive() for thread in threads):
+            # Attempts still running will settle on their own threads; the store (and
+            # the lock on its file) must outlive them, or a second queue could open
+            # the file and run the same jobs at the same time.
+            closer = threading.Thread(
+                target=self._close_store_after, args=(threads,), name="final-closer", daemon=True
+            )
+            closer.start()
+        else:
+            self._store.close()
 
     def metrics(self) -> Metrics:
         """A snapshot of the counters and gauges, all read under one lock."""
@@ -538,9 +561,16 @@ class JobQueue:
         return None if record is None else record.info()
 
     def dead_letters(self) -> list[Job]:
-        """The jobs that failed for good, oldest first; ``info(id).last_error`` says why."""
+        """The jobs that failed for good, oldest first; ``info(id).last_error`` says why.
+
+        With a ``path`` this includes dead jobs that memory has let go of.
+        """
+        on_disk = self._store.dead()
         with self._mutex:
-            return [record.job for record in self._dead.values()]
+            dead = [record.job for record in self._dead.values()]
+            # What memory knows of a job is newer than what the disk says.
+            dead += [r.job for r in on_disk if r.job.id not in self._records]
+        return dead
 
     def retry_dead(self, job_id: str) -> None:
         """Put a dead job back in its lane with a fresh retry budget.
@@ -549,10 +579,18 @@ class JobQueue:
         Raises ``KeyError`` for an id that is not in the dead letters, and
         ``QueueClosed`` once ``close()`` has begun.
         """
+        on_disk = self._store.find(job_id)  # a dead job memory has let go of
         with self._mutex:
             if self._closing:
                 raise QueueClosed("the queue is closed; replay the job after a restart")
             record = self._dead.pop(job_id, None)
+            if (
+                record is None
+                and job_id not in self._records
+                and on_disk is not None
+                and on_disk.status is Status.FAILED
+            ):
+                record = self._records[job_id] = on_disk
             if record is None:
                 raise KeyError(f"{job_id!r} is not in the dead letters")
             record.settled = 0  # its entry in the settle order is stale now
@@ -565,6 +603,11 @@ class JobQueue:
             self._unsettled += 1
             self._not_empty.notify()
         self._store.revived(record)
+
+    def _close_store_after(self, threads: list[threading.Thread]) -> None:
+        for thread in threads:
+            thread.join()
+        self._store.close()
 
     def __enter__(self) -> JobQueue:
         return self
@@ -579,6 +622,34 @@ class JobQueue:
 
     # -- the life of one job: accepted, taken, run, settled or retried -----------------
 
+    def _recover(self) -> None:
+        """Put back what the store kept from an earlier run. Runs before any thread."""
+        now = time.monotonic()
+        with self._mutex:
+            for record in self._store.dead():
+                self._records[record.job.id] = record
+                self._dead[record.job.id] = record
+                record.settled = next(self._settle_numbers)
+                self._settled.append((record.settled, record))
+            for record, due_in in self._store.load():
+                self._records[record.job.id] = record
+                self._counts[record.job.priority]["submitted"] += 1
+                self._unsettled += 1
+                if record.status is Status.PROCESSING:
+                    # Its attempt was counted when claimed, and died with the process.
+                    record.last_error = f"the process died during attempt {record.attempts}"
+                    if record.attempts > record.max_retries:
+                        self._counts[record.job.priority]["failed"] += 1
+                        self._settle(record, Status.FAILED, now)
+                        continue
+                if record.status is Status.RETRYING and due_in > 0:
+                    self._seq += 1
+                    heapq.heappush(self._retries, (now + due_in, self._seq, record))
+                    continue
+                record.status = Status.QUEUED
+                record.ready = now
+                self._lanes[record.job.priority].append(record)
+
     def _record(self, job: Job) -> Record:
         max_retries = self._max_retries if job.max_retries is None else job.max_retries
         record = Record(job, max_retries)  # positional: keywords cost twice as much here
@@ -591,7 +662,9 @@ class JobQueue:
         key = job.idempotency_key
         if self._closing:
             raise QueueClosed("the queue is closed; create a new JobQueue to run more jobs")
-        if key is not None and (first := self._keys.get(key) or self._store.find_key(key)):
+        # A key or id only the disk remembers is caught by the store's constraints,
+        # outside this lock.
+        if key is not None and (first := self._keys.get(key)):
             raise DuplicateJob(first, f"idempotency key {key!r} was used by job {first}")
         if job.id in self._records:
             raise DuplicateJob(job.id, f"a job with id {job.id!r} was accepted before")
@@ -640,17 +713,31 @@ class JobQueue:
             self._lane_not_full[record.job.priority].notify()
 
     def _store_and_publish(self, records: Sequence[Record]) -> None:
-        """Make admitted jobs durable, outside the lock, then accept them."""
+        """Make admitted jobs durable, outside the lock, then accept them.
+
+        The store stops at a job whose id or key is already on disk (one that memory
+        had let go of): the jobs before it are accepted, the rest are not.
+        """
+        stored: Sequence[Record] = records
+        duplicate: DuplicateRow | None = None
         try:
             self._store.add(records)
+        except DuplicateRow as exc:
+            duplicate = exc
+            stored = records[: [r.job.id for r in records].index(exc.job_id)]
         except BaseException:
             with self._mutex:
                 self._unadmit(records)
             raise
         with self._mutex:
-            for record in records:
+            self._unadmit(records[len(stored) :])
+            for record in stored:
                 self._reserved[record.job.priority] -= 1
                 self._publish(record)
+        if duplicate is not None:
+            error = DuplicateJob(duplicate.first, f"job {duplicate.job_id}: already on disk")
+            error.accepted = len(stored)
+            raise error
 
     def _publish(self, record: Record) -> None:
         """Stored (or nothing to store), so accepted: into its lane. Holds the lock."""
@@ -725,7 +812,16 @@ class JobQueue:
         token = record.token
         attempt = Attempt(record.job, record.attempts, record.deadline, record, token)
         if self._durable:
-            self._store.claimed(record)
+            try:
+                self._store.claimed(record)
+            except StoreError:
+                # The attempt cannot be counted, so it must not run. The job stays on
+                # disk as it was, and the next start runs it.
+                logger.exception("job %s: could not record its attempt; not run", record.job.id)
+                with self._mutex:
+                    self._running.discard(record)
+                    self._forget(record)
+                    return self._take_locked(me)
         _current.attempt = attempt
         error: str | None = None
         try:
@@ -756,7 +852,12 @@ class JobQueue:
         record.last_error = error
         counts = self._counts[record.job.priority]
         if self._stopping:
-            counts["lost"] += 1  # close(timeout) has passed: nobody will retry it
+            # close(timeout) has passed: nobody here will retry it. On disk it waits
+            # for the next start; in memory it is lost, and counted so.
+            if self._durable:
+                self._store.retrying(record, 0.0)
+            else:
+                counts["lost"] += 1
             self._forget(record)
         elif record.attempts <= record.max_retries:
             delay = backoff_delay(record.attempts, self._backoff, self._max_backoff)
@@ -807,7 +908,9 @@ class JobQueue:
                 )
 
     def _forget(self, record: Record) -> None:
-        """A job that will never run: counted as lost by the caller. Holds the lock."""
+        """A job this queue will not run: lost, or left on disk for the next start.
+
+        The caller counts it as lost when there is no disk. Holds the lock."""
         del self._records[record.job.id]
         self._drop_key(record)
         self._unsettled -= 1
@@ -901,7 +1004,8 @@ class JobQueue:
             lane.clear()
         self._retries.clear()
         for record in left:
-            self._counts[record.job.priority]["lost"] += 1
+            if not self._durable:  # on disk they wait for the next start: not lost
+                self._counts[record.job.priority]["lost"] += 1
             self._forget(record)
         self._not_empty.notify_all()
         self._timer_changed.notify_all()

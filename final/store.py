@@ -53,6 +53,10 @@ class Store(Protocol):
         """Every unsettled job, with the seconds left of its backoff (0 if none)."""
         ...
 
+    def dead(self) -> list[Record]:
+        """Every job in the dead letters, oldest first."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -86,6 +90,9 @@ class MemoryStore:
         return None
 
     def load(self) -> list[tuple[Record, float]]:
+        return []
+
+    def dead(self) -> list[Record]:
         return []
 
     def close(self) -> None:

@@ -32,6 +32,7 @@ OPTIONS: dict[str, frozenset[str]] = {
             "fairness",
             "rate_limit",
             "path",
+            "durability",
             "history",
         }
     ),

@@ -33,8 +33,6 @@ CHILD = textwrap.dedent(
 @pytest.mark.lacks(
     naive=IN_MEMORY.format("naive"),
     improved=IN_MEMORY.format("improved"),
-    # Not a lesson but work in progress: strict, so it fails once the store lands.
-    final="final: the SQLite store that keeps jobs across a crash is not built yet",
 )
 def test_jobs_accepted_before_a_kill_run_after_a_restart(tier: Tier, tmp_path: Path) -> None:
     options = {"path": str(tmp_path / "jobs.db")} if tier.supports("path") else {}
