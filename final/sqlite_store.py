@@ -112,8 +112,12 @@ class SQLiteStore:
             self._lockfile.close()
             raise
         self._reader_lock = threading.Lock()
-        # Writes for the writer thread: (write, batch to signal or None); None = stop.
-        self._inbox: queue.SimpleQueue[tuple[_Write, _Batch | None] | None] = queue.SimpleQueue()
+        # Writes for the writer thread: (write, batch to signal or None, must it
+        # survive a power loss); None = stop.
+        self._inbox: queue.SimpleQueue[tuple[_Write, _Batch | None, bool] | None] = (
+            queue.SimpleQueue()
+        )
+        self._power = durability == "power"
         self._closed = False
         self._close_lock = threading.Lock()
         self._writer = threading.Thread(target=self._write_loop, name="final-store", daemon=True)
@@ -137,12 +141,15 @@ class SQLiteStore:
                     batch.duplicates.append(DuplicateRow(str(row["id"]), _first(db, row)))
                     return
 
-        batch = self._wait(insert)
+        batch = self._wait(insert, acknowledged=True)
         if batch.duplicates:
             raise batch.duplicates[0]
 
     def claimed(self, record: Record) -> None:
         values = (record.attempts, _wall(record.started), record.job.id)
+        # An attempt count must survive the process dying (a handler that kills it),
+        # not the machine: a power loss takes the handler down too. So its commit
+        # pays no fsync; see _write_loop.
         self._wait(
             lambda db, _: db.execute(
                 "UPDATE jobs SET status = 'processing', attempts = ?, started_at = ?,"
@@ -157,7 +164,8 @@ class SQLiteStore:
             lambda db, _: db.execute(
                 "UPDATE jobs SET status = 'queued', attempts = 0, finished_at = NULL WHERE id = ?",
                 (job_id,),
-            )
+            ),
+            acknowledged=True,
         )
 
     # -- writes that may lag: they ride in the next commit --------------------------------
@@ -234,11 +242,13 @@ class SQLiteStore:
 
     # -- the writer thread ------------------------------------------------------------------
 
-    def _wait(self, write: _Write) -> _Batch:
+    def _wait(self, write: _Write, acknowledged: bool = False) -> _Batch:
+        """Hand a write to the writer and wait for its commit. An ``acknowledged``
+        write is one the caller reports as done: it gets the durability asked for."""
         if self._closed:
             raise StoreError(f"{self.path}: the store is closed")
         batch = _Batch()
-        self._inbox.put((write, batch))
+        self._inbox.put((write, batch, acknowledged and self._power))
         batch.done.wait()
         if batch.error is not None:
             raise StoreError(f"{self.path}: {batch.error}") from batch.error
@@ -246,10 +256,11 @@ class SQLiteStore:
 
     def _later(self, write: _Write) -> None:
         if not self._closed:
-            self._inbox.put((write, None))
+            self._inbox.put((write, None, False))
 
     def _write_loop(self) -> None:
         db = self._writer_db
+        synced = self._power  # whether the connection is at synchronous=FULL now
         while True:
             first = self._inbox.get()
             items = [first]
@@ -260,10 +271,17 @@ class SQLiteStore:
                     break
             stop = any(item is None for item in items)
             writes = [item for item in items if item is not None]
-            waiting = [batch for _, batch in writes if batch is not None]
+            waiting = [batch for _, batch, _ in writes if batch is not None]
+            # Pay for an fsync only when this commit holds an acknowledgement that
+            # must survive a power loss. In WAL mode, NORMAL still survives the
+            # process dying, which is all an attempt count or a lagging write needs.
+            power = any(needs_power for _, _, needs_power in writes)
+            if power != synced:
+                db.execute(f"PRAGMA synchronous = {'FULL' if power else 'NORMAL'}")
+                synced = power
             try:
                 db.execute("BEGIN IMMEDIATE")
-                for write, batch in writes:
+                for write, batch, _ in writes:
                     write(db, batch if batch is not None else _LAGGING)
                 db.execute("COMMIT")
             except sqlite3.Error as exc:  # a full disk, a read-only file: tell the waiters
