@@ -32,7 +32,7 @@ SYNCHRONOUS = {"power": "FULL", "process": "NORMAL"}
 
 
 def raw_commits(directory: Path, durability: str, n: int) -> float:
-    path = directory / f"raw-{durability}.db"
+    path = directory / f"raw-{durability}-{time.monotonic_ns()}.db"
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
