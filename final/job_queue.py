@@ -151,9 +151,13 @@ class LaneMetrics:
 
 @dataclass(frozen=True, slots=True)
 class Metrics:
-    """A consistent snapshot: when the queue is idle, submitted == completed + failed + lost."""
+    """A consistent snapshot: when the queue is idle, submitted == completed + failed + lost.
 
-    submitted: int  # accepted by enqueue, and replays from the dead letters
+    With a ``path``, jobs that ``close(timeout)`` leaves on disk are none of these:
+    they are the next start's ``submitted``.
+    """
+
+    submitted: int  # accepted by enqueue, recovered at start, and replayed from the dead
     started: int  # attempts begun
     completed: int  # jobs that succeeded
     failed: int  # jobs that failed for good (went to the dead letters)
@@ -484,11 +488,13 @@ class JobQueue:
         """Stop accepting jobs, run the ones accepted, and return.
 
         Without ``timeout``, returns once every accepted job has settled (retries
-        included) and every thread of the queue has ended. With ``timeout``, returns
-        when it passes: jobs not yet started are counted as ``lost``; attempts that
-        have started are never abandoned, and settle on their own threads. Safe to
-        call twice; calling it from a handler is a ``RuntimeError`` (it would wait
-        for itself).
+        included) and every thread of the queue but the abandoned ones has ended.
+        With ``timeout``, returns when it passes: jobs not yet started are counted as
+        ``lost``, or with a ``path`` stay on disk for the next start; attempts that
+        have started are never abandoned, and settle on their own threads (the file
+        stays locked until they have). Safe to call twice, and a second call without
+        ``timeout`` waits for all of that; calling it from a handler is a
+        ``RuntimeError`` (it would wait for itself).
         """
         if threading.current_thread() in self._threads:
             raise RuntimeError("close() from a handler would wait for its own job")
@@ -497,7 +503,10 @@ class JobQueue:
             self._closing = True
             for not_full in self._lane_not_full.values():
                 not_full.notify_all()
-            self._all_settled.wait_for(lambda: self._unsettled == 0, timeout)
+            # Enqueues still being written to disk hold reservations: wait for them too.
+            self._all_settled.wait_for(
+                lambda: self._unsettled == 0 and not any(self._reserved.values()), timeout
+            )
             if not self._stopping:
                 self._stop()
             threads = list(self._threads)
@@ -695,13 +704,21 @@ class JobQueue:
                 not_full.wait(remaining)
             finally:
                 self._blocked[priority] -= 1
+            error: Exception | None = None
             if self._closing:
-                raise QueueClosed("the queue closed while this enqueue waited for room")
+                error = QueueClosed("the queue closed while this enqueue waited for room")
             # Another producer may have taken the key or the id while we waited.
-            if key is not None and (first := self._keys.get(key)):
-                raise DuplicateJob(first, f"idempotency key {key!r} was used by job {first}")
-            if job.id in self._records:
-                raise DuplicateJob(job.id, f"a job with id {job.id!r} was accepted before")
+            elif key is not None and (first := self._keys.get(key)):
+                error = DuplicateJob(first, f"idempotency key {key!r} was used by job {first}")
+            elif job.id in self._records:
+                error = DuplicateJob(job.id, f"a job with id {job.id!r} was accepted before")
+            if error is not None:
+                # This producer may be the one a worker woke for the room it made;
+                # leaving without taking it, pass the wake-up on, or it is lost.
+                room = len(lane) + self._reserved[priority] < self._queue_size
+                if room and self._blocked[priority]:
+                    not_full.notify()
+                raise error
 
     def _unadmit(self, records: Sequence[Record]) -> None:
         """The store refused these: forget them as if never admitted. Holds the lock."""
@@ -711,6 +728,8 @@ class JobQueue:
             if record.job.idempotency_key is not None:
                 self._keys.pop(record.job.idempotency_key, None)
             self._lane_not_full[record.job.priority].notify()
+        if self._closing:
+            self._all_settled.notify_all()  # close() waits for reservations to end
 
     def _store_and_publish(self, records: Sequence[Record]) -> None:
         """Make admitted jobs durable, outside the lock, then accept them.
@@ -725,15 +744,26 @@ class JobQueue:
         except DuplicateRow as exc:
             duplicate = exc
             stored = records[: [r.job.id for r in records].index(exc.job_id)]
-        except BaseException:
+        except BaseException as exc:
             with self._mutex:
                 self._unadmit(records)
+                closing = self._closing
+            if closing and isinstance(exc, StoreError):  # close() shut the store meanwhile
+                raise QueueClosed("the queue closed while this enqueue was being stored") from exc
             raise
         with self._mutex:
             self._unadmit(records[len(stored) :])
             for record in stored:
                 self._reserved[record.job.priority] -= 1
-                self._publish(record)
+                if self._stopping:
+                    # close(timeout) gave up waiting for this write: the job is on
+                    # disk, accepted, and the next start runs it.
+                    self._records.pop(record.job.id, None)
+                    self._drop_key(record)
+                else:
+                    self._publish(record)
+            if self._closing:
+                self._all_settled.notify_all()  # close() waits for reservations to end
         if duplicate is not None:
             error = DuplicateJob(duplicate.first, f"job {duplicate.job_id}: already on disk")
             error.accepted = len(stored)
@@ -751,16 +781,16 @@ class JobQueue:
     def _worker(self) -> None:
         me = threading.current_thread()
         with self._mutex:
-            record = self._take_locked(me)
-        while record is not None:
-            record = self._run(record, me)
+            attempt = self._take_locked(me)
+        while attempt is not None:
+            attempt = self._run(attempt, me)
 
-    def _take_locked(self, me: threading.Thread) -> Record | None:
-        """The next job to run, waiting for one; None when it is time to stop. Holds the lock.
+    def _take_locked(self, me: threading.Thread) -> Attempt | None:
+        """The next attempt to run, waiting for one; None when it is time to stop.
 
-        Everything that needs no lock (building the Attempt, reading the wall
-        clock) is left to the caller: the shorter each hold, the rarer a queue of
-        threads at the lock, and with the GIL such a queue is what costs most.
+        Holds the lock. The Attempt is built here, not after the lock is let go:
+        it carries the token that says whose attempt this is, and a timeout can
+        hand the job to someone else the moment the lock is free.
         """
         # A loop, not an if: a wait can wake with nothing to do.
         while not self._stopping:
@@ -790,7 +820,7 @@ class JobQueue:
             self._waits.append(now - record.ready)
             self._running.add(record)
             self._counts[priority]["started"] += 1
-            return record
+            return Attempt(record.job, record.attempts, record.deadline, record, record.token)
         return None
 
     def _wait_for_work(self, timeout: float | None) -> None:
@@ -801,16 +831,14 @@ class JobQueue:
         finally:
             self._idle -= 1
 
-    def _run(self, record: Record, me: threading.Thread) -> Record | None:
+    def _run(self, attempt: Attempt, me: threading.Thread) -> Attempt | None:
         """Run one attempt, settle it, and take the next (None: this thread leaves).
 
         Settling and taking share one hold of the lock: every acquisition a worker
         makes is a chance for the others to queue up behind it, and with the GIL a
         queue of threads at a lock costs more than the work the lock protects.
         """
-        # Only this thread changes these fields until the attempt settles or times out.
-        token = record.token
-        attempt = Attempt(record.job, record.attempts, record.deadline, record, token)
+        record, token = attempt._record, attempt._token
         if self._durable:
             try:
                 self._store.claimed(record)
@@ -819,6 +847,8 @@ class JobQueue:
                 # disk as it was, and the next start runs it.
                 logger.exception("job %s: could not record its attempt; not run", record.job.id)
                 with self._mutex:
+                    if record.token != token:  # timed out meanwhile: no longer ours
+                        return self._take_locked(me) if self._rejoin(me) else None
                     self._running.discard(record)
                     self._forget(record)
                     return self._take_locked(me)
@@ -826,7 +856,7 @@ class JobQueue:
         error: str | None = None
         try:
             self._handler(attempt.job)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: it must not take the worker along
             late = " after it had timed out; the result is ignored" if attempt.abandoned else ""
             logger.warning(
                 "job %s attempt %d failed%s", attempt.job.id, attempt.number, late, exc_info=True

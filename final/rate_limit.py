@@ -8,7 +8,8 @@ Why a burst of a tenth of a second's worth (at least one token)? A burst of one
 would space starts perfectly, but every late wake-up of a worker (a few hundred
 microseconds on a busy machine) would then be rate lost for good. A tenth of a
 second of credit absorbs that jitter, while no window of one second can see more
-than 1.1 times the limit: ``rate`` plus the ``rate / 10`` the bucket may hold.
+than ``rate`` plus the burst: 1.1 times the limit from 10 starts a second up, and
+``rate + 1`` below that (a job cannot start in tenths).
 """
 
 from __future__ import annotations

@@ -14,13 +14,15 @@ What it fixes from naive, lesson by lesson:
    timed-out attempt is *abandoned*: it is counted as timed out and retried, and a
    fresh worker thread takes its slot so that the pool keeps its capacity. The
    abandoned thread runs on until its handler returns; its result is ignored.
-   At most ``workers`` threads may be abandoned at once: past that, a timed-out
-   worker is not replaced (the pool shrinks until one comes back) rather than
-   growing threads without bound. ``metrics().abandoned`` shows how many there
-   are. A handler can cooperate: ``current_attempt()`` returns the running
-   ``Attempt``, whose ``expired`` and ``time_left()`` say when to give up.
+   A timed-out worker is replaced only while at most ``workers`` threads are
+   abandoned; past that the pool shrinks until one comes back, so the queue never
+   runs more than ``2 * workers`` worker threads in all, instead of growing them
+   without bound. ``metrics().abandoned`` shows how many are abandoned now. A
+   handler can cooperate: ``current_attempt()`` returns the running ``Attempt``,
+   whose ``expired`` and ``time_left()`` say when to give up.
 5. Graceful shutdown. ``close()`` stops accepting, runs what is queued, in flight
-   and waiting to retry, and returns with no thread of the queue left running.
+   and waiting to retry, and returns with no thread of the queue left running but
+   the abandoned ones (lesson 4: nothing can end them).
    ``close(timeout)`` returns when the timeout passes and counts the jobs it left
    unrun as ``lost``; it never abandons an attempt that has started. A queue
    nobody closed is closed at interpreter exit, before its daemon workers die.
@@ -298,11 +300,11 @@ class JobQueue:
         """Stop accepting jobs, run the ones accepted, and return.
 
         Without ``timeout``, returns once every accepted job has settled (retries
-        included) and every thread of the queue has ended. With ``timeout``, returns
-        when it passes: jobs not yet started are counted as ``lost``; attempts that
-        have started are never abandoned, and settle on their own threads. Safe to
-        call twice; calling it from a handler is a ``RuntimeError`` (it would wait
-        for itself).
+        included) and every thread of the queue but the abandoned ones has ended.
+        With ``timeout``, returns when it passes: jobs not yet started are counted as
+        ``lost``; attempts that have started are never abandoned, and settle on their
+        own threads. Safe to call twice; calling it from a handler is a
+        ``RuntimeError`` (it would wait for itself).
         """
         if threading.current_thread() in self._threads:
             raise RuntimeError("close() from a handler would wait for its own job")
@@ -381,7 +383,7 @@ class JobQueue:
         _current.attempt = attempt
         try:
             self._handler(attempt.job)
-        except Exception:
+        except BaseException:  # SystemExit too: it must not take the worker along
             late = " after it had timed out; the result is ignored" if attempt.abandoned else ""
             logger.warning(
                 "job %s attempt %d failed%s", attempt.job.id, attempt.number, late, exc_info=True

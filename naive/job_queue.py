@@ -170,7 +170,7 @@ class JobQueue:
     def _run(self, job: Job) -> None:
         try:
             self._handler(job)
-        except Exception:
+        except BaseException:  # SystemExit too: it must not take the worker along
             # Lesson 3: logged, and that is all that remains of it.
             logger.exception("job %s failed; naive does not retry it", job.id)
         self._settle()

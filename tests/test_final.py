@@ -295,6 +295,48 @@ def test_producers_waiting_for_room_with_one_id_get_exactly_one_job_in(queues: A
     assert recorder.attempts["twin"] == 1
 
 
+def test_a_producer_refused_after_waiting_passes_its_wake_up_on(queues: Any) -> None:
+    q, recorder = gated(queues, queue_size=1)
+    q.enqueue(Job(id="filler"))  # the lane is full: the producers below all wait
+    outcomes: dict[str, str] = {}
+
+    def produce(name: str, key: str) -> None:
+        try:
+            q.enqueue(Job(id=name, idempotency_key=key), timeout=PATIENCE)
+            outcomes[name] = "accepted"
+        except (DuplicateJob, QueueFull) as exc:
+            outcomes[name] = type(exc).__name__
+
+    threads = [
+        threading.Thread(target=produce, args=args)
+        for args in (("p1", "same"), ("p2", "same"), ("p3", "other"))
+    ]
+    for t in threads:
+        t.start()
+    recorder.release()
+    for t in threads:
+        t.join()
+    # One of p1 and p2 is refused as a duplicate after a wake-up; p3 must not be
+    # left waiting on a lane with room because that wake-up was spent on a refusal.
+    assert outcomes["p3"] == "accepted"
+    assert sorted([outcomes["p1"], outcomes["p2"]]) == ["DuplicateJob", "accepted"]
+
+
+def test_timeouts_racing_with_fast_jobs_never_settle_a_job_twice() -> None:
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # make the race between take and timeout likely
+    try:
+        for _ in range(10):
+            q = JobQueue(lambda job: None, workers=4, job_timeout=1e-4, max_retries=0)
+            q.enqueue_many(Job() for _ in range(300))
+            assert q.join(timeout=PATIENCE)
+            m = q.metrics()
+            assert m.submitted == m.completed + m.failed + m.lost == 300
+            q.close(timeout=PATIENCE)
+    finally:
+        sys.setswitchinterval(switch)
+
+
 def test_a_job_may_carry_its_own_retry_budget(queues: Any) -> None:
     recorder = Recorder(fail=lambda job, n: True)
     q = queues(recorder, max_retries=1, **FAST)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -68,6 +69,21 @@ def test_a_failing_handler_does_not_kill_the_workers(tier: Tier) -> None:
     assert q.join(timeout=PATIENCE)
     # One worker took twenty failures and was still there for the next job.
     assert recorder.succeeded == ["after"]
+
+
+def test_a_handler_raising_system_exit_fails_its_job_and_keeps_its_worker(tier: Tier) -> None:
+    ran: list[str] = []
+
+    def handler(job: Any) -> None:
+        ran.append(job.id)
+        if job.id == "exits":
+            raise SystemExit(1)  # what sys.exit() in a handler does
+
+    q = tier.queue(handler, workers=1, max_retries=0)
+    q.enqueue(tier.Job(id="exits"))
+    q.enqueue(tier.Job(id="after"))
+    assert q.join(timeout=PATIENCE)
+    assert ran == ["exits", "after"]
 
 
 def test_a_handler_failure_is_logged_with_its_traceback(
