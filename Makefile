@@ -22,6 +22,7 @@ typecheck: $(DEV)
 
 bench: $(DEV)
 	$(PY) -m benchmarks.throughput_latency --json benchmarks/results/throughput_latency.json
+	$(PY) -m benchmarks.persistence
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed; set PYTHON=/path/to/python3.11")'
