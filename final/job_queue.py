@@ -381,7 +381,7 @@ class JobQueue:
         self._seq = 0
         self._unsettled = 0  # accepted and not yet settled
         self._closing = False  # close() has begun: enqueue refuses
-        self._stopping = False  # workers and scheduler leave; what is left is lost
+        self._stopping = False  # workers and scheduler leave; what is left is lost (or on disk)
         self._counts = {p: dict.fromkeys(_COUNTERS, 0) for p in Priority}
         self._waits: deque[float] = deque(maxlen=_WAIT_WINDOW)
         self._busy = 0.0  # seconds of handler time in finished attempts
