@@ -203,13 +203,6 @@ class SQLiteStore:
             row = self._reader_db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _record(row)
 
-    def find_key(self, key: str) -> str | None:
-        with self._reader_lock:
-            row = self._reader_db.execute(
-                "SELECT id FROM jobs WHERE idempotency_key = ?", (key,)
-            ).fetchone()
-        return None if row is None else str(row[0])
-
     def load(self) -> list[tuple[Record, float]]:
         """Every unsettled job, in the order accepted, with seconds left of its backoff."""
         with self._reader_lock:

@@ -45,10 +45,6 @@ class Store(Protocol):
         """A settled job that memory no longer holds, or None."""
         ...
 
-    def find_key(self, key: str) -> str | None:
-        """The id of the job that used an idempotency key memory no longer holds."""
-        ...
-
     def load(self) -> list[tuple[Record, float]]:
         """Every unsettled job, with the seconds left of its backoff (0 if none)."""
         ...
@@ -84,9 +80,6 @@ class MemoryStore:
         pass
 
     def find(self, job_id: str) -> Record | None:
-        return None
-
-    def find_key(self, key: str) -> str | None:
         return None
 
     def load(self) -> list[tuple[Record, float]]:
