@@ -365,10 +365,11 @@ class JobQueue:
         # code even when nobody waits, and the hot path would pay for it on every job.
         self._idle = 0
         self._blocked = dict.fromkeys(Priority, 0)
-        # A full lane wakes its producers once it has room for this many jobs, not at
-        # every job taken: each wake-up of a producer costs a commit on disk (and a
-        # thread switch in memory), so producers refill a lane in batches.
-        self._refill = max(1, queue_size // 8)
+        # A full lane wakes its producers once half of it is free, not at every job
+        # taken: each wake-up of a producer costs a commit on disk (and a thread
+        # switch in memory), so producers refill a lane in batches, and the half
+        # still queued keeps the workers busy while the refill is being stored.
+        self._refill = max(1, queue_size // 2)
         self._picker = FairPicker(fairness, self._lanes)
         now = time.monotonic()
         self._bucket = None if rate_limit is None else TokenBucket(rate_limit, now)

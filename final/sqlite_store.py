@@ -145,6 +145,9 @@ class _Batch:
 # of callers, go to SQLite in one executemany: each call into SQLite lets go of the
 # GIL, and getting it back, with a dozen threads busy, is what a commit waits for most.
 _Pending = tuple[str, Any, _Batch | None, bool]
+# A run of writes of one kind as statements (SQL, parameters), with its pending
+# writes if they are adds.
+_Statements = tuple[str, list[tuple[str, list[Any]]], list[_Pending]]
 
 
 class SQLiteStore:
@@ -343,32 +346,97 @@ class SQLiteStore:
         # survive a power loss. In WAL mode, NORMAL still survives the process dying,
         # which is all a lagging write needs.
         power = any(needs_power for *_, needs_power in writes)
+        statements = self._statements(writes)
         try:
             if power != self._synced:
                 db.execute(f"PRAGMA synchronous = {'FULL' if power else 'NORMAL'}")
                 self._synced = power
-            db.execute("BEGIN IMMEDIATE")
-            i = 0
-            while i < len(writes):
-                what = writes[i][0]
-                j = i + 1
-                while j < len(writes) and writes[j][0] is what:
-                    j += 1
-                if what is INSERT:
-                    self._insert(db, writes[i:j])
-                else:
-                    # One job's end once per statement: an UPDATE ... FROM matching
-                    # two rows would use either. Its latest write is the one that counts.
-                    latest = {params[0]: params for _, params, _, _ in writes[i:j]}
-                    self._rows(db, partial(_update_sql, what), list(latest.values()))
-                i = j
-            db.execute("COMMIT")
+            if len(statements) == 1 and len(statements[0][1]) == 1:
+                # One statement is a transaction of its own: no BEGIN and COMMIT,
+                # which are two more round trips through the GIL.
+                self._execute(db, *statements[0], alone=True)
+            else:
+                db.execute("BEGIN IMMEDIATE")
+                for what, parts, adds in statements:
+                    self._execute(db, what, parts, adds)
+                db.execute("COMMIT")
         except Exception as exc:  # a full disk, a read-only file: tell the waiters
             logger.error("%s: commit of %d writes failed: %s", self.path, len(writes), exc)
             if db.in_transaction:
                 db.execute("ROLLBACK")
             return exc
         return None
+
+    def _statements(self, writes: list[_Pending]) -> list[_Statements]:
+        """The writes as few statements: each run of writes of one kind becomes
+        statements of many rows (sizes powers of two, so that the connection's
+        statement cache holds every statement it will ever see)."""
+        statements: list[_Statements] = []
+        i = 0
+        while i < len(writes):
+            what = writes[i][0]
+            j = i + 1
+            while j < len(writes) and writes[j][0] is what:
+                j += 1
+            adds: list[_Pending] = []
+            if what is INSERT:
+                adds = writes[i:j]
+                rows = [row for _, rows, _, _ in adds for row in rows]
+                sql: Callable[[int], str] = _insert_sql
+            else:
+                # One job's end once per statement: an UPDATE ... FROM matching two
+                # rows would use either. Its latest write is the one that counts.
+                rows = list({params[0]: params for _, params, _, _ in writes[i:j]}.values())
+                sql = partial(_update_sql, what)
+            parts = []
+            k = 0
+            while k < len(rows):
+                size = min(self._chunk, 1 << (len(rows) - k).bit_length() - 1)
+                parts.append((sql(size), [value for row in rows[k : k + size] for value in row]))
+                k += size
+            statements.append((what, parts, adds))
+            i = j
+        return statements
+
+    def _execute(
+        self,
+        db: sqlite3.Connection,
+        what: str,
+        parts: list[tuple[str, list[Any]]],
+        adds: list[_Pending],
+        alone: bool = False,
+    ) -> None:
+        """One run of writes. Inserts that hit a duplicate are undone and go again
+        one row at a time, each add stopping at its first duplicate, so that
+        enqueue_many can say how many of its jobs were accepted."""
+        if what is not INSERT:
+            for sql, params in parts:
+                db.execute(sql, params)
+            return
+        # A statement is all or nothing; several need a savepoint to be so together.
+        savepoint = len(parts) > 1
+        if savepoint:
+            db.execute("SAVEPOINT adds")
+        try:
+            for sql, params in parts:
+                db.execute(sql, params)
+        except sqlite3.IntegrityError:
+            if savepoint:
+                db.execute("ROLLBACK TO adds")
+            elif alone:
+                db.execute("BEGIN IMMEDIATE")
+            for _, rows, batch, _ in adds:
+                assert batch is not None  # an add is always waited for
+                for row in rows:
+                    try:
+                        db.execute(_insert_sql(1), row)
+                    except sqlite3.IntegrityError:
+                        batch.duplicates.append(DuplicateRow(str(row[0]), _first(db, row)))
+                        break
+            if alone and not savepoint:
+                db.execute("COMMIT")
+        if savepoint:
+            db.execute("RELEASE adds")
 
     def _flush_loop(self) -> None:
         """Commit lagging writes that no other commit has carried within LAG.
@@ -402,35 +470,6 @@ class SQLiteStore:
                     self._commit()
                 else:
                     self._committed.wait()
-
-    def _insert(self, db: sqlite3.Connection, adds: list[_Pending]) -> None:
-        """The rows of several ``add`` calls, stopping each at its first duplicate."""
-        db.execute("SAVEPOINT adds")
-        try:
-            self._rows(db, _insert_sql, [row for _, rows, _, _ in adds for row in rows])
-        except sqlite3.IntegrityError:
-            # An id or key already on disk: again one by one, each caller's rows in
-            # order, stopping at its first duplicate, so that enqueue_many can say how
-            # many of its jobs were accepted.
-            db.execute("ROLLBACK TO adds")
-            for _, rows, batch, _ in adds:
-                assert batch is not None  # an add is always waited for
-                for row in rows:
-                    try:
-                        db.execute(_insert_sql(1), row)
-                    except sqlite3.IntegrityError:
-                        batch.duplicates.append(DuplicateRow(str(row[0]), _first(db, row)))
-                        break
-        db.execute("RELEASE adds")
-
-    def _rows(self, db: sqlite3.Connection, sql: Callable[[int], str], rows: list[Any]) -> None:
-        """Many rows in few statements: sizes are powers of two, so that the
-        connection's statement cache holds every statement it will ever see."""
-        i = 0
-        while i < len(rows):
-            size = min(self._chunk, 1 << (len(rows) - i).bit_length() - 1)
-            db.execute(sql(size), [value for row in rows[i : i + size] for value in row])
-            i += size
 
     # -- the attempts journal ---------------------------------------------------------------
 
