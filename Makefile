@@ -7,8 +7,9 @@ DEV    := $(VENV)/.installed-dev
 
 .PHONY: demo test lint typecheck bench clean
 
+# The tour: the same six scenarios on every tier, then a table side by side.
 demo: $(DEV)
-	$(PY) -m naive.demo
+	$(PY) -m benchmarks.tour
 
 test: lint typecheck
 	$(PY) -m pytest
