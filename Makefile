@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench matrix clean
 
 # The tour: the same six scenarios on every tier, then a table side by side.
 demo: $(DEV)
@@ -24,6 +24,10 @@ typecheck: $(DEV)
 bench: $(DEV)
 	$(PY) -m benchmarks.throughput_latency --json benchmarks/results/throughput_latency.json
 	$(PY) -m benchmarks.persistence
+
+# The README's tier matrix, from the contract suite's lacks markers (tests/matrix.py).
+matrix: $(DEV)
+	$(PY) -m tests.matrix README.md
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed; set PYTHON=/path/to/python3.11")'
