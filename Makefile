@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck bench matrix clean
+.PHONY: demo test lint typecheck bench crash-test matrix clean
 
 # The tour: the same six scenarios on every tier, then a table side by side.
 demo: $(DEV)
@@ -24,6 +24,10 @@ typecheck: $(DEV)
 bench: $(DEV)
 	$(PY) -m benchmarks.throughput_latency --json benchmarks/results/throughput_latency.json
 	$(PY) -m benchmarks.persistence
+
+# kill -9 the final tier on disk 1,000 times at random moments, and tally (~8 min).
+crash-test: $(DEV)
+	$(PY) -m benchmarks.crash --kills 1000 --json benchmarks/results/crash.json
 
 # The README's tier matrix, from the contract suite's lacks markers (tests/matrix.py).
 matrix: $(DEV)
