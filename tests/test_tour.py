@@ -100,6 +100,12 @@ def test_close_drops_on_naive_counts_on_improved_and_keeps_on_final(run: Tour) -
     assert timed["final"]["kept"] == timed["final"]["after"]
 
 
+def test_a_crash_loses_the_in_memory_tiers_jobs_and_none_of_finals(run: Tour) -> None:
+    lost = run.values(6, "acknowledged, never ran")
+    assert lost["final"] == 0
+    assert lost["naive"] > 0 and lost["improved"] > 0
+
+
 def test_the_pictures_are_written_one_per_scenario(run: Tour) -> None:
     plots = run.plots
     written = sorted(p.name for p in plots.glob("*.png"))
