@@ -199,14 +199,16 @@ def mixed_priorities(tier: str, size: Size, scenario: Scenario) -> None:
 
 # -- 3. a HIGH flood with a few LOW jobs ---------------------------------------------
 
-FLOOD_BACKLOG = 50  # HIGH jobs the producer keeps waiting, on every tier alike
+# HIGH jobs the producer keeps waiting, on every tier alike: enough that the lane does
+# not run dry while the producer waits for its turn at the GIL.
+FLOOD_BACKLOG = 100
 LOW_JOBS = 3
 
 
 def high_flood(tier: str, size: Size, scenario: Scenario) -> None:
-    """Two workers, 1 ms a job, and a producer that keeps 50 HIGH jobs waiting.
+    """Two workers, 1 ms a job, and a producer that keeps 100 HIGH jobs waiting.
 
-    Three LOW jobs arrive once the flood is steady. Naive runs them after the 50 HIGH
+    Three LOW jobs arrive once the flood is steady. Naive runs them after the 100 HIGH
     jobs ahead of them (FIFO); improved runs them only when the flood stops (strict
     priority starves them); final runs each within ``fairness + 1`` picks.
     """

@@ -55,9 +55,10 @@ def test_the_table_has_every_scenario_and_a_cell_for_every_tier(run: Tour) -> No
 
 def test_a_fast_producer_grows_naive_and_is_pushed_back_by_the_others(run: Tour) -> None:
     waiting = run.values(1, "most jobs waiting at once")
-    # One job per worker may be between its lane and its handler.
-    assert waiting["improved"] <= tour.QUEUE_SIZE + 2
-    assert waiting["final"] <= tour.QUEUE_SIZE + 2
+    # A job per worker may be between its lane and its handler, and the two workers'
+    # counts may land out of order: a margin of two per worker.
+    assert waiting["improved"] <= tour.QUEUE_SIZE + 4
+    assert waiting["final"] <= tour.QUEUE_SIZE + 4
     assert waiting["naive"] > 2 * tour.QUEUE_SIZE
 
 
