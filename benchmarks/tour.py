@@ -13,6 +13,7 @@ with a progress bar while it runs, and prints a side-by-side table at the end:
 It ends by itself in well under a minute on two cores; ``--quick`` shrinks every
 scenario to a few seconds in all (what the test runs), ``--plot DIR`` also writes one
 PNG per scenario, and ``--scenario N`` (repeatable) runs only the ones named.
+Ctrl+C stops it cleanly, with the table of the scenarios that were complete.
 
 Every figure is measured on this run, so they move a little from run to run on a busy
 machine; the shape does not: that is what the test of the tour checks. The tiers are
@@ -137,28 +138,28 @@ def fast_producer(tier: str, size: Size, scenario: Scenario) -> None:
         ran[0] = next(started)
         time.sleep(0.001)
 
-    q = _queue(module, handler, workers=2, queue_size=QUEUE_SIZE)
     samples: list[tuple[float, int, float]] = []  # (seconds, jobs waiting, MB traced)
-    tracemalloc.start()
-    try:
-        begun = time.monotonic()
-        accepted = most_waiting = 0
-        while accepted < size.produce_at_most:
-            q.enqueue(module.Job())
-            accepted += 1
-            if accepted % 250 == 0:
-                now = time.monotonic() - begun
-                waiting = accepted - ran[0]
-                most_waiting = max(most_waiting, waiting)
-                samples.append((now, waiting, tracemalloc.get_traced_memory()[0] / 1e6))
-                if now >= size.produce_for:
-                    break
-        elapsed = time.monotonic() - begun
-        peak = tracemalloc.get_traced_memory()[1] / 1e6
-    finally:
-        tracemalloc.stop()
-    # Naive drops what is queued (its lesson); the others run their last lane-full.
-    q.close()
+    # Leaving the block closes the queue: naive drops what is queued (its lesson), the
+    # others run their last lane-full.
+    with _queue(module, handler, workers=2, queue_size=QUEUE_SIZE) as q:
+        tracemalloc.start()
+        try:
+            begun = time.monotonic()
+            accepted = most_waiting = 0
+            while accepted < size.produce_at_most:
+                q.enqueue(module.Job())
+                accepted += 1
+                if accepted % 250 == 0:
+                    now = time.monotonic() - begun
+                    waiting = accepted - ran[0]
+                    most_waiting = max(most_waiting, waiting)
+                    samples.append((now, waiting, tracemalloc.get_traced_memory()[0] / 1e6))
+                    if now >= size.produce_for:
+                        break
+            elapsed = time.monotonic() - begun
+            peak = tracemalloc.get_traced_memory()[1] / 1e6
+        finally:
+            tracemalloc.stop()
     scenario.row("jobs accepted").put(tier, f"{accepted:,} in {elapsed:.1f} s", accepted)
     scenario.row("most jobs waiting at once").put(tier, f"{most_waiting:,}", most_waiting)
     scenario.row("peak memory (tracemalloc)").put(tier, f"{peak:.1f} MB", peak)
@@ -184,14 +185,15 @@ def mixed_priorities(tier: str, size: Size, scenario: Scenario) -> None:
             return
         order.append(PRIORITY_LETTER[job.priority.name])
 
-    q = _queue(module, handler, workers=1)
-    q.enqueue(module.Job(id="gate", priority=module.Priority.HIGH))
-    for i in range(4):
-        for p in ("LOW", "MEDIUM", "HIGH"):
-            q.enqueue(module.Job(id=f"{p}-{i}", priority=module.Priority[p]))
-    gate.set()
-    q.join()
-    q.close()
+    with _queue(module, handler, workers=1) as q:
+        try:
+            q.enqueue(module.Job(id="gate", priority=module.Priority.HIGH))
+            for i in range(4):
+                for p in ("LOW", "MEDIUM", "HIGH"):
+                    q.enqueue(module.Job(id=f"{p}-{i}", priority=module.Priority[p]))
+        finally:
+            gate.set()  # on Ctrl+C too: close() would wait for the held worker
+        q.join()
     ran = "".join(order)
     scenario.row("arrived LMHLMHLMHLMH, ran").put(tier, ran, ran)
     scenario.plot[tier] = ran
@@ -239,23 +241,22 @@ def high_flood(tier: str, size: Size, scenario: Scenario) -> None:
             if room.acquire(timeout=0.05):
                 q.enqueue(module.Job(priority=module.Priority.HIGH))
 
-    q = _queue(module, handler, workers=2)
-    producer = threading.Thread(target=produce, name="tour-flood")
-    producer.start()
-    try:
-        steady.wait(30)
-        with lock:
-            picks_at_arrival = high_started
-        for i in range(LOW_JOBS):
-            low_enqueued[f"low-{i}"] = time.monotonic()
-            q.enqueue(module.Job(id=f"low-{i}", priority=module.Priority.LOW))
-        stop.wait(size.flood_for)
-    finally:
-        stop.set()
-        producer.join()
-    q.join()
-    flood_ended = time.monotonic()
-    q.close()
+    with _queue(module, handler, workers=2) as q:
+        producer = threading.Thread(target=produce, name="tour-flood")
+        producer.start()
+        try:
+            steady.wait(30)
+            with lock:
+                picks_at_arrival = high_started
+            for i in range(LOW_JOBS):
+                low_enqueued[f"low-{i}"] = time.monotonic()
+                q.enqueue(module.Job(id=f"low-{i}", priority=module.Priority.LOW))
+            stop.wait(size.flood_for)
+        finally:
+            stop.set()
+            producer.join()
+        q.join()
+        flood_ended = time.monotonic()
     waits = [low_started[i][0] - low_enqueued[i] for i in low_enqueued]
     picks = max(low_started[i][1] for i in low_enqueued) - picks_at_arrival
     flood = flood_ended - min(low_enqueued.values())
@@ -296,29 +297,30 @@ def flaky_handlers(tier: str, size: Size, scenario: Scenario) -> None:
         if number <= plan[job.id] and not fixed.is_set():
             raise RuntimeError(f"attempt {number} of {job.id} failed, as planned")
 
-    q = _queue(module, handler, workers=4, max_retries=RETRIES, backoff=BACKOFF, max_backoff=1.0)
-    for job_id in plan:
-        q.enqueue(module.Job(id=job_id))
-    q.join()
-    with lock:
-        tries = {job_id: list(times) for job_id, times in attempts.items()}
-    succeeded = sum(1 for job_id, t in tries.items() if len(t) > plan[job_id])
-    retries = sum(len(t) - 1 for t in tries.values())
-    gone = len(plan) - succeeded
-    if hasattr(q, "dead_letters"):
-        dead = q.dead_letters()
-        fixed.set()
-        for job in dead:
-            q.retry_dead(job.id)
+    with _queue(
+        module, handler, workers=4, max_retries=RETRIES, backoff=BACKOFF, max_backoff=1.0
+    ) as q:
+        for job_id in plan:
+            q.enqueue(module.Job(id=job_id))
         q.join()
         with lock:
-            replayed = sum(1 for job in dead if len(attempts[job.id]) > len(tries[job.id]))
-        where = f"{len(dead)} dead letters, {replayed} replayed and ran"
-    elif hasattr(q, "metrics"):
-        where = f"{q.metrics().failed} counted as failed, gone"
-    else:
-        where = f"{gone} logged once each, gone"
-    q.close()
+            tries = {job_id: list(times) for job_id, times in attempts.items()}
+        succeeded = sum(1 for job_id, t in tries.items() if len(t) > plan[job_id])
+        retries = sum(len(t) - 1 for t in tries.values())
+        gone = len(plan) - succeeded
+        if hasattr(q, "dead_letters"):
+            dead = q.dead_letters()
+            fixed.set()
+            for job in dead:
+                q.retry_dead(job.id)
+            q.join()
+            with lock:
+                replayed = sum(1 for job in dead if len(attempts[job.id]) > len(tries[job.id]))
+            where = f"{len(dead)} dead letters, {replayed} replayed and ran"
+        elif hasattr(q, "metrics"):
+            where = f"{q.metrics().failed} counted as failed, gone"
+        else:
+            where = f"{gone} logged once each, gone"
     delays: dict[int, list[float]] = {}
     for t in tries.values():
         for n, (a, b) in enumerate(itertools.pairwise(t), start=1):
@@ -356,10 +358,10 @@ def close_with_jobs_queued(tier: str, size: Size, scenario: Scenario) -> None:
             ran[job.id] += 1
 
     n = size.close_jobs
-    q = _queue(module, handler, workers=2)
-    for i in range(n):
-        q.enqueue(module.Job(id=f"a-{i}"))
-    q.close()
+    with _queue(module, handler, workers=2) as q:
+        for i in range(n):
+            q.enqueue(module.Job(id=f"a-{i}"))
+        q.close()
     with lock:
         done = sum(1 for i in range(n) if ran[f"a-{i}"])
     cell = f"ran {done}" + (f", dropped {n - done} silently" if done < n else "")
@@ -380,9 +382,8 @@ def close_with_jobs_queued(tier: str, size: Size, scenario: Scenario) -> None:
             q.close()  # the attempts still running settle; the file is then free again
             with lock:
                 done = sum(1 for i in range(n) if ran[f"b-{i}"])
-            restarted = _queue(module, handler, **options)
-            restarted.join()
-            restarted.close()
+            with _queue(module, handler, **options) as restarted:
+                restarted.join()
             with lock:
                 after = sum(1 for i in range(n) if ran[f"b-{i}"]) - done
             cell = f"ran {done}, kept {n - done} on disk: {after} ran after a restart"
@@ -465,9 +466,11 @@ def run(
     numbers: Sequence[int] = tuple(SCENARIOS),
     tiers: Sequence[str] = TIERS,
     progress: Callable[[str], None] = lambda what: None,
-) -> list[Scenario]:
-    """Run the scenarios named, each on every tier; ``progress`` hears of each step."""
-    scenarios = []
+) -> Iterator[Scenario]:
+    """Run the scenarios named, each on every tier, yielding each once it is complete.
+
+    ``progress`` hears of each step before it runs.
+    """
     for number in numbers:
         title, step, labels = SCENARIOS[number]
         if number == 5:
@@ -477,8 +480,7 @@ def run(
         for tier in tiers:
             progress(f"{number}. {title}: {tier}")
             step(tier, size, scenario)
-        scenarios.append(scenario)
-    return scenarios
+        yield scenario
 
 
 def table(scenarios: Sequence[Scenario], tiers: Sequence[str] = TIERS) -> str:
@@ -552,14 +554,22 @@ def main(argv: list[str] | None = None) -> list[Scenario]:
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
+    scenarios: list[Scenario] = []
+    interrupted = False
     try:
         with _progress_bar(len(numbers) * len(TIERS)) as progress:
-            scenarios = run(size, numbers, progress=progress)
+            scenarios.extend(run(size, numbers, progress=progress))
+    except KeyboardInterrupt:
+        # Each scenario closes its queues on the way out; what was complete is shown.
+        interrupted = True
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
     print(table(scenarios))
-    print(f"\n(the tour took {time.monotonic() - begun:.0f} s)")
+    stopped = ", stopped by Ctrl+C" if interrupted else ""
+    print(f"\n(the tour took {time.monotonic() - begun:.0f} s{stopped})")
+    if interrupted:
+        raise SystemExit(130)  # what a shell reports for a program ended by Ctrl+C
     if args.plot is not None:
         for path in tour_plots.draw(scenarios, args.plot):
             print(f"wrote {path}")
