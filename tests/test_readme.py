@@ -76,3 +76,15 @@ def test_the_readme_teaches_each_tiers_lessons_in_the_order_its_file_gives_them(
     in_code = docstring_lessons(name)
     assert len(in_code) >= 4, f"{name}/job_queue.py: no numbered lessons found"
     assert readme_lessons(name) == in_code
+
+
+def test_every_test_the_readme_names_is_in_the_file_it_links_to() -> None:
+    text = FENCE.sub("", README.read_text(encoding="utf-8"))
+    named = re.findall(r"\[`(test_\w+)`\]\(([^)#\s]+)\)", text)
+    assert len(named) > 20, "hardly a test named in the README: is the pattern still right?"
+    missing = [
+        f"{name} in {target}"
+        for name, target in named
+        if not re.search(rf"^def {name}\(", (ROOT / target).read_text(), re.MULTILINE)
+    ]
+    assert missing == []
