@@ -33,10 +33,10 @@ WARNING. Jobs not yet settled are never let go of.
 
 What it still gets wrong, or leaves to you:
 
-- Delivery is at least once, never exactly once: a job can run again after a crash
-  or a timeout, so handlers must be idempotent.
-- One process. Several machines need a shared database and a claim protocol
-  between them; the store interface is where that would begin.
+11. At least once, never exactly once. A job can run again after a crash or a
+    timeout, so handlers must be idempotent.
+12. One process. Several machines need a shared database and a claim protocol
+    between them; the store interface is where that would begin.
 """
 
 from __future__ import annotations
