@@ -15,6 +15,7 @@ from final.sqlite_store import StoreError
 
 # The HTTP server needs the optional extra; the rest runs on the standard library.
 HTTP_EXTRA = "pip install 'job-queue-course[http]'"
+TOKEN_ENV = "JOB_QUEUE_TOKEN"  # where serve looks for the bearer token when --token is not given
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"serve needs the http extra ({exc.name} is missing): {HTTP_EXTRA}", file=sys.stderr)
         return 2
-    token = args.token if args.token is not None else os.environ.get("JOB_QUEUE_TOKEN") or None
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
     try:
         handler = load_handler(args.handler)
         serve(

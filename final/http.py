@@ -58,13 +58,12 @@ from final.job_queue import (
     Status,
 )
 
-__all__ = ["MAX_BODY", "TOKEN_ENV", "HttpState", "create_app", "instrument"]
+__all__ = ["MAX_BODY", "HttpState", "create_app", "instrument"]
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024  # bytes in a request body
 MAX_RETRIES = 100  # the most a client may ask for: a bound, so a huge number is a 422
-TOKEN_ENV = "JOB_QUEUE_TOKEN"  # where `serve` looks for the bearer token
 ID_PATTERN = r"^[A-Za-z0-9._~-]{1,1024}$"  # what an id in a URL may be: unreserved characters
 RETRY_AFTER = "1"  # seconds a client is told to wait after a 503
 PRIORITY_NAMES: dict[Priority, Literal["high", "medium", "low"]] = {
@@ -233,6 +232,8 @@ class HttpState:
             buckets=WAIT_BUCKETS,
             registry=registry,
         )
+        for name in PRIORITY_NAMES.values():  # every series exists from the first scrape
+            self.wait.labels(name)
 
     @property
     def accepting(self) -> bool:

@@ -129,9 +129,14 @@ def serve(
         # which a signal handler must not wait for.
         threading.Thread(target=stop_queue, name="final-drain").start()
 
+    # On disk, what is queued waits for the next start; in memory it would be lost, so
+    # without a path the queued jobs get the grace period too.
+    durable = queue_options.get("path") is not None
+
     def stop_queue() -> None:
         logger.info("signal: draining; running attempts get %ss (a second signal exits now)", grace)
-        queue.close(timeout=0)
+        if durable:
+            queue.close(timeout=0)
 
     server = _Server(config, drain)
     previous = {s: signal.signal(s, server.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -146,15 +151,17 @@ def serve(
             "required" if token else "not required",
         )
         server.run(sockets=[sock])
-        # What is queued stays on disk; the attempts running get the grace period.
-        queue.close(timeout=0)  # as drain() did, if a signal stopped it
+        if durable:
+            queue.close(timeout=0)  # as drain() did, if a signal stopped the server
         queue.close(timeout=grace)
-        metrics = queue.metrics()
+        m = queue.metrics()
         logger.info(
-            "stopped: %d completed, %d failed, %d still running (they run again at the next start)",
-            metrics.completed,
-            metrics.failed,
-            metrics.in_flight,
+            "stopped: %d completed, %d failed, %d still running, %d lost%s",
+            m.completed,
+            m.failed,
+            m.in_flight,
+            m.lost,
+            " (what did not finish runs at the next start)" if durable else "",
         )
     finally:
         queue.close(timeout=0)  # a no-op after a clean stop; a failed start leaves no thread
