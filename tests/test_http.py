@@ -448,6 +448,8 @@ def test_sigterm_lets_the_running_job_finish_and_leaves_the_queued_on_disk(
 ) -> None:
     gate = tmp_path / "open"
     server = servers("--workers", "1", "--grace", "20", env={"JOB_QUEUE_TOKEN": TOKEN})
+    with server.client(token=None) as anonymous:
+        assert anonymous.get("/dlq").status_code == 401  # the token came from the environment
     with server.client() as c:
         running = post(c, f"hold:{gate}", "high")
         wait_for(c, running, "processing")
