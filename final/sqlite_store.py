@@ -327,11 +327,15 @@ class SQLiteStore:
 
         An acknowledgement does not carry the lagging writes: a lone INSERT is one
         statement, its own transaction, where each more statement is one more wait
-        for the GIL on the path every enqueue waits on. Except a replay: the end of
-        that job's earlier life may still lag, and must not land after it.
+        for the GIL on the path every enqueue waits on. Except when they are overdue
+        (the flusher found a commit under way: better they ride in this one than it
+        wait for this one to end), and for a replay: the end of that job's earlier
+        life may still lag, and must not land after it.
         """
         writes, self._pending = self._pending, []
-        if lagging or any(what is REVIVED for what, *_ in writes):
+        since = self._lagging_since
+        overdue = since is not None and time.monotonic() - since >= LAG
+        if lagging or overdue or any(what is REVIVED for what, *_ in writes):
             writes = self._lagging_writes + writes
             self._lagging_writes = []
             self._lagging_since = None
@@ -483,7 +487,10 @@ class SQLiteStore:
                 elif not self._committing:
                     self._commit(lagging=True)
                 else:
-                    self._committed.wait()
+                    # The next acknowledgement's commit takes them along; if none
+                    # comes, try again in a while. Waiting for this commit to end
+                    # instead would wake this thread at every commit of a busy queue.
+                    self._lagging.wait(LAG)
 
     # -- the attempts journal ---------------------------------------------------------------
 
