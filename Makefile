@@ -25,7 +25,7 @@ bench: $(DEV)
 	$(PY) -m benchmarks.throughput_latency --json benchmarks/results/throughput_latency.json
 	$(PY) -m benchmarks.persistence
 
-# kill -9 the final tier on disk 1,000 times at random moments, and tally (~8 min).
+# kill -9 the final tier on disk 1,000 times at random moments, and tally (~4 min here).
 crash-test: $(DEV)
 	$(PY) -m benchmarks.crash --kills 1000 --json benchmarks/results/crash.json
 
