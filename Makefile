@@ -28,10 +28,12 @@ BENCH := $(PY) -m pytest benchmarks -p no:cacheprovider --timeout=1800 \
 	-W ignore::pytest_benchmark.logger.PytestBenchmarkWarning
 
 bench: $(DEV)
+	mkdir -p benchmarks/results
 	$(BENCH) --benchmark-json=benchmarks/results/quick.json
 	$(PY) -m benchmarks.report benchmarks/results/quick.json
 
 bench-full: $(DEV)
+	mkdir -p benchmarks/results
 	$(BENCH) --full --benchmark-json=benchmarks/results/full.json
 	$(PY) -m benchmarks.report benchmarks/results/full.json
 

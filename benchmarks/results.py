@@ -15,6 +15,20 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+# One colour per system in every plot; durable systems are the blues, purples and greys.
+COLORS = {
+    "ThreadPoolExecutor": "black",
+    "naive": "tab:red",
+    "improved": "tab:orange",
+    "final": "tab:green",
+    "final-sqlite": "tab:blue",
+    "final-sqlite-process": "tab:cyan",
+    "persistqueue": "tab:purple",
+    "litequeue": "tab:brown",
+    "huey-memory": "tab:pink",
+    "huey-sqlite": "tab:gray",
+}
+
 
 @dataclass
 class Run:

@@ -312,7 +312,11 @@ def _timed(fn: Callable[[int], object], arg: int) -> float:
 
 
 def work_throughput(name: str, kind: str, workers: int, jobs: int) -> float:
-    """Jobs per second when each job sleeps 5 ms (``"io"``) or spins ~1 ms (``"cpu"``)."""
+    """Jobs per second when each job sleeps 5 ms (``"io"``) or spins ~1 ms (``"cpu"``).
+
+    ``name="direct"`` calls the handler in a plain loop on this thread: what one core
+    does with no queue at all.
+    """
     handler: Handler
     if kind == "io":
 
@@ -328,6 +332,10 @@ def work_throughput(name: str, kind: str, workers: int, jobs: int) -> float:
     else:
         raise ValueError(f"kind must be 'io' or 'cpu', got {kind!r}")
     begun = time.perf_counter()
+    if name == "direct":  # the baseline: the handler called in a loop, no queue, one thread
+        for i in range(jobs):
+            handler(i)
+        return jobs / (time.perf_counter() - begun)
     with opened(name, handler, workers) as s:
         for i in range(jobs):
             s.submit(i)
@@ -360,16 +368,8 @@ class Starvation:
     def low_waits_ms(self) -> list[float]:
         return sorted((s - a) * 1000 for a, s in self.low)
 
-    def oldest_low_age(self, step: float = 0.05) -> list[tuple[float, float]]:
-        """(t, age in ms of the oldest LOW job accepted but not started at t)."""
-        points = []
-        t = 0.0
-        end = max([self.seconds] + [s for _, s in self.low])
-        while t <= end:
-            ages = [t - a for a, s in self.low if a <= t < s]
-            points.append((t, max(ages, default=0.0) * 1000))
-            t += step
-        return points
+    def worst_low_wait(self, step: float = 0.01) -> list[tuple[float, float]]:
+        return worst_wait_so_far(self.low, self.seconds, step)
 
     def summary(self) -> dict[str, Any]:
         low = self.low_waits_ms()
@@ -386,6 +386,24 @@ class Starvation:
             "high_p99_ms": percentile(self.high_waits_ms, 0.99) if self.high_waits_ms else None,
             "low": [[round(a, 5), round(s, 5)] for a, s in self.low],
         }
+
+
+def worst_wait_so_far(
+    jobs: Sequence[Sequence[float]], seconds: float, step: float = 0.01
+) -> list[tuple[float, float]]:
+    """(t, the longest wait in ms of any job accepted by t), every ``step`` seconds.
+
+    ``jobs`` holds (accepted, started) pairs in seconds; a job not yet started at t
+    counts with its age so far, so that a starved job shows while it starves. The
+    series runs until the last job started, or ``seconds`` if that is later.
+    """
+    points = []
+    end = max([seconds] + [s for _, s in jobs])
+    for k in range(int(end / step) + 1):
+        t = k * step
+        waits = [min(s, t) - a for a, s in jobs if a <= t]
+        points.append((t, max(waits, default=0.0) * 1000))
+    return points
 
 
 def starvation(
@@ -630,4 +648,5 @@ __all__ = [
     "systems",
     "throughput",
     "work_throughput",
+    "worst_wait_so_far",
 ]

@@ -17,6 +17,28 @@ from benchmarks.conftest import Benchmark, Mode, measure
 WORKERS = [1, 2, 4, 8, 16, 32, 64]
 
 
+@pytest.mark.parametrize("kind", ["io", "cpu"])
+def test_direct(benchmark: Benchmark, mode: Mode, kind: str) -> None:
+    """The baseline beside the queues: the handler called in a loop on one thread."""
+    jobs = int(mode.io_seconds / scenarios.IO_SECONDS) if kind == "io" else mode.cpu_jobs
+    rates = measure(
+        benchmark,
+        f"3 workers {kind}",
+        1 if mode.rounds < 5 else 3,
+        lambda: scenarios.work_throughput("direct", kind, 1, jobs),
+    )
+    benchmark.extra_info.update(
+        system="direct",
+        kind=kind,
+        workers=1,
+        jobs=jobs,
+        jobs_per_s=statistics.median(rates),
+        spin_loops=scenarios.calibrate_spin().loops,
+        spin_seconds=scenarios.calibrate_spin().seconds,
+        cpus=scenarios.machine()["cpus"],
+    )
+
+
 @pytest.mark.parametrize("workers", WORKERS)
 @pytest.mark.parametrize("system", scenarios.IN_MEMORY)
 @pytest.mark.parametrize("kind", ["io", "cpu"])
