@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck bench bench-full notebooks clean
+.PHONY: demo test lint typecheck bench bench-full notebooks crash-test clean
 
 demo: $(DEV)
 	$(PY) -m naive.demo
@@ -41,6 +41,10 @@ bench-full: $(DEV)
 # figures the README shows to notebooks/figures/.
 notebooks: $(DEV)
 	$(PY) -m benchmarks.run_notebooks
+
+# kill -9 the final tier on disk 1,000 times at random moments, and tally (~8 min).
+crash-test: $(DEV)
+	$(PY) -m benchmarks.crash --kills 1000 --json benchmarks/results/crash.json
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed; set PYTHON=/path/to/python3.11")'

@@ -347,9 +347,10 @@ class JobQueue:
         # Notified when a job enters a lane (enqueue, a retry falling due, a replay)
         # and at stop; idle workers wait on it (with a timeout, for a rate limit token).
         self._not_empty = threading.Condition(self._mutex)
-        # One per lane, notified when a worker takes a job from that lane and at
-        # close; producers blocked on that lane wait on it. Per lane, because room
-        # in the LOW lane must not wake (and use up the wake-up of) a HIGH producer.
+        # One per lane, notified (all waiters) when workers have made room for a
+        # refill in that lane (see _refill), when a store refuses reserved jobs, and
+        # at close; producers blocked on that lane wait on it. Per lane, because
+        # room in the LOW lane must not wake a HIGH producer for nothing.
         self._lane_not_full = {p: threading.Condition(self._mutex) for p in Priority}
         # Notified when the last accepted job settles; join() and close() wait on it.
         self._all_settled = threading.Condition(self._mutex)
@@ -364,6 +365,10 @@ class JobQueue:
         # code even when nobody waits, and the hot path would pay for it on every job.
         self._idle = 0
         self._blocked = dict.fromkeys(Priority, 0)
+        # A full lane wakes its producers once it has room for this many jobs, not at
+        # every job taken: each wake-up of a producer costs a commit on disk (and a
+        # thread switch in memory), so producers refill a lane in batches.
+        self._refill = max(1, queue_size // 8)
         self._picker = FairPicker(fairness, self._lanes)
         now = time.monotonic()
         self._bucket = None if rate_limit is None else TokenBucket(rate_limit, now)
@@ -453,9 +458,14 @@ class JobQueue:
             batch: list[Record] = []
             error: QueueFull | QueueClosed | DuplicateJob | None = None
             with self._mutex:
+                # Each chunk is one commit on disk: the first job waits for room for
+                # a refill's worth, rather than chase the workers a few jobs at a time.
+                room_for = min(len(records) - accepted, self._refill)
                 for record in records[accepted:]:
                     try:
-                        self._admit(record, timeout if not batch else 0)
+                        self._admit(
+                            record, timeout if not batch else 0, room_for if not batch else 1
+                        )
                     except QueueFull as exc:
                         if not batch:
                             error = exc
@@ -665,8 +675,12 @@ class JobQueue:
         record.enqueued = record.ready = time.monotonic()
         return record
 
-    def _admit(self, record: Record, timeout: float | None) -> None:
-        """Check a job, wait for room in its lane, and remember it. Holds the lock."""
+    def _admit(self, record: Record, timeout: float | None, room_for: int = 1) -> None:
+        """Check a job, wait for room in its lane, and remember it. Holds the lock.
+
+        ``room_for`` > 1 (the first job of an ``enqueue_many`` chunk) waits for room
+        for that many jobs, within ``timeout``, and settles for less when it passes.
+        """
         job = record.job
         key = job.idempotency_key
         if self._closing:
@@ -678,23 +692,25 @@ class JobQueue:
         if job.id in self._records:
             raise DuplicateJob(job.id, f"a job with id {job.id!r} was accepted before")
         priority = job.priority
-        if len(self._lanes[priority]) + self._reserved[priority] >= self._queue_size:
-            self._wait_for_room(job, timeout)
+        if len(self._lanes[priority]) + self._reserved[priority] > self._queue_size - room_for:
+            self._wait_for_room(job, timeout, room_for)
         if key is not None:
             self._keys[key] = job.id
         self._records[job.id] = record
 
-    def _wait_for_room(self, job: Job, timeout: float | None) -> None:
+    def _wait_for_room(self, job: Job, timeout: float | None, room_for: int = 1) -> None:
         """Block while the job's lane is full, as enqueue promises. Holds the lock."""
         priority, key = job.priority, job.idempotency_key
         lane = self._lanes[priority]
-        if timeout == 0:
-            raise QueueFull(f"the {priority.name} lane is full")
         not_full = self._lane_not_full[priority]
         endtime = None if timeout is None else time.monotonic() + timeout
-        while len(lane) + self._reserved[priority] >= self._queue_size:
+        while (room := self._queue_size - len(lane) - self._reserved[priority]) < room_for:
             remaining = None if endtime is None else endtime - time.monotonic()
             if remaining is not None and remaining <= 0:
+                if room > 0:
+                    return  # room for fewer than hoped: a smaller chunk
+                if timeout == 0:
+                    raise QueueFull(f"the {priority.name} lane is full")
                 raise QueueFull(
                     f"the {priority.name} lane stayed full for {timeout}s; "
                     "slow the producer down, or add workers"
@@ -713,12 +729,7 @@ class JobQueue:
             elif job.id in self._records:
                 error = DuplicateJob(job.id, f"a job with id {job.id!r} was accepted before")
             if error is not None:
-                # This producer may be the one a worker woke for the room it made;
-                # leaving without taking it, pass the wake-up on, or it is lost.
-                room = len(lane) + self._reserved[priority] < self._queue_size
-                if room and self._blocked[priority]:
-                    not_full.notify()
-                raise error
+                raise error  # every waiter was woken: none relies on this one passing it on
 
     def _unadmit(self, records: Sequence[Record]) -> None:
         """The store refused these: forget them as if never admitted. Holds the lock."""
@@ -727,7 +738,7 @@ class JobQueue:
             del self._records[record.job.id]
             if record.job.idempotency_key is not None:
                 self._keys.pop(record.job.idempotency_key, None)
-            self._lane_not_full[record.job.priority].notify()
+            self._lane_not_full[record.job.priority].notify_all()
         if self._closing:
             self._all_settled.notify_all()  # close() waits for reservations to end
 
@@ -803,9 +814,13 @@ class JobQueue:
             if priority is None:
                 self._wait_for_work(None)
                 continue
-            record = self._lanes[priority].popleft()
-            if self._blocked[priority]:
-                self._lane_not_full[priority].notify()
+            lane = self._lanes[priority]
+            record = lane.popleft()
+            if (
+                self._blocked[priority]
+                and self._queue_size - len(lane) - self._reserved[priority] >= self._refill
+            ):
+                self._lane_not_full[priority].notify_all()
             now = time.monotonic()
             if self._job_timeout is not None:
                 # Only an attempt that can time out needs to be found and abandoned.

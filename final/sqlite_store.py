@@ -1,4 +1,4 @@
-"""The final tier's store on disk: SQLite, written by one thread in group commits.
+"""The final tier's store on disk: SQLite for the jobs, an append-only file for attempts.
 
 Durability is a choice, ``durability``:
 
@@ -13,17 +13,29 @@ Durability is a choice, ``durability``:
 Both pragmas are read back at open, and a store that did not get what it asked for
 refuses to start.
 
-Which writes wait for the disk (see ``final/store.py`` for why):
+What each write must survive, and what it pays (see ``final/store.py`` for why):
 
-- ``add`` and ``revived`` (acknowledgements) and ``claimed`` (the attempt count a
-  crashing handler must not escape) return only once committed;
-- ``retrying`` and ``settled`` return at once and ride in the next commit: losing
-  them in a crash only means a job runs once more.
+- ``add`` and ``revived`` are acknowledgements: they return once committed with the
+  durability asked for (an fsync under ``"power"``).
+- ``claimed``, the attempt count a handler that kills the process must not escape,
+  has only to survive the process: a power loss takes the handler down with it. A
+  ``write()`` to a file that has returned is in the operating system's hands, and
+  survives the process however it dies. So an attempt is one line appended to
+  ``<path>.attempts``, a few microseconds, where an SQLite commit per attempt (even
+  without fsync) measured ten times as much and was the wall of the whole queue. At
+  open, the lines of the last run are folded into the database and the file starts
+  again empty; while running, it is rewritten with just the attempts still open
+  whenever it has grown past ``JOURNAL_LINES`` lines.
+- ``retrying`` and ``settled`` may lag: they ride in the next commit, and losing them
+  in a crash only means that a job runs once more.
 
-Group commit: every write goes to one writer thread, which takes everything that has
-arrived while it was committing and commits it as one transaction. Producers and
-workers that arrive together share a commit, so more producers means more jobs per
-fsync, while each ``enqueue`` still returns only after its own job is on disk.
+Group commit, led by whoever needs it: a thread that needs a commit and finds none
+under way commits everything pending as one transaction, on its own thread; writes that
+arrive meanwhile wait for it to end and go together in the next one. Producers that
+arrive together share a commit (and an fsync), so more producers means more jobs per
+commit, while each ``enqueue`` still returns only after its own job is on disk; and a
+lone producer pays no hand-off to another thread. One background thread commits the
+lagging writes that nothing else carried within ``LAG`` seconds.
 
 The file is ours and versioned: ``PRAGMA application_id`` marks it, ``PRAGMA
 user_version`` says its schema version; a file that is not one of our queues, or is of
@@ -35,13 +47,13 @@ first is open; reading it (``inspect``) needs no lock.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
-import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -54,12 +66,19 @@ APPLICATION_ID = 0x4A6F6251  # "JobQ"
 SCHEMA_VERSION = 1
 DURABILITY = {"power": ("FULL", 2), "process": ("NORMAL", 1)}
 
+# How long a lagging write may wait for another commit to carry it before the
+# flusher commits it on its own. Short, so that a crash after a quiet spell reruns
+# almost nothing; long enough that on a busy queue the flusher rarely acts.
+LAG = 0.005
+# The attempts file is rewritten with only the open attempts past this many lines.
+JOURNAL_LINES = 100_000
+
 SCHEMA = """
 CREATE TABLE jobs (
     id TEXT PRIMARY KEY,
     payload BLOB NOT NULL,
     priority INTEGER NOT NULL,
-    idempotency_key TEXT UNIQUE,
+    idempotency_key TEXT,
     max_retries INTEGER NOT NULL,
     status TEXT NOT NULL,
     attempts INTEGER NOT NULL,
@@ -69,8 +88,27 @@ CREATE TABLE jobs (
     finished_at REAL,
     due_at REAL
 );
-CREATE INDEX jobs_unsettled ON jobs (status) WHERE status IN ('queued', 'processing', 'retrying');
+-- Partial: most jobs have no key, and an index entry for each NULL would be one
+-- more page written in every commit.
+CREATE UNIQUE INDEX jobs_key ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
 """
+# No index on status: only a start looks for the unsettled jobs, and a scan then is
+# cheaper than an index entry to move in every commit of the run.
+INSERT = "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+RETRYING = (
+    "UPDATE jobs SET status = 'retrying', attempts = ?, last_error = ?, due_at = ? WHERE id = ?"
+)
+SETTLED = (
+    "UPDATE jobs SET status = ?, attempts = ?, last_error = ?, finished_at = ?, due_at = NULL"
+    " WHERE id = ?"
+)
+REVIVED = "UPDATE jobs SET status = 'queued', attempts = 0, finished_at = NULL WHERE id = ?"
+# An attempt the last run started, and whose end it did not commit: the process died
+# during it (or just after, before the end was written; at-least-once allows that).
+DIED_DURING = (
+    "UPDATE jobs SET status = 'processing', attempts = ?, started_at = ?, due_at = NULL"
+    " WHERE id = ? AND attempts < ? AND status IN ('queued', 'processing', 'retrying')"
+)
 
 
 class StoreError(Exception):
@@ -86,17 +124,21 @@ class DuplicateRow(Exception):
         self.first = first  # the id of the job already on disk
 
 
-@dataclass
+@dataclass(slots=True)
 class _Batch:
-    """Writes that wait together for one commit; ``error`` is set if it failed."""
+    """One caller's writes, waiting for the commit that carries them."""
 
-    done: threading.Event = field(default_factory=threading.Event)
+    done: bool = False
     error: BaseException | None = None
     duplicates: list[DuplicateRow] = field(default_factory=list)
 
 
-_Write = Callable[[sqlite3.Connection, _Batch], object]
-_LAGGING = _Batch()  # what writes nobody waits for are handed: never read
+# A write waiting for a commit: an SQL statement and its parameters (for INSERT, a
+# list of rows), the batch of whoever waits for it (None: it may lag), and whether it
+# must survive a power loss. Consecutive writes of one statement, from any number
+# of callers, go to SQLite in one executemany: each call into SQLite lets go of the
+# GIL, and getting it back, with a dozen threads busy, is what a commit waits for most.
+_Pending = tuple[str, Any, _Batch | None, bool]
 
 
 class SQLiteStore:
@@ -107,77 +149,73 @@ class SQLiteStore:
         self._lockfile = _lock(path)
         try:
             self._writer_db = _open(path, durability)
+            self._journal_path = f"{path}.attempts"
+            _fold(self._writer_db, self._journal_path)
+            self._journal = os.open(
+                self._journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644
+            )
             self._reader_db = sqlite3.connect(path, check_same_thread=False)
         except BaseException:
             self._lockfile.close()
             raise
         self._reader_lock = threading.Lock()
-        # Writes for the writer thread: (write, batch to signal or None, must it
-        # survive a power loss); None = stop.
-        self._inbox: queue.SimpleQueue[tuple[_Write, _Batch | None, bool] | None] = (
-            queue.SimpleQueue()
-        )
         self._power = durability == "power"
-        self._closed = False
-        self._close_lock = threading.Lock()
-        self._writer = threading.Thread(target=self._write_loop, name="final-store", daemon=True)
-        self._writer.start()
+        self._synced = self._power  # whether the writer connection is at FULL now
 
-    # -- writes: durable ones wait for their commit ---------------------------------------
+        # One lock guards everything below; both conditions are built on it. It is
+        # let go of while SQLite commits (see _commit).
+        self._mutex = threading.Lock()
+        self._pending: list[_Pending] = []  # writes not yet committed, in order
+        self._lagging_since: float | None = None  # when the oldest lagging write came
+        self._committing = False
+        self._closed = False
+        # Attempts written to the journal whose end (retrying or settled) is not yet
+        # committed, id -> attempt number: what a rewrite of the journal must keep.
+        self._open: dict[str, int] = {}
+        self._journal_lines = 0
+        # Notified when a commit ends; callers waiting for theirs wait on it.
+        self._committed = threading.Condition(self._mutex)
+        # Notified when a lagging write arrives to find none pending, and at close;
+        # the flusher waits on it.
+        self._lagging = threading.Condition(self._mutex)
+        self._shut = threading.Event()  # set once close() has let go of the files
+        self._flusher = threading.Thread(target=self._flush_loop, name="final-store", daemon=True)
+        self._flusher.start()
+
+    # -- writes: acknowledgements wait for their commit -----------------------------------
 
     def add(self, records: Sequence[Record]) -> None:
-        rows = [_row(r) for r in records]
-
-        def insert(db: sqlite3.Connection, batch: _Batch) -> None:
-            for row in rows:  # in order, stopping at the first duplicate, as enqueue_many says
-                try:
-                    db.execute(
-                        "INSERT INTO jobs VALUES (:id, :payload, :priority, :idempotency_key,"
-                        " :max_retries, :status, :attempts, :last_error, :enqueued_at,"
-                        " :started_at, :finished_at, :due_at)",
-                        row,
-                    )
-                except sqlite3.IntegrityError:
-                    batch.duplicates.append(DuplicateRow(str(row["id"]), _first(db, row)))
-                    return
-
-        batch = self._wait(insert, acknowledged=True)
+        batch = self._wait(INSERT, [_row(r) for r in records], acknowledged=True)
         if batch.duplicates:
             raise batch.duplicates[0]
 
     def claimed(self, record: Record) -> None:
-        values = (record.attempts, _wall(record.started), record.job.id)
-        # An attempt count must survive the process dying (a handler that kills it),
-        # not the machine: a power loss takes the handler down too. So its commit
-        # pays no fsync; see _write_loop.
-        self._wait(
-            lambda db, _: db.execute(
-                "UPDATE jobs SET status = 'processing', attempts = ?, started_at = ?,"
-                " due_at = NULL WHERE id = ?",
-                values,
-            )
-        )
+        """Write the attempt to the journal: it survives the process once this returns."""
+        job_id, attempt = record.job.id, record.attempts
+        line = f"{attempt} {json.dumps(job_id)}\n".encode()
+        with self._mutex:
+            if self._closed:
+                raise StoreError(f"{self.path}: the store is closed")
+            self._append(line)
+            self._open[job_id] = attempt
 
     def revived(self, record: Record) -> None:
         job_id = record.job.id
-        self._wait(
-            lambda db, _: db.execute(
-                "UPDATE jobs SET status = 'queued', attempts = 0, finished_at = NULL WHERE id = ?",
-                (job_id,),
-            ),
-            acknowledged=True,
-        )
+        # Attempt 0 in the journal first: its old attempts there are of a life that
+        # ended in the dead letters, and must not be folded into this one.
+        line = f"0 {json.dumps(job_id)}\n".encode()
+        with self._mutex:
+            if self._closed:
+                raise StoreError(f"{self.path}: the store is closed")
+            self._append(line)
+            self._open.pop(job_id, None)
+        self._wait(REVIVED, (job_id,), acknowledged=True)
 
     # -- writes that may lag: they ride in the next commit --------------------------------
 
     def retrying(self, record: Record, due_in: float) -> None:
-        values = (record.attempts, record.last_error, time.time() + due_in, record.job.id)
         self._later(
-            lambda db, _: db.execute(
-                "UPDATE jobs SET status = 'retrying', attempts = ?, last_error = ?, due_at = ?"
-                " WHERE id = ?",
-                values,
-            )
+            RETRYING, (record.attempts, record.last_error, time.time() + due_in, record.job.id)
         )
 
     def settled(self, record: Record) -> None:
@@ -188,13 +226,7 @@ class SQLiteStore:
             _wall(record.finished),
             record.job.id,
         )
-        self._later(
-            lambda db, _: db.execute(
-                "UPDATE jobs SET status = ?, attempts = ?, last_error = ?, finished_at = ?,"
-                " due_at = NULL WHERE id = ?",
-                values,
-            )
-        )
+        self._later(SETTLED, values)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -221,72 +253,214 @@ class SQLiteStore:
         return [_record(row) for row in rows]
 
     def close(self) -> None:
-        """Commit what is pending, and let go of the file. Safe from any thread, twice:
+        """Commit what is pending, and let go of the files. Safe from any thread, twice:
         a second call returns once the first has finished."""
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._inbox.put(None)
-            self._writer.join()
-            self._writer_db.close()
-            self._reader_db.close()
-            self._lockfile.close()
+        with self._mutex:
+            first = not self._closed
+            self._closed = True  # no write is taken from now on
+            self._lagging.notify()
+        if not first:
+            self._shut.wait()
+            return
+        self._flusher.join()  # it commits what is left, and leaves
+        if not self._open:  # every attempt's end is committed: the journal says nothing
+            os.ftruncate(self._journal, 0)
+        os.close(self._journal)
+        self._writer_db.close()
+        self._reader_db.close()
+        self._lockfile.close()
+        self._shut.set()
 
-    # -- the writer thread ------------------------------------------------------------------
+    # -- group commit -----------------------------------------------------------------------
 
-    def _wait(self, write: _Write, acknowledged: bool = False) -> _Batch:
-        """Hand a write to the writer and wait for its commit. An ``acknowledged``
-        write is one the caller reports as done: it gets the durability asked for."""
-        if self._closed:
-            raise StoreError(f"{self.path}: the store is closed")
+    def _wait(self, what: str, params: Any, acknowledged: bool = False) -> _Batch:
+        """Add a write and return once it is committed. An ``acknowledged`` write is
+        one the caller reports as done: it gets the durability asked for."""
         batch = _Batch()
-        self._inbox.put((write, batch, acknowledged and self._power))
-        batch.done.wait()
+        with self._mutex:
+            if self._closed:
+                raise StoreError(f"{self.path}: the store is closed")
+            self._pending.append((what, params, batch, acknowledged and self._power))
+            # A loop: a commit that ends may have been an earlier one, without ours.
+            while not batch.done:
+                if self._committing:
+                    self._committed.wait()
+                else:
+                    self._commit()
         if batch.error is not None:
             raise StoreError(f"{self.path}: {batch.error}") from batch.error
         return batch
 
-    def _later(self, write: _Write) -> None:
-        if not self._closed:
-            self._inbox.put((write, None, False))
-
-    def _write_loop(self) -> None:
-        db = self._writer_db
-        synced = self._power  # whether the connection is at synchronous=FULL now
-        while True:
-            first = self._inbox.get()
-            items = [first]
-            while True:  # everything that arrived meanwhile shares this commit
-                try:
-                    items.append(self._inbox.get_nowait())
-                except queue.Empty:
-                    break
-            stop = any(item is None for item in items)
-            writes = [item for item in items if item is not None]
-            waiting = [batch for _, batch, _ in writes if batch is not None]
-            # Pay for an fsync only when this commit holds an acknowledgement that
-            # must survive a power loss. In WAL mode, NORMAL still survives the
-            # process dying, which is all an attempt count or a lagging write needs.
-            power = any(needs_power for _, _, needs_power in writes)
-            if power != synced:
-                db.execute(f"PRAGMA synchronous = {'FULL' if power else 'NORMAL'}")
-                synced = power
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                for write, batch, _ in writes:
-                    write(db, batch if batch is not None else _LAGGING)
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:  # a full disk, a read-only file: tell the waiters
-                logger.error("%s: commit of %d writes failed: %s", self.path, len(writes), exc)
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                for batch in waiting:
-                    batch.error = exc
-            for batch in waiting:
-                batch.done.set()
-            if stop:
+    def _later(self, sql: str, params: Any) -> None:
+        with self._mutex:
+            if self._closed:
                 return
+            self._pending.append((sql, params, None, False))
+            if self._lagging_since is None:
+                self._lagging_since = time.monotonic()
+                self._lagging.notify()
+
+    def _commit(self) -> None:
+        """Commit everything pending as one transaction, leading it from this thread.
+
+        Holds the lock, and lets go of it while SQLite works, so that writes arriving
+        meanwhile gather for the next commit: with many producers, each commit (and
+        each fsync) carries many jobs, and no write is handed to another thread.
+        """
+        writes, self._pending = self._pending, []
+        self._lagging_since = None
+        self._committing = True
+        self._mutex.release()
+        try:
+            error = self._transaction(writes)
+        finally:
+            self._mutex.acquire()
+            self._committing = False
+        for what, params, batch, _ in writes:
+            if batch is not None:
+                batch.error = error
+                batch.done = True
+            elif error is None:
+                # The end of an attempt is on disk: the journal may forget the attempt.
+                job_id, attempt = params[-1], params[0] if what is RETRYING else params[1]
+                if self._open.get(job_id) == attempt:
+                    del self._open[job_id]
+        self._committed.notify_all()
+
+    def _transaction(self, writes: list[_Pending]) -> Exception | None:
+        db = self._writer_db
+        # Pay for an fsync only when this commit holds an acknowledgement that must
+        # survive a power loss. In WAL mode, NORMAL still survives the process dying,
+        # which is all a lagging write needs.
+        power = any(needs_power for *_, needs_power in writes)
+        try:
+            if power != self._synced:
+                db.execute(f"PRAGMA synchronous = {'FULL' if power else 'NORMAL'}")
+                self._synced = power
+            db.execute("BEGIN IMMEDIATE")
+            i = 0
+            while i < len(writes):
+                what = writes[i][0]
+                j = i + 1
+                while j < len(writes) and writes[j][0] is what:
+                    j += 1
+                if what is INSERT:
+                    _insert(db, writes[i:j])
+                else:
+                    db.executemany(what, [params for _, params, _, _ in writes[i:j]])
+                i = j
+            db.execute("COMMIT")
+        except Exception as exc:  # a full disk, a read-only file: tell the waiters
+            logger.error("%s: commit of %d writes failed: %s", self.path, len(writes), exc)
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            return exc
+        return None
+
+    def _flush_loop(self) -> None:
+        """Commit lagging writes that no other commit has carried within LAG.
+
+        On a busy queue, producers' commits carry what lags, and this thread mostly
+        sleeps; on a quiet one, it bounds what a crash could make run again. It also
+        makes the last commit at close.
+        """
+        with self._mutex:
+            while True:
+                if self._closed:
+                    while self._committing:
+                        self._committed.wait()
+                    if self._pending:
+                        self._commit()
+                    return
+                if self._lagging_since is None:
+                    self._lagging.wait()
+                    continue
+                remaining = self._lagging_since + LAG - time.monotonic()
+                if remaining > 0:
+                    self._lagging.wait(remaining)
+                elif not self._committing:
+                    self._commit()
+                else:
+                    self._committed.wait()
+
+    # -- the attempts journal ---------------------------------------------------------------
+
+    def _append(self, line: bytes) -> None:
+        """One line to the journal. Holds the lock, so lines are never interleaved."""
+        try:
+            if self._journal_lines >= JOURNAL_LINES:
+                self._rewrite_journal()
+            os.write(self._journal, line)
+        except OSError as exc:
+            raise StoreError(f"{self._journal_path}: {exc}") from exc
+        self._journal_lines += 1
+
+    def _rewrite_journal(self) -> None:
+        """Start the journal again with just the open attempts. Holds the lock.
+
+        Written beside it and renamed over it, so that a crash leaves the old file
+        or the new one, never half of either.
+        """
+        fresh = f"{self._journal_path}.new"
+        fd = os.open(fresh, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
+        lines = "".join(f"{n} {json.dumps(job_id)}\n" for job_id, n in self._open.items())
+        os.write(fd, lines.encode())
+        os.replace(fresh, self._journal_path)
+        os.close(self._journal)
+        self._journal = fd
+        self._journal_lines = len(self._open)
+
+
+def _insert(db: sqlite3.Connection, adds: list[_Pending]) -> None:
+    """The rows of several ``add`` calls, in one executemany unless one is a duplicate."""
+    db.execute("SAVEPOINT adds")
+    try:
+        db.executemany(INSERT, [row for _, rows, _, _ in adds for row in rows])
+    except sqlite3.IntegrityError:
+        # An id or key already on disk: again one by one, each caller's rows in
+        # order, stopping at its first duplicate, so that enqueue_many can say how
+        # many of its jobs were accepted.
+        db.execute("ROLLBACK TO adds")
+        for _, rows, batch, _ in adds:
+            assert batch is not None  # an add is always waited for
+            for row in rows:
+                try:
+                    db.execute(INSERT, row)
+                except sqlite3.IntegrityError:
+                    batch.duplicates.append(DuplicateRow(str(row[0]), _first(db, row)))
+                    break
+    db.execute("RELEASE adds")
+
+
+def _fold(db: sqlite3.Connection, journal: str) -> None:
+    """Write the attempts the last run started into the database, before anything else.
+
+    Per job, the journal's last line is its latest attempt; one the database does
+    not know of yet died with the process (or ended, and the end was lost). Committed
+    with an fsync before the caller empties the journal.
+    """
+    try:
+        with open(journal, "rb") as f:
+            text = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return
+    latest: dict[str, int] = {}
+    for line in text.splitlines():
+        attempt, _, quoted = line.partition(" ")
+        try:
+            latest[json.loads(quoted)] = int(attempt)
+        except ValueError:
+            continue  # a line torn by a power loss: that attempt was not made durable
+    if not latest:
+        return
+    started = time.time()
+    was = db.execute("PRAGMA synchronous").fetchone()[0]
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute("BEGIN IMMEDIATE")
+    db.executemany(DIED_DURING, [(n, started, i, n) for i, n in latest.items() if n > 0])
+    db.execute("COMMIT")
+    db.execute(f"PRAGMA synchronous = {was}")
+    logger.info("%s: the attempts of the last run are folded in", journal)
 
 
 def _lock(path: str) -> TextIO:
@@ -338,33 +512,32 @@ def _open(path: str, durability: str) -> sqlite3.Connection:
     return db
 
 
-def _row(record: Record) -> dict[str, object]:
+def _row(record: Record) -> tuple[object, ...]:
     job = record.job
-    return {
-        "id": job.id,
-        "payload": job.payload,
-        "priority": int(job.priority),
-        "idempotency_key": job.idempotency_key,
-        "max_retries": record.max_retries,
-        "status": record.status.value,
-        "attempts": record.attempts,
-        "last_error": record.last_error,
-        "enqueued_at": _wall(record.enqueued),
-        "started_at": _wall(record.started),
-        "finished_at": _wall(record.finished),
-        "due_at": None,
-    }
+    return (
+        job.id,
+        job.payload,
+        int(job.priority),
+        job.idempotency_key,
+        record.max_retries,
+        record.status.value,
+        record.attempts,
+        record.last_error,
+        _wall(record.enqueued),
+        _wall(record.started),
+        _wall(record.finished),
+        None,  # due_at
+    )
 
 
-def _first(db: sqlite3.Connection, row: dict[str, object]) -> str:
+def _first(db: sqlite3.Connection, row: tuple[object, ...]) -> str:
     """The id of the job on disk that an insert collided with."""
-    if row["idempotency_key"] is not None:
-        hit = db.execute(
-            "SELECT id FROM jobs WHERE idempotency_key = ?", (row["idempotency_key"],)
-        ).fetchone()
+    job_id, key = str(row[0]), row[3]
+    if key is not None:
+        hit = db.execute("SELECT id FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
         if hit is not None:
             return str(hit[0])
-    return str(row["id"])
+    return job_id
 
 
 def _record(row: tuple[Any, ...]) -> Record:

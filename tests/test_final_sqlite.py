@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import random
-import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from benchmarks.crash import kill_repeatedly
 from final import DuplicateJob, Job, JobQueue, Priority, Status
 from final.sqlite_store import StoreError
 from tests.support import PATIENCE, Recorder
@@ -259,76 +255,14 @@ def test_an_unknown_durability_is_a_value_error() -> None:
 
 # -- kill -9 at random moments ---------------------------------------------------------------
 
-# The child enqueues its share of ids, printing each one once enqueue has returned
-# (acknowledged), while workers run jobs that append their id to a ledger and take a
-# little while, and some fail once. The parent kills it at a random moment.
-CRASH_CHILD = textwrap.dedent(
-    """
-    import os, random, sys, threading, time
-    from final import DuplicateJob, Job, JobQueue
-    path, ledger, first, last = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    out = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    def handler(job):
-        os.write(out, (job.id + "\\n").encode())
-        time.sleep(random.uniform(0, 0.02))
-        if random.random() < 0.1:
-            raise RuntimeError("flaky")
-    q = JobQueue(handler, workers=4, path=path, max_retries=5, backoff=0.01, max_backoff=0.05)
-    for i in range(first, last):
-        try:
-            q.enqueue(Job(id=str(i)))
-        except DuplicateJob:
-            pass  # stored before the last kill, but not acknowledged
-        print(i, flush=True)
-    q.join()
-    print("drained", flush=True)
-    q.close()
-    """
-)
-
 
 def test_no_acknowledged_job_is_lost_across_repeated_kill_9(tmp_path: Path) -> None:
-    path, ledger = str(tmp_path / "jobs.db"), str(tmp_path / "ledger")
-    rng = random.Random(20261123)
-    acked: set[int] = set()
-    kills, runs_done, next_id = 0, 0, 0
-    while True:
-        draining = kills >= 20  # the last run adds nothing, and is not killed
-        last = next_id if draining else next_id + 60
-        with subprocess.Popen(
-            [sys.executable, "-c", CRASH_CHILD, path, ledger, str(next_id), str(last)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,  # the flaky failures' tracebacks
-            text=True,
-        ) as child:
-            assert child.stdout is not None
-            timer = None
-            if not draining:
-                delay = rng.uniform(0.05, 0.3)  # start-up, enqueueing, running, backing off
-                timer = threading.Timer(delay, os.kill, (child.pid, signal.SIGKILL))
-                timer.start()
-            lines = child.stdout.read().split()
-            child.wait()
-            if timer is not None:
-                timer.cancel()
-        runs_done += 1
-        acked.update(int(x) for x in lines if x.isdigit())
-        next_id = max(next_id, max(acked) + 1 if acked else 0)
-        if child.returncode == -signal.SIGKILL:
-            kills += 1
-        db = sqlite3.connect(path)
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        db.close()
-        if draining:
-            assert "drained" in lines
-            break
-        assert runs_done < 200, "the kills keep missing: the child runs too fast"
-    runs = Counter(int(x) for x in Path(ledger).read_text().split())
-    assert acked <= set(runs)  # no acknowledged job was lost
-    assert set(runs) <= set(range(next_id + 60))  # nothing ran that was never enqueued
-    # A job runs again only when a kill cut its attempt (at most 4 running per kill)
-    # or a flaky attempt failed (about one in ten attempts, retried).
-    reruns = sum(n - 1 for n in runs.values())
-    flaky_bound = len(runs)  # generous: 10% of attempts fail, with up to 5 retries each
-    assert reruns <= kills * 4 + flaky_bound
+    # 20 kills here; `make crash-test` runs 1,000 (see benchmarks/crash.py).
+    tally = kill_repeatedly(tmp_path, kills=20, seed=20261123)
+    assert tally.kills == 20
+    assert tally.acknowledged > 0
+    assert tally.integrity_failures == 0  # checked after every restart
+    assert tally.lost == 0  # every acknowledged job completed
+    assert tally.unknown == 0  # nothing ran that was never enqueued
+    assert tally.runs >= tally.expected_runs
+    assert tally.duplicates <= tally.duplicate_bound
