@@ -38,9 +38,9 @@ def record(case: str, rate: int = 250) -> Path:
         raise SystemExit("py-spy is not installed: pip install -e '.[profile]'")
     out = Path(tempfile.mkdtemp(prefix="jobq-profile-")) / "raw.txt"
     code = f"from benchmarks import scenarios; print({CASES[case]})"
+    options = ["--idle", "--rate", str(rate), "--format", "raw", "-o", str(out)]
     subprocess.run(
-        [spy, "record", "--idle", "--rate", str(rate), "--format", "raw", "-o", str(out)]
-        + ["--", sys.executable, "-c", code],
+        [spy, "record", *options, "--", sys.executable, "-c", code],
         check=True,
         capture_output=True,
     )

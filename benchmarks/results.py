@@ -1,9 +1,10 @@
 """Reading what ``make bench`` wrote: the notebooks and ``benchmarks.report`` start here.
 
 ``make bench`` writes pytest-benchmark's JSON to ``benchmarks/results/quick.json``
-(``make bench-full``: ``full.json``). Each benchmark's figures are in its
-``extra_info``; ``Run.rows(group)`` returns them as plain dicts, one per benchmark,
-with the group, the benchmark's name and the median time of its rounds added.
+(``make bench-full``: ``full.json``; ``crash.json`` beside them is ``make crash-test``'s
+tally). Each benchmark's figures are in its ``extra_info``; ``Run.rows(group)``
+returns them as plain dicts, one per benchmark, with the group, the benchmark's name
+and the median time of its rounds added.
 """
 
 from __future__ import annotations
@@ -61,8 +62,11 @@ class Run:
 
 
 def latest(directory: Path = RESULTS) -> Path:
-    """The results file written last, by the time recorded inside it."""
-    runs = sorted(directory.glob("*.json"), key=lambda p: json.loads(p.read_text())["datetime"])
+    """The suite's results file written last (quick or full), by the time inside it."""
+    found = [directory / f"{mode}.json" for mode in ("quick", "full")]
+    runs = sorted(
+        (p for p in found if p.exists()), key=lambda p: json.loads(p.read_text())["datetime"]
+    )
     if not runs:
         raise FileNotFoundError(f"no results in {directory}: run `make bench` first")
     return runs[-1]
