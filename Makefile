@@ -5,10 +5,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck bench bench-full notebooks crash-test clean
+.PHONY: demo test lint typecheck bench bench-full notebooks crash-test matrix clean
 
+# The tour: the same six scenarios on every tier, then a table side by side.
 demo: $(DEV)
-	$(PY) -m naive.demo
+	$(PY) -m benchmarks.tour
 
 test: lint typecheck
 	$(PY) -m pytest
@@ -45,6 +46,10 @@ notebooks: $(DEV)
 # kill -9 the final tier on disk 1,000 times at random moments, and tally (~8 min).
 crash-test: $(DEV)
 	$(PY) -m benchmarks.crash --kills 1000 --json benchmarks/results/crash.json
+
+# The README's tier matrix, from the contract suite's lacks markers (tests/matrix.py).
+matrix: $(DEV)
+	$(PY) -m tests.matrix README.md
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed; set PYTHON=/path/to/python3.11")'

@@ -33,10 +33,10 @@ WARNING. Jobs not yet settled are never let go of.
 
 What it still gets wrong, or leaves to you:
 
-- Delivery is at least once, never exactly once: a job can run again after a crash
-  or a timeout, so handlers must be idempotent.
-- One process. Several machines need a shared database and a claim protocol
-  between them; the store interface is where that would begin.
+11. At least once, never exactly once. A job can run again after a crash or a
+    timeout, so handlers must be idempotent.
+12. One process. Several machines need a shared database and a claim protocol
+    between them; the store interface is where that would begin.
 """
 
 from __future__ import annotations
@@ -365,10 +365,11 @@ class JobQueue:
         # code even when nobody waits, and the hot path would pay for it on every job.
         self._idle = 0
         self._blocked = dict.fromkeys(Priority, 0)
-        # A full lane wakes its producers once it has room for this many jobs, not at
-        # every job taken: each wake-up of a producer costs a commit on disk (and a
-        # thread switch in memory), so producers refill a lane in batches.
-        self._refill = max(1, queue_size // 8)
+        # A full lane wakes its producers once half of it is free, not at every job
+        # taken: each wake-up of a producer costs a commit on disk (and a thread
+        # switch in memory), so producers refill a lane in batches, and the half
+        # still queued keeps the workers busy while the refill is being stored.
+        self._refill = max(1, queue_size // 2)
         self._picker = FairPicker(fairness, self._lanes)
         now = time.monotonic()
         self._bucket = None if rate_limit is None else TokenBucket(rate_limit, now)

@@ -18,14 +18,15 @@ What each write must survive, and what it pays (see ``final/store.py`` for why):
 - ``add`` and ``revived`` are acknowledgements: they return once committed with the
   durability asked for (an fsync under ``"power"``).
 - ``claimed``, the attempt count a handler that kills the process must not escape,
-  has only to survive the process: a power loss takes the handler down with it. A
-  ``write()`` to a file that has returned is in the operating system's hands, and
-  survives the process however it dies. So an attempt is one line appended to
-  ``<path>.attempts``, a few microseconds, where an SQLite commit per attempt (even
-  without fsync) measured ten times as much and was the wall of the whole queue. At
-  open, the lines of the last run are folded into the database and the file starts
-  again empty; while running, it is rewritten with just the attempts still open
-  whenever it has grown past ``JOURNAL_LINES`` lines.
+  has only to survive the process: a power loss takes the handler down with it.
+  Bytes stored into a file mapped with ``mmap`` are in the operating system's page
+  cache the instant they are stored, and survive the process however it dies. So an
+  attempt is one line copied into ``<path>.attempts``, mapped: no system call, and
+  no letting go of the GIL, where an SQLite commit per attempt (even without fsync)
+  measured ten times the cost and was the wall of the whole queue, and a ``write()``
+  per attempt made every worker hand the GIL round. At open, the lines of the last
+  run are folded into the database and the file starts again empty; while running,
+  it starts again with just the attempts still open whenever it is full.
 - ``retrying`` and ``settled`` may lag: they ride in the next commit, and losing them
   in a crash only means that a job runs once more.
 
@@ -47,14 +48,17 @@ first is open; reading it (``inspect``) needs no lock.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
+import mmap
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -70,8 +74,8 @@ DURABILITY = {"power": ("FULL", 2), "process": ("NORMAL", 1)}
 # flusher commits it on its own. Short, so that a crash after a quiet spell reruns
 # almost nothing; long enough that on a busy queue the flusher rarely acts.
 LAG = 0.005
-# The attempts file is rewritten with only the open attempts past this many lines.
-JOURNAL_LINES = 100_000
+# The size of the attempts file; when full, it starts again with the open attempts.
+JOURNAL_BYTES = 1 << 22
 
 SCHEMA = """
 CREATE TABLE jobs (
@@ -94,15 +98,17 @@ CREATE UNIQUE INDEX jobs_key ON jobs (idempotency_key) WHERE idempotency_key IS 
 """
 # No index on status: only a start looks for the unsettled jobs, and a scan then is
 # cheaper than an index entry to move in every commit of the run.
-INSERT = "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-RETRYING = (
-    "UPDATE jobs SET status = 'retrying', attempts = ?, last_error = ?, due_at = ? WHERE id = ?"
-)
+
+# The writes, each one row (a tuple, the job's id first), written many rows to one
+# statement: each statement lets go of the GIL and must get it back, and with a
+# dozen threads busy that wait, not SQLite, was most of a commit's time.
+INSERT = "INSERT INTO jobs VALUES "
+RETRYING = "status = 'retrying', attempts = v.column2, last_error = v.column3, due_at = v.column4"
 SETTLED = (
-    "UPDATE jobs SET status = ?, attempts = ?, last_error = ?, finished_at = ?, due_at = NULL"
-    " WHERE id = ?"
+    "status = v.column2, attempts = v.column3, last_error = v.column4,"
+    " finished_at = v.column5, due_at = NULL"
 )
-REVIVED = "UPDATE jobs SET status = 'queued', attempts = 0, finished_at = NULL WHERE id = ?"
+REVIVED = "status = 'queued', attempts = 0, finished_at = NULL"
 # An attempt the last run started, and whose end it did not commit: the process died
 # during it (or just after, before the end was written; at-least-once allows that).
 DIED_DURING = (
@@ -139,6 +145,9 @@ class _Batch:
 # of callers, go to SQLite in one executemany: each call into SQLite lets go of the
 # GIL, and getting it back, with a dozen threads busy, is what a commit waits for most.
 _Pending = tuple[str, Any, _Batch | None, bool]
+# A run of writes of one kind as statements (SQL, parameters), with its pending
+# writes if they are adds.
+_Statements = tuple[str, list[tuple[str, list[Any]]], list[_Pending]]
 
 
 class SQLiteStore:
@@ -151,9 +160,7 @@ class SQLiteStore:
             self._writer_db = _open(path, durability)
             self._journal_path = f"{path}.attempts"
             _fold(self._writer_db, self._journal_path)
-            self._journal = os.open(
-                self._journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644
-            )
+            self._journal = _map(self._journal_path)
             self._reader_db = sqlite3.connect(path, check_same_thread=False)
         except BaseException:
             self._lockfile.close()
@@ -161,6 +168,9 @@ class SQLiteStore:
         self._reader_lock = threading.Lock()
         self._power = durability == "power"
         self._synced = self._power  # whether the writer connection is at FULL now
+        # Rows per statement at most: within SQLite's limit on parameters (12 a row).
+        limit = self._writer_db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._chunk = 1 << (min(512, limit // 12).bit_length() - 1)
 
         # One lock guards everything below; both conditions are built on it. It is
         # let go of while SQLite commits (see _commit).
@@ -172,12 +182,13 @@ class SQLiteStore:
         # Attempts written to the journal whose end (retrying or settled) is not yet
         # committed, id -> attempt number: what a rewrite of the journal must keep.
         self._open: dict[str, int] = {}
-        self._journal_lines = 0
+        self._journal_end = 0  # where the next line goes
         # Notified when a commit ends; callers waiting for theirs wait on it.
         self._committed = threading.Condition(self._mutex)
-        # Notified when a lagging write arrives to find none pending, and at close;
-        # the flusher waits on it.
+        # Notified when a lagging write arrives to find the flusher idle, and at
+        # close; the flusher waits on it.
         self._lagging = threading.Condition(self._mutex)
+        self._flusher_idle = False
         self._shut = threading.Event()  # set once close() has let go of the files
         self._flusher = threading.Thread(target=self._flush_loop, name="final-store", daemon=True)
         self._flusher.start()
@@ -185,14 +196,15 @@ class SQLiteStore:
     # -- writes: acknowledgements wait for their commit -----------------------------------
 
     def add(self, records: Sequence[Record]) -> None:
-        batch = self._wait(INSERT, [_row(r) for r in records], acknowledged=True)
+        offset = time.time() - time.monotonic()  # monotonic -> wall clock, once for all
+        batch = self._wait(INSERT, [_row(r, offset) for r in records], acknowledged=True)
         if batch.duplicates:
             raise batch.duplicates[0]
 
     def claimed(self, record: Record) -> None:
         """Write the attempt to the journal: it survives the process once this returns."""
         job_id, attempt = record.job.id, record.attempts
-        line = f"{attempt} {json.dumps(job_id)}\n".encode()
+        line = _journal_line(job_id, attempt)
         with self._mutex:
             if self._closed:
                 raise StoreError(f"{self.path}: the store is closed")
@@ -203,7 +215,7 @@ class SQLiteStore:
         job_id = record.job.id
         # Attempt 0 in the journal first: its old attempts there are of a life that
         # ended in the dead letters, and must not be folded into this one.
-        line = f"0 {json.dumps(job_id)}\n".encode()
+        line = _journal_line(job_id, 0)
         with self._mutex:
             if self._closed:
                 raise StoreError(f"{self.path}: the store is closed")
@@ -215,16 +227,16 @@ class SQLiteStore:
 
     def retrying(self, record: Record, due_in: float) -> None:
         self._later(
-            RETRYING, (record.attempts, record.last_error, time.time() + due_in, record.job.id)
+            RETRYING, (record.job.id, record.attempts, record.last_error, time.time() + due_in)
         )
 
     def settled(self, record: Record) -> None:
         values = (
+            record.job.id,
             record.status.value,
             record.attempts,
             record.last_error,
             _wall(record.finished),
-            record.job.id,
         )
         self._later(SETTLED, values)
 
@@ -264,8 +276,8 @@ class SQLiteStore:
             return
         self._flusher.join()  # it commits what is left, and leaves
         if not self._open:  # every attempt's end is committed: the journal says nothing
-            os.ftruncate(self._journal, 0)
-        os.close(self._journal)
+            self._journal[: self._journal_end] = bytes(self._journal_end)
+        self._journal.close()
         self._writer_db.close()
         self._reader_db.close()
         self._lockfile.close()
@@ -298,7 +310,8 @@ class SQLiteStore:
             self._pending.append((sql, params, None, False))
             if self._lagging_since is None:
                 self._lagging_since = time.monotonic()
-                self._lagging.notify()
+                if self._flusher_idle:
+                    self._lagging.notify()
 
     def _commit(self) -> None:
         """Commit everything pending as one transaction, leading it from this thread.
@@ -322,7 +335,7 @@ class SQLiteStore:
                 batch.done = True
             elif error is None:
                 # The end of an attempt is on disk: the journal may forget the attempt.
-                job_id, attempt = params[-1], params[0] if what is RETRYING else params[1]
+                job_id, attempt = params[0], params[1] if what is RETRYING else params[2]
                 if self._open.get(job_id) == attempt:
                     del self._open[job_id]
         self._committed.notify_all()
@@ -333,23 +346,20 @@ class SQLiteStore:
         # survive a power loss. In WAL mode, NORMAL still survives the process dying,
         # which is all a lagging write needs.
         power = any(needs_power for *_, needs_power in writes)
+        statements = self._statements(writes)
         try:
             if power != self._synced:
                 db.execute(f"PRAGMA synchronous = {'FULL' if power else 'NORMAL'}")
                 self._synced = power
-            db.execute("BEGIN IMMEDIATE")
-            i = 0
-            while i < len(writes):
-                what = writes[i][0]
-                j = i + 1
-                while j < len(writes) and writes[j][0] is what:
-                    j += 1
-                if what is INSERT:
-                    _insert(db, writes[i:j])
-                else:
-                    db.executemany(what, [params for _, params, _, _ in writes[i:j]])
-                i = j
-            db.execute("COMMIT")
+            if len(statements) == 1 and len(statements[0][1]) == 1:
+                # One statement is a transaction of its own: no BEGIN and COMMIT,
+                # which are two more round trips through the GIL.
+                self._execute(db, *statements[0], alone=True)
+            else:
+                db.execute("BEGIN IMMEDIATE")
+                for what, parts, adds in statements:
+                    self._execute(db, what, parts, adds)
+                db.execute("COMMIT")
         except Exception as exc:  # a full disk, a read-only file: tell the waiters
             logger.error("%s: commit of %d writes failed: %s", self.path, len(writes), exc)
             if db.in_transaction:
@@ -357,13 +367,87 @@ class SQLiteStore:
             return exc
         return None
 
+    def _statements(self, writes: list[_Pending]) -> list[_Statements]:
+        """The writes as few statements: each run of writes of one kind becomes
+        statements of many rows (sizes powers of two, so that the connection's
+        statement cache holds every statement it will ever see)."""
+        statements: list[_Statements] = []
+        i = 0
+        while i < len(writes):
+            what = writes[i][0]
+            j = i + 1
+            while j < len(writes) and writes[j][0] is what:
+                j += 1
+            adds: list[_Pending] = []
+            if what is INSERT:
+                adds = writes[i:j]
+                rows = [row for _, rows, _, _ in adds for row in rows]
+                sql: Callable[[int], str] = _insert_sql
+            else:
+                # One job's end once per statement: an UPDATE ... FROM matching two
+                # rows would use either. Its latest write is the one that counts.
+                rows = list({params[0]: params for _, params, _, _ in writes[i:j]}.values())
+                sql = partial(_update_sql, what)
+            parts = []
+            k = 0
+            while k < len(rows):
+                size = min(self._chunk, 1 << (len(rows) - k).bit_length() - 1)
+                parts.append((sql(size), [value for row in rows[k : k + size] for value in row]))
+                k += size
+            statements.append((what, parts, adds))
+            i = j
+        return statements
+
+    def _execute(
+        self,
+        db: sqlite3.Connection,
+        what: str,
+        parts: list[tuple[str, list[Any]]],
+        adds: list[_Pending],
+        alone: bool = False,
+    ) -> None:
+        """One run of writes. Inserts that hit a duplicate are undone and go again
+        one row at a time, each add stopping at its first duplicate, so that
+        enqueue_many can say how many of its jobs were accepted."""
+        if what is not INSERT:
+            for sql, params in parts:
+                db.execute(sql, params)
+            return
+        # A statement is all or nothing; several need a savepoint to be so together.
+        savepoint = len(parts) > 1
+        if savepoint:
+            db.execute("SAVEPOINT adds")
+        try:
+            for sql, params in parts:
+                db.execute(sql, params)
+        except sqlite3.IntegrityError:
+            if savepoint:
+                db.execute("ROLLBACK TO adds")
+            elif alone:
+                db.execute("BEGIN IMMEDIATE")
+            for _, rows, batch, _ in adds:
+                assert batch is not None  # an add is always waited for
+                for row in rows:
+                    try:
+                        db.execute(_insert_sql(1), row)
+                    except sqlite3.IntegrityError:
+                        batch.duplicates.append(DuplicateRow(str(row[0]), _first(db, row)))
+                        break
+            if alone and not savepoint:
+                db.execute("COMMIT")
+        if savepoint:
+            db.execute("RELEASE adds")
+
     def _flush_loop(self) -> None:
         """Commit lagging writes that no other commit has carried within LAG.
 
-        On a busy queue, producers' commits carry what lags, and this thread mostly
-        sleeps; on a quiet one, it bounds what a crash could make run again. It also
-        makes the last commit at close.
+        On a busy queue, producers' commits carry what lags, and this thread wakes
+        every LAG seconds to find nothing to do: cheaper than being told of every
+        lagging write. After a quiet LAG it sleeps until one arrives. On a quiet
+        queue it bounds what a crash could make run again. It also makes the last
+        commit at close.
         """
+        quiet = False
         with self._mutex:
             while True:
                 if self._closed:
@@ -373,8 +457,12 @@ class SQLiteStore:
                         self._commit()
                     return
                 if self._lagging_since is None:
-                    self._lagging.wait()
+                    self._flusher_idle = quiet
+                    self._lagging.wait(None if quiet else LAG)
+                    self._flusher_idle = False
+                    quiet = self._lagging_since is None
                     continue
+                quiet = False
                 remaining = self._lagging_since + LAG - time.monotonic()
                 if remaining > 0:
                     self._lagging.wait(remaining)
@@ -386,50 +474,62 @@ class SQLiteStore:
     # -- the attempts journal ---------------------------------------------------------------
 
     def _append(self, line: bytes) -> None:
-        """One line to the journal. Holds the lock, so lines are never interleaved."""
+        """One line into the journal. Holds the lock, so lines are never interleaved."""
+        end = self._journal_end + len(line)
         try:
-            if self._journal_lines >= JOURNAL_LINES:
+            if end > len(self._journal):
                 self._rewrite_journal()
-            os.write(self._journal, line)
-        except OSError as exc:
+                end = self._journal_end + len(line)
+            self._journal[self._journal_end : end] = line
+        except (OSError, ValueError) as exc:  # no room on disk; a line longer than the file
             raise StoreError(f"{self._journal_path}: {exc}") from exc
-        self._journal_lines += 1
+        self._journal_end = end
 
     def _rewrite_journal(self) -> None:
         """Start the journal again with just the open attempts. Holds the lock.
 
-        Written beside it and renamed over it, so that a crash leaves the old file
+        Filled beside it and renamed over it, so that a crash leaves the old file
         or the new one, never half of either.
         """
         fresh = f"{self._journal_path}.new"
-        fd = os.open(fresh, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
-        lines = "".join(f"{n} {json.dumps(job_id)}\n" for job_id, n in self._open.items())
-        os.write(fd, lines.encode())
+        lines = b"".join(_journal_line(job_id, n) for job_id, n in self._open.items())
+        journal = _map(fresh, minimum=2 * len(lines))
+        journal[: len(lines)] = lines
         os.replace(fresh, self._journal_path)
-        os.close(self._journal)
-        self._journal = fd
-        self._journal_lines = len(self._open)
+        self._journal.close()
+        self._journal, self._journal_end = journal, len(lines)
 
 
-def _insert(db: sqlite3.Connection, adds: list[_Pending]) -> None:
-    """The rows of several ``add`` calls, in one executemany unless one is a duplicate."""
-    db.execute("SAVEPOINT adds")
+def _map(path: str, minimum: int = 0) -> mmap.mmap:
+    """A new, zeroed journal file of JOURNAL_BYTES (or more), mapped for writing."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        db.executemany(INSERT, [row for _, rows, _, _ in adds for row in rows])
-    except sqlite3.IntegrityError:
-        # An id or key already on disk: again one by one, each caller's rows in
-        # order, stopping at its first duplicate, so that enqueue_many can say how
-        # many of its jobs were accepted.
-        db.execute("ROLLBACK TO adds")
-        for _, rows, batch, _ in adds:
-            assert batch is not None  # an add is always waited for
-            for row in rows:
-                try:
-                    db.execute(INSERT, row)
-                except sqlite3.IntegrityError:
-                    batch.duplicates.append(DuplicateRow(str(row[0]), _first(db, row)))
-                    break
-    db.execute("RELEASE adds")
+        size = max(JOURNAL_BYTES, minimum)
+        # Blocks reserved now: a full disk fails here, at open, and not as a SIGBUS
+        # when a worker stores into a page the file system cannot back.
+        os.posix_fallocate(fd, 0, size)
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _journal_line(job_id: str, attempt: int) -> bytes:
+    """``<attempt> <id>``, or ``<attempt>j<id as JSON>`` for an id holding a newline."""
+    if "\n" in job_id:
+        return f"{attempt}j{json.dumps(job_id)}\n".encode()
+    return f"{attempt} {job_id}\n".encode()
+
+
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    return INSERT + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+
+
+@functools.cache
+def _update_sql(assignments: str, rows: int) -> str:
+    columns = assignments.count("v.column") + 1  # the id, and the values assigned
+    values = ", ".join(["(" + ", ".join(["?"] * columns) + ")"] * rows)
+    return f"UPDATE jobs SET {assignments} FROM (VALUES {values}) AS v WHERE jobs.id = v.column1"
 
 
 def _fold(db: sqlite3.Connection, journal: str) -> None:
@@ -445,12 +545,15 @@ def _fold(db: sqlite3.Connection, journal: str) -> None:
     except FileNotFoundError:
         return
     latest: dict[str, int] = {}
-    for line in text.splitlines():
-        attempt, _, quoted = line.partition(" ")
+    text = text.split("\0", 1)[0]  # the unused rest of the file is zeros
+    lines = text.split("\n")  # ids may hold other line breaks, never "\n" unquoted
+    for line in lines[:-1]:  # the last is empty, or a line torn by a power loss
+        digits = len(line) - len(line.lstrip("0123456789"))
         try:
-            latest[json.loads(quoted)] = int(attempt)
-        except ValueError:
-            continue  # a line torn by a power loss: that attempt was not made durable
+            attempt, mark, rest = int(line[:digits]), line[digits], line[digits + 1 :]
+            latest[json.loads(rest) if mark == "j" else rest] = attempt
+        except (ValueError, IndexError):
+            continue  # damaged: that attempt was not made durable
     if not latest:
         return
     started = time.time()
@@ -512,7 +615,7 @@ def _open(path: str, durability: str) -> sqlite3.Connection:
     return db
 
 
-def _row(record: Record) -> tuple[object, ...]:
+def _row(record: Record, offset: float) -> tuple[object, ...]:
     job = record.job
     return (
         job.id,
@@ -523,9 +626,9 @@ def _row(record: Record) -> tuple[object, ...]:
         record.status.value,
         record.attempts,
         record.last_error,
-        _wall(record.enqueued),
-        _wall(record.started),
-        _wall(record.finished),
+        record.enqueued + offset,
+        None,  # started_at
+        None,  # finished_at
         None,  # due_at
     )
 

@@ -35,8 +35,8 @@ What it still gets wrong:
    waiting for ever.
 8. No status by id and no dead letter queue. A job that fails for good is
    counted and gone; nobody can look it up or replay it.
-9. No idempotency: the same work enqueued twice runs twice.
-10. A crash loses everything: lanes, retry timers and counters live in memory.
+9. No idempotency. The same work enqueued twice runs twice.
+10. Crashes lose everything. Lanes, retry timers and counters live in memory.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ a test in ``tests/test_naive.py``):
    a queue nobody closed is killed mid-job.
 6. No metrics and no status. Nothing tells you how many jobs ran, failed or wait,
    nor where one job is.
-7. A crash loses everything: the queue lives in memory only.
+7. Crashes lose everything. The queue lives in memory only.
 
 The improved tier fixes 1 to 6 within one process; the final tier fixes 7.
 """

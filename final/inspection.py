@@ -1,0 +1,113 @@
+"""Look into a queue's SQLite file without touching it: ``python -m final inspect``.
+
+The file is opened read-only (an SQLite ``mode=ro`` URI) and the queue's lock file is
+not taken, so this works while a server runs on the file: in WAL mode a reader sees
+the last committed state and never blocks the writer. What it shows is the disk's
+view, which may lag the running queue by one group commit for the writes allowed to
+lag (a retry scheduled, a job settled); accepted jobs are always there.
+(This module is not called ``inspect``: that would shadow the standard library's.)
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote
+
+from final.sqlite_store import APPLICATION_ID, SCHEMA_VERSION, StoreError
+
+__all__ = ["DeadLetter", "Snapshot", "format_snapshot", "read"]
+
+STATUSES = ("queued", "processing", "retrying", "completed", "failed")
+PRIORITY_NAMES = {2: "high", 1: "medium", 0: "low"}  # Priority's values, as the file keeps them
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str
+    priority: str
+    attempts: int
+    last_error: str | None
+    finished_at: float | None  # time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    path: str
+    counts: dict[str, dict[str, int]]  # status -> priority -> jobs
+    oldest_queued: float | None  # time.time() of the oldest job still waiting, if any
+    dead: list[DeadLetter]  # oldest first, at most the limit asked for
+    dead_total: int
+
+
+def read(path: str | Path, *, limit: int = 20) -> Snapshot:
+    """Counts by status and priority, and the first ``limit`` dead letters, of the
+    queue file at ``path``. ``StoreError`` if it is missing or not a queue of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path}: no such file")
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open read-only: {exc}") from exc
+    try:
+        try:
+            app_id = db.execute("PRAGMA application_id").fetchone()[0]
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path} is not an SQLite database ({exc})") from exc
+        if app_id != APPLICATION_ID:
+            raise StoreError(f"{path} is not a job queue of ours")
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{path} has schema version {version}, newer than {SCHEMA_VERSION}")
+        # One read transaction, so the counts and the dead letters agree.
+        db.execute("BEGIN")
+        counts = {status: dict.fromkeys(PRIORITY_NAMES.values(), 0) for status in STATUSES}
+        rows = db.execute("SELECT status, priority, count(*) FROM jobs GROUP BY status, priority")
+        for status, priority, n in rows:
+            counts.setdefault(status, dict.fromkeys(PRIORITY_NAMES.values(), 0))
+            counts[status][PRIORITY_NAMES.get(priority, str(priority))] = n
+        oldest = db.execute(
+            "SELECT min(enqueued_at) FROM jobs WHERE status IN ('queued', 'retrying')"
+        ).fetchone()[0]
+        dead_total = db.execute("SELECT count(*) FROM jobs WHERE status = 'failed'").fetchone()[0]
+        dead = [
+            DeadLetter(job_id, PRIORITY_NAMES.get(priority, str(priority)), attempts, error, at)
+            for job_id, priority, attempts, error, at in db.execute(
+                "SELECT id, priority, attempts, last_error, finished_at FROM jobs"
+                " WHERE status = 'failed' ORDER BY finished_at LIMIT ?",
+                (limit,),
+            )
+        ]
+        db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot read: {exc}") from exc
+    finally:
+        db.close()
+    return Snapshot(str(path), counts, oldest, dead, dead_total)
+
+
+def format_snapshot(snapshot: Snapshot, *, now: float) -> str:
+    """The snapshot as a table for a terminal."""
+    priorities = list(PRIORITY_NAMES.values())
+    lines = [f"{snapshot.path}", f"  {'status':<11}" + "".join(f"{p:>8}" for p in priorities)]
+    lines[1] += f"{'total':>8}"
+    for status, by_priority in snapshot.counts.items():
+        cells = "".join(f"{by_priority.get(p, 0):8d}" for p in priorities)
+        lines.append(f"  {status:<11}{cells}{sum(by_priority.values()):8d}")
+    if snapshot.oldest_queued is not None:
+        lines.append(f"  oldest waiting job: enqueued {now - snapshot.oldest_queued:.1f}s ago")
+    lines.append(f"dead letters: {snapshot.dead_total}")
+    for d in snapshot.dead:
+        when = (
+            "?"
+            if d.finished_at is None
+            else datetime.fromtimestamp(d.finished_at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        )
+        lines.append(f"  {d.id}  {d.priority:<6} {d.attempts} attempts  {when}  {d.last_error}")
+    if snapshot.dead_total > len(snapshot.dead):
+        lines.append(f"  ... and {snapshot.dead_total - len(snapshot.dead)} more (--limit)")
+    return "\n".join(lines)

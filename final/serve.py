@@ -1,0 +1,170 @@
+"""Run the HTTP app (``final/http.py``) under uvicorn, with a shutdown that loses nothing.
+
+The first SIGINT or SIGTERM stops accepting: ``POST /jobs`` answers 503 and
+``/healthz`` says draining, uvicorn stops listening and lets the requests it is
+answering finish. Then the queue stops taking jobs from its lanes, the attempts
+already running get ``grace`` seconds to finish, and every job not run stays on disk
+for the next start. A second signal exits at once. Either way nothing answered with
+201 is lost: with a ``path``, ``enqueue`` returns only once the job is committed, and
+an attempt cut short is counted on disk and runs again at the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from final.http import HttpState, create_app, instrument
+from final.job_queue import Job, JobQueue
+
+__all__ = ["load_handler", "serve"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_handler(spec: str) -> Callable[[Job], object]:
+    """The callable named by ``"package.module:function"`` (an attribute path may follow
+    the colon, as in ``"module:obj.method"``), as uvicorn and celery name an app."""
+    module_name, colon, attribute = spec.partition(":")
+    if not colon or not module_name or not attribute:
+        raise ValueError(f"a handler is named as module:function, got {spec!r}")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r} for the handler: {exc}") from exc
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ValueError(f"{module_name!r} has no attribute {attribute!r}") from None
+    if not callable(target):
+        raise ValueError(f"{spec} is not callable")
+    handler: Callable[[Job], object] = target
+    return handler
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, with our signals: the first drains, the second exits at once."""
+
+    def __init__(self, config: uvicorn.Config, drain: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._drain = drain
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # serve() installs handle_exit for its whole run, the queue's drain included;
+        # uvicorn's own capture would re-raise the signal at the end and kill us there.
+        yield
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            # No logging here: a signal handler may interrupt a thread holding its lock.
+            os.write(2, f"second {signal.Signals(sig).name}: exiting at once\n".encode())
+            os._exit(128 + sig)
+        self.should_exit = True  # first: a second signal may interrupt what follows
+        self._drain()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    # Listening before uvicorn starts, so that a client told the address is queued in
+    # the backlog rather than refused.
+    sock.listen(2048)
+    return sock
+
+
+def serve(
+    handler: Callable[[Job], object],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    token: str | None = None,
+    grace: float = 10.0,
+    access_log: bool = False,
+    **queue_options: Any,
+) -> None:
+    """Serve a JobQueue of ``handler`` over HTTP until SIGINT or SIGTERM.
+
+    ``queue_options`` go to ``JobQueue`` (``path``, ``workers``, ``queue_size``...).
+    Raises ``OSError`` if the address cannot be bound, and ``StoreError`` if the
+    ``path`` is not a queue of ours or is open in another process.
+    """
+    registry = CollectorRegistry()
+    state = HttpState(registry)
+    queue = JobQueue(instrument(handler, state), **queue_options)
+    try:
+        app = create_app(queue, token=token, state=state, registry=registry)
+        sock = _bind(host, port)
+    except BaseException:
+        queue.close(timeout=0)
+        raise
+    config = uvicorn.Config(
+        app,
+        log_level=logging.getLogger().getEffectiveLevel(),
+        access_log=access_log,
+        timeout_graceful_shutdown=max(1, math.ceil(grace)),  # it takes whole seconds
+        server_header=False,
+    )
+
+    def drain() -> None:
+        """The first signal: 503 from now on, and no new attempt starts. The attempts
+        running now are the in-flight jobs the grace period is for."""
+        state.stop_accepting()
+        # On a thread of its own: close() takes the queue's lock, and logging its own,
+        # which a signal handler must not wait for.
+        threading.Thread(target=stop_queue, name="final-drain").start()
+
+    # On disk, what is queued waits for the next start; in memory it would be lost, so
+    # without a path the queued jobs get the grace period too.
+    durable = queue_options.get("path") is not None
+
+    def stop_queue() -> None:
+        logger.info("signal: draining; running attempts get %ss (a second signal exits now)", grace)
+        if durable:
+            queue.close(timeout=0)
+
+    server = _Server(config, drain)
+    previous = {s: signal.signal(s, server.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        bound_host, bound_port = sock.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        logger.info(
+            "listening on http://%s:%d (path=%s, token %s)",
+            shown,
+            bound_port,
+            queue_options.get("path"),
+            "required" if token else "not required",
+        )
+        server.run(sockets=[sock])
+        if durable:
+            queue.close(timeout=0)  # as drain() did, if a signal stopped the server
+        queue.close(timeout=grace)
+        m = queue.metrics()
+        logger.info(
+            "stopped: %d completed, %d failed, %d still running, %d lost%s",
+            m.completed,
+            m.failed,
+            m.in_flight,
+            m.lost,
+            " (what did not finish runs at the next start)" if durable else "",
+        )
+    finally:
+        queue.close(timeout=0)  # a no-op after a clean stop; a failed start leaves no thread
+        sock.close()
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)
