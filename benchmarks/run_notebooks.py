@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 def notebooks() -> list[Path]:
-    return sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
+    return sorted(NOTEBOOKS.glob("*.ipynb"))
 
 
 def execute(path: Path, *, quick: bool, timeout: float = 600) -> nbformat.NotebookNode:
