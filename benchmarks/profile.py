@@ -24,7 +24,7 @@ from pathlib import Path
 CASES = {
     "final": "scenarios.throughput('final', 100_000)",
     "final-sqlite": "scenarios.throughput('final-sqlite', 4_000)",
-    "final-sqlite-enqueue_many": "scenarios.throughput('final-sqlite', 15_000, batch=True)",
+    "final-sqlite-enqueue_many": "scenarios.throughput('final-sqlite', 60_000, batch=True)",
     "final-sqlite-latency": "scenarios.latency('final-sqlite', 2_000, 2.0)",
     "ThreadPoolExecutor": "scenarios.throughput('ThreadPoolExecutor', 100_000)",
 }
