@@ -182,12 +182,13 @@ def per_kill_bound() -> int:
 
     A job runs again after a kill when its end (completed, or retrying) was not yet
     committed: the attempts running at that instant (at most ``WORKERS``), and the
-    ones that ended within the last ``LAG`` seconds plus the commit under way, whose
-    end was still pending. A handler takes at least ``MIN_RUN``, so each worker ends
-    at most ``(LAG + commit) / MIN_RUN + 1`` attempts in that window. Commits are
-    allowed up to ``LAG`` again here: generous, on a loaded machine.
+    ones that ended while their end waited for the flusher's next commit, which
+    comes ``LAG`` seconds after the first of them. A handler takes at least
+    ``MIN_RUN``, so each worker ends at most ``window / MIN_RUN + 1`` attempts in a
+    window. The window allowed here is ``4 * LAG``: the flusher needs the GIL to
+    wake, and its commit takes time, on a machine that may be loaded.
     """
-    return WORKERS + WORKERS * (math.ceil(2 * LAG / MIN_RUN) + 1)
+    return WORKERS + WORKERS * (math.ceil(4 * LAG / MIN_RUN) + 1)
 
 
 def kill_repeatedly(

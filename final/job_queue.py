@@ -1090,6 +1090,12 @@ def _check_key(name: str, value: object) -> None:
         raise TypeError(f"{name} must be a str, got {type(value).__name__}")
     if not 0 < len(value) <= MAX_KEY_LENGTH:
         raise ValueError(f"{name} must have 1 to {MAX_KEY_LENGTH} characters, got {len(value)}")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            # Not text a file can hold: refused here, not when a commit it shares fails.
+            raise ValueError(f"{name} must be valid Unicode, got a lone surrogate") from None
 
 
 def _check_job(job: object) -> None:

@@ -35,8 +35,8 @@ under way commits everything pending as one transaction, on its own thread; writ
 arrive meanwhile wait for it to end and go together in the next one. Producers that
 arrive together share a commit (and an fsync), so more producers means more jobs per
 commit, while each ``enqueue`` still returns only after its own job is on disk; and a
-lone producer pays no hand-off to another thread. One background thread commits the
-lagging writes that nothing else carried within ``LAG`` seconds.
+lone producer pays no hand-off to another thread. Lagging writes are committed apart,
+by one background thread, ``LAG`` seconds after the first of them arrived.
 
 The file is ours and versioned: ``PRAGMA application_id`` marks it, ``PRAGMA
 user_version`` says its schema version; a file that is not one of our queues, or is of
@@ -70,10 +70,11 @@ APPLICATION_ID = 0x4A6F6251  # "JobQ"
 SCHEMA_VERSION = 1
 DURABILITY = {"power": ("FULL", 2), "process": ("NORMAL", 1)}
 
-# How long a lagging write may wait for another commit to carry it before the
-# flusher commits it on its own. Short, so that a crash after a quiet spell reruns
-# almost nothing; long enough that on a busy queue the flusher rarely acts.
+# How long the first lagging write waits for the flusher's commit. Short, so that a
+# crash reruns few jobs; long enough that a busy queue's commit carries many.
 LAG = 0.005
+# Up to this many rows go to one statement of their exact size (see _statements).
+EXACT_ROWS = 32
 # The size of the attempts file; when full, it starts again with the open attempts.
 JOURNAL_BYTES = 1 << 22
 
@@ -175,7 +176,10 @@ class SQLiteStore:
         # One lock guards everything below; both conditions are built on it. It is
         # let go of while SQLite commits (see _commit).
         self._mutex = threading.Lock()
-        self._pending: list[_Pending] = []  # writes not yet committed, in order
+        # Writes not yet committed, in order: acknowledgements, which their callers
+        # wait for, and lagging writes, which nobody waits for.
+        self._pending: list[_Pending] = []
+        self._lagging_writes: list[_Pending] = []
         self._lagging_since: float | None = None  # when the oldest lagging write came
         self._committing = False
         self._closed = False
@@ -298,7 +302,7 @@ class SQLiteStore:
                 if self._committing:
                     self._committed.wait()
                 else:
-                    self._commit()
+                    self._commit(lagging=False)
         if batch.error is not None:
             raise StoreError(f"{self.path}: {batch.error}") from batch.error
         return batch
@@ -307,21 +311,34 @@ class SQLiteStore:
         with self._mutex:
             if self._closed:
                 return
-            self._pending.append((sql, params, None, False))
+            self._lagging_writes.append((sql, params, None, False))
             if self._lagging_since is None:
                 self._lagging_since = time.monotonic()
                 if self._flusher_idle:
                     self._lagging.notify()
 
-    def _commit(self) -> None:
-        """Commit everything pending as one transaction, leading it from this thread.
+    def _commit(self, lagging: bool) -> None:
+        """Commit the pending acknowledgements as one transaction, and the lagging
+        writes too if ``lagging``, leading it from this thread.
 
         Holds the lock, and lets go of it while SQLite works, so that writes arriving
         meanwhile gather for the next commit: with many producers, each commit (and
         each fsync) carries many jobs, and no write is handed to another thread.
+
+        An acknowledgement does not carry the lagging writes: a lone INSERT is one
+        statement, its own transaction, where each more statement is one more wait
+        for the GIL on the path every enqueue waits on. Except when they are overdue
+        (the flusher found a commit under way: better they ride in this one than it
+        wait for this one to end), and for a replay: the end of that job's earlier
+        life may still lag, and must not land after it.
         """
         writes, self._pending = self._pending, []
-        self._lagging_since = None
+        since = self._lagging_since
+        overdue = since is not None and time.monotonic() - since >= LAG
+        if lagging or overdue or any(what is REVIVED for what, *_ in writes):
+            writes = self._lagging_writes + writes
+            self._lagging_writes = []
+            self._lagging_since = None
         self._committing = True
         self._mutex.release()
         try:
@@ -369,8 +386,7 @@ class SQLiteStore:
 
     def _statements(self, writes: list[_Pending]) -> list[_Statements]:
         """The writes as few statements: each run of writes of one kind becomes
-        statements of many rows (sizes powers of two, so that the connection's
-        statement cache holds every statement it will ever see)."""
+        statements of many rows, of sizes the connection's statement cache can hold."""
         statements: list[_Statements] = []
         i = 0
         while i < len(writes):
@@ -391,7 +407,10 @@ class SQLiteStore:
             parts = []
             k = 0
             while k < len(rows):
-                size = min(self._chunk, 1 << (len(rows) - k).bit_length() - 1)
+                left = len(rows) - k
+                # A few rows go in one statement of exactly their number; more, in
+                # statements of powers of two: a bounded set of statements to cache.
+                size = left if left <= EXACT_ROWS else min(self._chunk, 1 << left.bit_length() - 1)
                 parts.append((sql(size), [value for row in rows[k : k + size] for value in row]))
                 k += size
             statements.append((what, parts, adds))
@@ -439,13 +458,12 @@ class SQLiteStore:
             db.execute("RELEASE adds")
 
     def _flush_loop(self) -> None:
-        """Commit lagging writes that no other commit has carried within LAG.
+        """Commit the lagging writes once the oldest has waited LAG seconds, and make
+        the last commit at close.
 
-        On a busy queue, producers' commits carry what lags, and this thread wakes
-        every LAG seconds to find nothing to do: cheaper than being told of every
-        lagging write. After a quiet LAG it sleeps until one arrives. On a quiet
-        queue it bounds what a crash could make run again. It also makes the last
-        commit at close.
+        While writes keep lagging, this thread wakes every LAG seconds on its own,
+        which is cheaper than being told of every one; after a quiet LAG it sleeps
+        until a lagging write arrives to find it idle, and is told of that one.
         """
         quiet = False
         with self._mutex:
@@ -453,8 +471,8 @@ class SQLiteStore:
                 if self._closed:
                     while self._committing:
                         self._committed.wait()
-                    if self._pending:
-                        self._commit()
+                    if self._pending or self._lagging_writes:
+                        self._commit(lagging=True)
                     return
                 if self._lagging_since is None:
                     self._flusher_idle = quiet
@@ -467,9 +485,12 @@ class SQLiteStore:
                 if remaining > 0:
                     self._lagging.wait(remaining)
                 elif not self._committing:
-                    self._commit()
+                    self._commit(lagging=True)
                 else:
-                    self._committed.wait()
+                    # The next acknowledgement's commit takes them along; if none
+                    # comes, try again in a while. Waiting for this commit to end
+                    # instead would wake this thread at every commit of a busy queue.
+                    self._lagging.wait(LAG)
 
     # -- the attempts journal ---------------------------------------------------------------
 
@@ -583,7 +604,10 @@ def _open(path: str, durability: str) -> sqlite3.Connection:
     """Open (or create) the file, refusing what is not ours before writing anything."""
     existed = os.path.exists(path) and os.path.getsize(path) > 0
     try:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # Statements of up to EXACT_ROWS rows and of powers of two, for 4 kinds of write.
+        db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, cached_statements=256
+        )
         app_id = db.execute("PRAGMA application_id").fetchone()[0]
         version = db.execute("PRAGMA user_version").fetchone()[0]
         tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]

@@ -12,10 +12,12 @@ What each write must survive decides how it is called:
   replay from the dead letters) are durable when they return, because returning is
   how the queue acknowledges them. The queue calls them outside its lock, so that
   a disk write never stalls the other threads.
-- ``claimed`` (an attempt about to start, with its attempt count) is durable when
-  it returns, so that a handler which kills the process is still counted, and its
-  job ends in the dead letters instead of crashing every restart for ever. Called
-  outside the lock, before the handler runs.
+- ``claimed`` (an attempt about to start, with its attempt count) survives the
+  death of the process when it returns, so that a handler which kills the process
+  is still counted, and its job ends in the dead letters instead of crashing every
+  restart for ever. It need not survive a power loss, which takes the handler down
+  too. Called outside the lock, before the handler runs, on every attempt: it must
+  be cheap.
 - ``retrying`` and ``settled`` may lag: losing one only means that a job runs once
   more after a crash, which at-least-once delivery allows. The queue calls them
   under its lock, so they must not block: a store buffers them.

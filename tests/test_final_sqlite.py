@@ -15,6 +15,7 @@ import pytest
 
 from benchmarks.crash import kill_repeatedly
 from final import DuplicateJob, Job, JobQueue, Priority, Status
+from final.job_queue import MAX_KEY_LENGTH
 from final.sqlite_store import StoreError
 from tests.support import PATIENCE, Recorder
 
@@ -199,6 +200,95 @@ def test_an_acknowledged_enqueue_survives_the_process_dying_the_instant_after(
         assert all(q.status(str(i)) is Status.COMPLETED for i in range(200))
     finally:
         q.close()
+
+
+ODD_IDS = ["line\nbreak", 'quo"te', "it's", "ünïcødé ✓", " spaced ", "x" * MAX_KEY_LENGTH, "7"]
+
+
+def test_attempts_of_jobs_with_odd_ids_are_counted_across_crashes(path: str) -> None:
+    # Each start claims one job, whose handler kills the process: its attempt must be
+    # found in the journal at the next start, whatever its id holds.
+    child = textwrap.dedent(
+        f"""
+        import os
+        from final import DuplicateJob, Job, JobQueue
+        q = JobQueue(lambda job: os._exit(1), workers=1, path={path!r}, max_retries=0)
+        for job_id in {ODD_IDS!r}:
+            try:
+                q.enqueue(Job(id=job_id))
+            except DuplicateJob:
+                pass
+        q.join(timeout=5)
+        print("survived", flush=True)
+        q.close()
+        """
+    )
+    for _ in range(len(ODD_IDS) + 2):
+        run = subprocess.run(
+            [sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        if run.returncode == 0:
+            break
+    assert run.returncode == 0 and "survived" in run.stdout
+    q = JobQueue(Recorder(), path=path)
+    try:
+        for job_id in ODD_IDS:
+            info = q.info(job_id)
+            assert info is not None
+            assert (info.status, info.attempts) == (Status.FAILED, 1), job_id
+            assert info.last_error == "the process died during attempt 1"
+    finally:
+        q.close()
+
+
+def test_a_full_attempts_journal_starts_again_and_keeps_what_is_open(path: str) -> None:
+    # A journal of 256 bytes starts again every few attempts; the bomb is claimed
+    # after 150 jobs, so its attempt is written to a journal many times restarted.
+    child = textwrap.dedent(
+        f"""
+        import os
+        import final.sqlite_store
+        final.sqlite_store.JOURNAL_BYTES = 256
+        from final import DuplicateJob, Job, JobQueue
+        def handler(job):
+            if job.id == "bomb":
+                os._exit(1)
+        q = JobQueue(handler, workers=1, path={path!r})
+        try:
+            # The others keep a budget: one whose end still lagged at the crash is
+            # charged the attempt, and runs again.
+            q.enqueue_many([Job(id=str(i)) for i in range(150)] + [Job(id="bomb", max_retries=0)])
+        except DuplicateJob:
+            pass
+        q.join(timeout=20)
+        print("survived", flush=True)
+        q.close()
+        """
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True, timeout=60
+        ).returncode
+        for _ in range(2)
+    ]
+    assert runs == [1, 0]  # the bomb went off once, and was dead at the second start
+    q = JobQueue(Recorder(), path=path)
+    try:
+        info = q.info("bomb")
+        assert info is not None and (info.status, info.attempts) == (Status.FAILED, 1)
+        assert all(q.status(str(i)) is Status.COMPLETED for i in range(150))
+    finally:
+        q.close()
+
+
+def test_an_id_that_is_not_valid_unicode_is_refused_before_the_disk(
+    path: str, opened: list[JobQueue]
+) -> None:
+    q = reopen(path, opened)
+    with pytest.raises(ValueError, match="lone surrogate"):
+        q.enqueue(Job(id="bad\udc80"))
+    q.enqueue(Job(id="good"))  # the store is not hurt
+    assert q.join(timeout=PATIENCE)
 
 
 # -- the file is ours ------------------------------------------------------------------------
