@@ -89,12 +89,22 @@ def summarize(raw: Path, top: int = 6) -> str:
     return "\n".join(lines)
 
 
+def _commit() -> str:
+    """The code the profile is of: its line numbers only hold for that commit."""
+    found = subprocess.run(
+        ["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+    )
+    return f"at commit {found.stdout.strip() or 'unknown'}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("case", choices=list(CASES))
     parser.add_argument("--out", type=Path, help="also write the summary here")
     args = parser.parse_args(argv)
-    text = f"$ python -m benchmarks.profile {args.case}\n{CASES[args.case]}\n\n"
+    text = f"$ python -m benchmarks.profile {args.case}\n{CASES[args.case]}\n{_commit()}\n\n"
     text += summarize(record(args.case))
     print(text)
     if args.out:

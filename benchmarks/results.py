@@ -55,9 +55,11 @@ class Run:
     def describe(self) -> str:
         m = self.machine
         load = ", ".join(f"{x:.2f}" for x in m.get("load_average", ()))
+        at = f" at commit {self.commit[:7]}" if self.commit else ""
         return (
-            f"{self.mode} run of {self.when[:16].replace('T', ' ')} UTC: Python {m.get('python')}, "
-            f"{m.get('cpus')} CPUs ({m.get('processor')}), load average {load} at the start"
+            f"{self.mode} run of {self.when[:16].replace('T', ' ')} UTC{at}: "
+            f"Python {m.get('python')}, {m.get('cpus')} CPUs ({m.get('processor')}), "
+            f"load average {load} at the start"
         )
 
 
