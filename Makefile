@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 DEV    := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck bench crash-test matrix clean
+.PHONY: demo test lint typecheck bench bench-full notebooks crash-test matrix clean
 
 # The tour: the same six scenarios on every tier, then a table side by side.
 demo: $(DEV)
@@ -21,9 +21,27 @@ lint: $(DEV)
 typecheck: $(DEV)
 	$(PY) -m mypy
 
+# The benchmark suite (pytest-benchmark; never part of `make test`): the quick mode takes
+# under ten minutes on two cores, --full longer. Each writes its JSON, with the machine,
+# to benchmarks/results/ and prints the headline figures and targets from it.
+BENCH := $(PY) -m pytest benchmarks -p no:cacheprovider --timeout=1800 \
+	--benchmark-columns=median,rounds --benchmark-sort=name \
+	-W ignore::pytest_benchmark.logger.PytestBenchmarkWarning
+
 bench: $(DEV)
-	$(PY) -m benchmarks.throughput_latency --json benchmarks/results/throughput_latency.json
-	$(PY) -m benchmarks.persistence
+	mkdir -p benchmarks/results
+	$(BENCH) --benchmark-json=benchmarks/results/quick.json
+	$(PY) -m benchmarks.report benchmarks/results/quick.json
+
+bench-full: $(DEV)
+	mkdir -p benchmarks/results
+	$(BENCH) --full --benchmark-json=benchmarks/results/full.json
+	$(PY) -m benchmarks.report benchmarks/results/full.json
+
+# Re-executes every notebook in place, headless, on the latest results, and saves the
+# figures the README shows to notebooks/figures/.
+notebooks: $(DEV)
+	$(PY) -m benchmarks.run_notebooks
 
 # kill -9 the final tier on disk 1,000 times at random moments, and tally (~4 min here).
 crash-test: $(DEV)

@@ -1,0 +1,174 @@
+"""The headline figures and the targets, from a results file: ``python -m benchmarks.report``.
+
+It prints Markdown (the README's table is pasted from it): throughput at 4 workers
+beside ``ThreadPoolExecutor``, p99 latency at the loads the targets name, and each
+target with the figure measured and whether it was met. ``make bench`` runs it
+after the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.results import Run, load
+
+BASE = "ThreadPoolExecutor"
+DURABLE_PEERS = ("persistqueue", "litequeue", "huey-sqlite")
+
+
+def headline(run: Run, figure: str) -> dict[str, Any] | None:
+    """The interleaved measurement of ``figure`` ("throughput" or "latency"), if run."""
+    return next((r for r in run.rows("0 headline") if r["figure"] == figure), None)
+
+
+def throughput_at(run: Run, workers: int = 4) -> dict[str, float]:
+    """Jobs/s by system at ``workers``; batched runs are named ``<system> enqueue_many``.
+
+    At the headline's 4 workers, the interleaved rounds win over the back-to-back ones.
+    """
+    found = {}
+    for r in run.rows("1 throughput"):
+        if r["workers"] == workers:
+            name = r["system"] + (" enqueue_many" if r["batch"] else "")
+            found[name] = r["jobs_per_s"]
+    top = headline(run, "throughput")
+    if top is not None and top["workers"] == workers:
+        found.update(top["jobs_per_s"])
+    return found
+
+
+def latency_at(run: Run, rate: int) -> dict[str, dict[str, Any]]:
+    """Latency rows by system at an offered ``rate``, the interleaved ones first."""
+    found = {r["system"]: r for r in run.rows("2 latency") if r["offered_per_s"] == rate}
+    top = headline(run, "latency")
+    if top is not None:
+        found.update({s: r for s, r in top["latency"].items() if r["offered_per_s"] == rate})
+    return found
+
+
+@dataclass
+class Target:
+    goal: str
+    measured: str
+    met: bool | None  # None: not measured in this run
+
+
+def targets(run: Run) -> list[Target]:
+    tp = throughput_at(run)
+    base = tp.get(BASE)
+    found: list[Target] = []
+
+    def ratio(goal: str, system: str, at_least: float) -> None:
+        if base is None or system not in tp:
+            found.append(Target(goal, "not measured", None))
+            return
+        x = tp[system] / base
+        measured = f"{x:.2f}x ({tp[system]:,.0f} vs {base:,.0f} jobs/s)"
+        found.append(Target(goal, measured, x >= at_least))
+
+    ratio("improved >= 3x ThreadPoolExecutor's throughput", "improved", 3)
+    ratio("final in memory >= 2x", "final", 2)
+    ratio("final with SQLite and enqueue_many >= 1x", "final-sqlite enqueue_many", 1)
+    peers = {p: tp[p] for p in DURABLE_PEERS if p in tp}
+    if "final-sqlite" in tp and peers:
+        best = max(peers, key=peers.__getitem__)
+        x = tp["final-sqlite"] / peers[best]
+        found.append(
+            Target(
+                "final with SQLite >= 10x each durable peer",
+                f"{x:.2f}x the best, {best} "
+                f"({tp['final-sqlite']:,.0f} vs {peers[best]:,.0f} jobs/s)",
+                x >= 10,
+            )
+        )
+    else:
+        found.append(Target("final with SQLite >= 10x each durable peer", "not measured", None))
+
+    at5k = latency_at(run, 5000)
+    base99 = at5k.get(BASE, {}).get("p99_ms")
+    for tier in ("naive", "improved", "final"):
+        goal = f"{tier}: p99 <= 1 ms at 5,000 jobs/s, and <= 2x the pool's"
+        if tier not in at5k or base99 is None:
+            found.append(Target(goal, "not measured", None))
+            continue
+        p99 = at5k[tier]["p99_ms"]
+        found.append(
+            Target(goal, f"{p99:.3f} ms (pool {base99:.3f} ms)", p99 <= 1 and p99 <= 2 * base99)
+        )
+    at2k = latency_at(run, 2000).get("final-sqlite")
+    goal = "final with SQLite: p99 <= 5 ms at 2,000 jobs/s"
+    if at2k is None:
+        found.append(Target(goal, "not measured", None))
+    else:
+        found.append(Target(goal, f"{at2k['p99_ms']:.2f} ms", at2k["p99_ms"] <= 5))
+
+    floods = run.rows("4 starvation")
+    fair = [r for r in floods if r["tier"] == "final"]
+    strict = [r for r in floods if r["tier"] == "improved"]
+    if fair and strict:
+        worst_fair = max(r["low_max_ms"] for r in fair)
+        worst_strict = max(r["low_max_ms"] for r in strict)
+        found.append(
+            Target(
+                "final's LOW wait bounded at every flood rate; improved's grows",
+                f"final's longest LOW wait {worst_fair:.1f} ms (fairness 1 to 10); "
+                f"improved's {worst_strict:,.0f} ms",
+                worst_fair < 50 and worst_strict > 10 * worst_fair,
+            )
+        )
+    return found
+
+
+def markdown(run: Run) -> str:
+    top = headline(run, "throughput")
+    rounds = f"median of {len(next(iter(top['rounds_jobs_per_s'].values())))} " if top else ""
+    lines = [
+        f"Measured by `make bench`, {run.describe()}. Throughput and the p99 the targets "
+        f"name: {rounds}rounds interleaved across the systems; other p99s: the latency "
+        "curves.",
+        "",
+    ]
+    tp = throughput_at(run)
+    base = tp.get(BASE)
+    at5k = latency_at(run, 5000)
+    at2k = latency_at(run, 2000)
+    lines += [
+        "| system (4 workers, no-op jobs) | jobs/s | x pool | p99 at 2,000/s | p99 at 5,000/s |",
+        "|---|--:|--:|--:|--:|",
+    ]
+
+    knees = {r["system"] for r in run.rows("2 latency") if r["saturated"]}
+
+    def ms(system: str, row: dict[str, Any] | None) -> str:
+        if row is None:
+            return "past its knee" if system in knees else "-"
+        return f"{row['p99_ms']:.2f} ms" + (" (saturated)" if row["saturated"] else "")
+
+    for name, rate in sorted(tp.items(), key=lambda kv: -kv[1]):
+        system = name.split()[0]
+        batch = " " in name
+        x = f"{rate / base:.2f}" if base else ""
+        lines.append(
+            f"| {name} | {rate:,.0f} | {x} | "
+            f"{'' if batch else ms(system, at2k.get(system))} | "
+            f"{'' if batch else ms(system, at5k.get(system))} |"
+        )
+    lines += ["", "| target | measured | met |", "|---|---|:-:|"]
+    for t in targets(run):
+        mark = {True: "yes", False: "**no**", None: "-"}[t.met]
+        lines.append(f"| {t.goal} | {t.measured} | {mark} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", nargs="?", type=Path, help="a results file; default: the latest")
+    args = parser.parse_args(argv)
+    print(markdown(load(args.path)))
+
+
+if __name__ == "__main__":
+    main()
