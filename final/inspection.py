@@ -2,9 +2,11 @@
 
 The file is opened read-only (an SQLite ``mode=ro`` URI) and the queue's lock file is
 not taken, so this works while a server runs on the file: in WAL mode a reader sees
-the last committed state and never blocks the writer. What it shows is the disk's
-view, which may lag the running queue by one group commit for the writes allowed to
-lag (a retry scheduled, a job settled); accepted jobs are always there.
+the last committed state and never blocks the writer. The attempts journal beside it
+(``<path>.attempts``) is read too: a job with an attempt there that the database does
+not know of is counted as processing, with that attempt. What it shows may lag the
+running queue by a few milliseconds for the writes allowed to lag (a retry scheduled,
+a job settled); accepted jobs and started attempts are always there.
 (This module is not called ``inspect``: that would shadow the standard library's.)
 """
 
@@ -16,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from final.sqlite_store import APPLICATION_ID, SCHEMA_VERSION, StoreError
+from final.sqlite_store import APPLICATION_ID, SCHEMA_VERSION, StoreError, read_journal
 
 __all__ = ["DeadLetter", "Snapshot", "format_snapshot", "read"]
 
@@ -63,6 +65,9 @@ def read(path: str | Path, *, limit: int = 20) -> Snapshot:
             raise StoreError(f"{path} is not a job queue of ours")
         if version > SCHEMA_VERSION:
             raise StoreError(f"{path} has schema version {version}, newer than {SCHEMA_VERSION}")
+        # Read before the database: an attempt started after this read shows as not
+        # started, never the other way round.
+        started = read_journal(f"{path}.attempts")
         # One read transaction, so the counts and the dead letters agree.
         db.execute("BEGIN")
         counts = {status: dict.fromkeys(PRIORITY_NAMES.values(), 0) for status in STATUSES}
@@ -70,6 +75,17 @@ def read(path: str | Path, *, limit: int = 20) -> Snapshot:
         for status, priority, n in rows:
             counts.setdefault(status, dict.fromkeys(PRIORITY_NAMES.values(), 0))
             counts[status][PRIORITY_NAMES.get(priority, str(priority))] = n
+        # Attempts the journal has and the database not yet: running now (or ended
+        # moments ago, their end not yet committed).
+        unsettled = db.execute(
+            "SELECT id, status, priority, attempts FROM jobs"
+            " WHERE status IN ('queued', 'processing', 'retrying')"
+        )
+        for job_id, status, priority, attempts in unsettled:
+            if started.get(job_id, 0) > attempts and status != "processing":
+                name = PRIORITY_NAMES.get(priority, str(priority))
+                counts[status][name] -= 1
+                counts["processing"][name] += 1
         oldest = db.execute(
             "SELECT min(enqueued_at) FROM jobs WHERE status IN ('queued', 'retrying')"
         ).fetchone()[0]

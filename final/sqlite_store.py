@@ -553,28 +553,36 @@ def _update_sql(assignments: str, rows: int) -> str:
     return f"UPDATE jobs SET {assignments} FROM (VALUES {values}) AS v WHERE jobs.id = v.column1"
 
 
-def _fold(db: sqlite3.Connection, journal: str) -> None:
-    """Write the attempts the last run started into the database, before anything else.
-
-    Per job, the journal's last line is its latest attempt; one the database does
-    not know of yet died with the process (or ended, and the end was lost). Committed
-    with an fsync before the caller empties the journal.
-    """
+def read_journal(journal: str) -> dict[str, int]:
+    """The latest attempt of each job in the attempts journal at ``journal`` (empty if
+    there is none): per job, its last line. Safe while a queue writes to it: a line
+    being written is not finished, and is left out."""
     try:
         with open(journal, "rb") as f:
             text = f.read().decode(errors="replace")
     except FileNotFoundError:
-        return
+        return {}
     latest: dict[str, int] = {}
     text = text.split("\0", 1)[0]  # the unused rest of the file is zeros
     lines = text.split("\n")  # ids may hold other line breaks, never "\n" unquoted
-    for line in lines[:-1]:  # the last is empty, or a line torn by a power loss
+    for line in lines[:-1]:  # the last is empty, or unfinished
         digits = len(line) - len(line.lstrip("0123456789"))
         try:
             attempt, mark, rest = int(line[:digits]), line[digits], line[digits + 1 :]
             latest[json.loads(rest) if mark == "j" else rest] = attempt
         except (ValueError, IndexError):
-            continue  # damaged: that attempt was not made durable
+            continue  # damaged by a power loss: that attempt was not made durable
+    return latest
+
+
+def _fold(db: sqlite3.Connection, journal: str) -> None:
+    """Write the attempts the last run started into the database, before anything else.
+
+    An attempt the database does not know of yet died with the process (or ended,
+    and its end was lost). Committed with an fsync before the caller empties the
+    journal.
+    """
+    latest = read_journal(journal)
     if not latest:
         return
     started = time.time()

@@ -15,6 +15,7 @@ import pytest
 
 from benchmarks.crash import kill_repeatedly
 from final import DuplicateJob, Job, JobQueue, Priority, Status
+from final.inspection import read as read_snapshot
 from final.job_queue import MAX_KEY_LENGTH
 from final.sqlite_store import StoreError
 from tests.support import PATIENCE, Recorder
@@ -288,6 +289,18 @@ def test_an_id_that_is_not_valid_unicode_is_refused_before_the_disk(
     with pytest.raises(ValueError, match="lone surrogate"):
         q.enqueue(Job(id="bad\udc80"))
     q.enqueue(Job(id="good"))  # the store is not hurt
+    assert q.join(timeout=PATIENCE)
+
+
+def test_inspect_sees_a_running_attempt_while_the_queue_holds_the_file(
+    path: str, opened: list[JobQueue]
+) -> None:
+    q, recorder = held(path, opened)  # the gate job is running, held
+    q.enqueue_many([Job(id="a"), Job(id="b")])
+    snapshot = read_snapshot(path)  # read-only, without the lock the queue holds
+    assert snapshot.counts["processing"]["high"] == 1
+    assert snapshot.counts["queued"]["medium"] == 2
+    recorder.release()
     assert q.join(timeout=PATIENCE)
 
 
