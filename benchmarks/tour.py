@@ -1,7 +1,8 @@
 """The tour: the same six scenarios on naive, improved and final, then one table.
 
 ``python -m benchmarks.tour`` (``make demo``) runs each scenario on each tier in turn,
-with a progress bar while it runs, and prints a side-by-side table at the end:
+with a progress bar while it runs (a line per step into a pipe), and prints a side-by-side
+table at the end:
 
 1. a fast producer: naive's queue and memory grow, improved and final push back;
 2. mixed priorities: the order in which jobs ran, per tier;
@@ -270,7 +271,8 @@ def high_flood(tier: str, size: Size, scenario: Scenario) -> None:
 # -- 4. flaky handlers ---------------------------------------------------------------
 
 RETRIES = 3
-BACKOFF = 0.02  # retry n waits between half and all of BACKOFF * 2**(n-1)
+BACKOFF = 0.02  # retry n waits between half and all of BACKOFF * 2**(n-1)...
+MAX_BACKOFF = 1.0  # ...which this ceiling never cuts short here
 
 
 def flaky_handlers(tier: str, size: Size, scenario: Scenario) -> None:
@@ -298,7 +300,7 @@ def flaky_handlers(tier: str, size: Size, scenario: Scenario) -> None:
             raise RuntimeError(f"attempt {number} of {job.id} failed, as planned")
 
     with _queue(
-        module, handler, workers=4, max_retries=RETRIES, backoff=BACKOFF, max_backoff=1.0
+        module, handler, workers=4, max_retries=RETRIES, backoff=BACKOFF, max_backoff=MAX_BACKOFF
     ) as q:
         for job_id in plan:
             q.enqueue(module.Job(id=job_id))
@@ -502,11 +504,18 @@ def table(scenarios: Sequence[Scenario], tiers: Sequence[str] = TIERS) -> str:
 
 @contextmanager
 def _progress_bar(total: int) -> Iterator[Callable[[str], None]]:
-    """A progress bar on stderr with rich (the ``tour`` extra); plain lines without it."""
+    """A progress bar on stderr with rich (the ``tour`` extra), on a terminal.
+
+    Without rich, or into a pipe or a log, where a bar draws nothing, a plain line per step.
+    """
     try:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     except ImportError:
+        drawn = False
+    else:
+        drawn = sys.stderr.isatty()
+    if not drawn:
         count = itertools.count(1)
 
         def say(what: str) -> None:

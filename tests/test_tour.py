@@ -7,6 +7,9 @@ so the assertions are about their shape, with margins a loaded machine keeps.
 from __future__ import annotations
 
 import io
+import signal
+import subprocess
+import sys
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,7 @@ import pytest
 
 from benchmarks import tour
 
+ROOT = Path(__file__).resolve().parents[1]
 TIERS = ("naive", "improved", "final")
 
 
@@ -60,6 +64,14 @@ def test_a_fast_producer_grows_naive_and_is_pushed_back_by_the_others(run: Tour)
     assert waiting["improved"] <= tour.QUEUE_SIZE + 4
     assert waiting["final"] <= tour.QUEUE_SIZE + 4
     assert waiting["naive"] > 2 * tour.QUEUE_SIZE
+    # What waits is what memory holds: naive's peak follows its backlog, which the line
+    # above puts at more than twice the lane improved holds at most (1.5 rather than 2
+    # leaves room for the lanes' own overhead).
+    # Final is not compared: most of its memory here is its history of settled jobs,
+    # which grows at the workers' pace up to `history`, and on a loaded machine, where
+    # naive's producer offers fewer jobs in its quick 0.3 s, it may pass naive's.
+    peak = run.values(1, "peak memory (tracemalloc)")
+    assert peak["naive"] > 1.5 * peak["improved"], peak
 
 
 def test_mixed_priorities_run_as_they_came_on_naive_and_by_lane_on_the_others(run: Tour) -> None:
@@ -89,6 +101,27 @@ def test_flaky_handlers_are_retried_and_dead_letters_replayed_on_final(run: Tour
     assert "replayed and ran" in scenario.row("jobs that failed for good").cells["final"]
 
 
+def test_flaky_handlers_retries_wait_out_a_doubling_backoff_with_jitter(run: Tour) -> None:
+    delays = run.values(4, "retry delays in ms (#n: min-max)")
+    assert delays["naive"] == {}
+    for tier in ("improved", "final"):
+        # The quick plan has jobs failing once, twice and for good: every retry is seen.
+        assert sorted(delays[tier]) == list(range(1, tour.RETRIES + 1)), tier
+        for n, waited in delays[tier].items():
+            ceiling = min(tour.MAX_BACKOFF, tour.BACKOFF * 2 ** (n - 1))
+            # A retry never runs before its delay, drawn from the ceiling's upper half;
+            # it may run later than the ceiling by however long a loaded machine takes
+            # to get the scheduler and a worker to it.
+            assert min(waited) >= ceiling / 2, (tier, n, waited)
+            assert max(waited) <= ceiling + 0.25, (tier, n, waited)
+        # Doubling: the shortest second retry waited longer than the shortest first one.
+        assert min(delays[tier][2]) > min(delays[tier][1]), (tier, delays[tier])
+        # Jitter: the first retries of the jobs that failed together are spread out,
+        # not in lockstep (over a tenth of the range they are drawn from, at the least).
+        first = delays[tier][1]
+        assert max(first) - min(first) > tour.BACKOFF / 2 / 10, (tier, first)
+
+
 def test_close_drops_on_naive_counts_on_improved_and_keeps_on_final(run: Tour) -> None:
     scenario = run.scenarios[5]
     n = tour.QUICK.close_jobs
@@ -105,6 +138,38 @@ def test_a_crash_loses_the_in_memory_tiers_jobs_and_none_of_finals(run: Tour) ->
     lost = run.values(6, "acknowledged, never ran")
     assert lost["final"] == 0
     assert lost["naive"] > 0 and lost["improved"] > 0
+
+
+def test_ctrl_c_stops_the_tour_with_the_table_of_what_was_complete() -> None:
+    tour_run = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.tour", "--quick"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert tour_run.stderr is not None
+        # Into a pipe, the progress is a line per step, printed before the step runs:
+        # once the second scenario is under way, the first is complete.
+        seen = []
+        for line in tour_run.stderr:
+            seen.append(line)
+            if "2. mixed priorities" in line:
+                break
+        tour_run.send_signal(signal.SIGINT)
+        out, err = tour_run.communicate(timeout=60)
+    finally:
+        if tour_run.poll() is None:  # the test failed before the tour ended
+            tour_run.kill()
+            tour_run.communicate()
+    err = "".join(seen) + err
+    assert tour_run.returncode == 130, err
+    assert "stopped by Ctrl+C" in out
+    assert out.splitlines()[0].split() == list(TIERS)
+    assert "1. a fast producer" in out and "   peak memory (tracemalloc)" in out
+    assert "6. a crash" not in out
+    assert "Traceback" not in err
 
 
 def test_the_pictures_are_written_one_per_scenario(run: Tour) -> None:
