@@ -131,10 +131,19 @@ class DuplicateRow(Exception):
         self.first = first  # the id of the job already on disk
 
 
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass(slots=True)
 class _Batch:
     """One caller's writes, waiting for the commit that carries them."""
 
+    # Released by a leader when the writes are committed, or when it is this caller's
+    # turn to lead the next commit: one wake-up for each caller, none for the others.
+    turn: threading.Lock = field(default_factory=_held_lock)
     done: bool = False
     error: BaseException | None = None
     duplicates: list[DuplicateRow] = field(default_factory=list)
@@ -174,20 +183,20 @@ class SQLiteStore:
         self._chunk = 1 << (min(512, limit // 12).bit_length() - 1)
 
         # One lock guards everything below; both conditions are built on it. It is
-        # let go of while SQLite commits (see _commit).
+        # not held while SQLite commits (see _lead).
         self._mutex = threading.Lock()
         # Writes not yet committed, in order: acknowledgements, which their callers
         # wait for, and lagging writes, which nobody waits for.
         self._pending: list[_Pending] = []
         self._lagging_writes: list[_Pending] = []
         self._lagging_since: float | None = None  # when the oldest lagging write came
-        self._committing = False
+        self._committing = False  # a thread leads a commit (held until none waits)
         self._closed = False
         # Attempts written to the journal whose end (retrying or settled) is not yet
         # committed, id -> attempt number: what a rewrite of the journal must keep.
         self._open: dict[str, int] = {}
         self._journal_end = 0  # where the next line goes
-        # Notified when a commit ends; callers waiting for theirs wait on it.
+        # Notified when the last leader lets go; the flusher waits on it at close.
         self._committed = threading.Condition(self._mutex)
         # Notified when a lagging write arrives to find the flusher idle, and at
         # close; the flusher waits on it.
@@ -297,12 +306,12 @@ class SQLiteStore:
             if self._closed:
                 raise StoreError(f"{self.path}: the store is closed")
             self._pending.append((what, params, batch, acknowledged and self._power))
-            # A loop: a commit that ends may have been an earlier one, without ours.
-            while not batch.done:
-                if self._committing:
-                    self._committed.wait()
-                else:
-                    self._commit(lagging=False)
+            lead = not self._committing
+            self._committing = True
+        if not lead:
+            batch.turn.acquire()  # the leader wakes us: committed, or ours to lead
+        if not batch.done:
+            self._lead(lagging=False)
         if batch.error is not None:
             raise StoreError(f"{self.path}: {batch.error}") from batch.error
         return batch
@@ -317,13 +326,15 @@ class SQLiteStore:
                 if self._flusher_idle:
                     self._lagging.notify()
 
-    def _commit(self, lagging: bool) -> None:
+    def _lead(self, lagging: bool) -> None:
         """Commit the pending acknowledgements as one transaction, and the lagging
-        writes too if ``lagging``, leading it from this thread.
+        writes too if ``lagging``, from this thread, which holds the lead.
 
-        Holds the lock, and lets go of it while SQLite works, so that writes arriving
-        meanwhile gather for the next commit: with many producers, each commit (and
-        each fsync) carries many jobs, and no write is handed to another thread.
+        Writes that arrive meanwhile gather for the next commit: with many producers,
+        each commit (and each fsync) carries many jobs, and no write is handed to
+        another thread. At the end, the callers committed are woken, each by its own
+        lock, and the lead passes to the first caller still waiting, if any: waking
+        them all on one condition made every commit a stampede for the GIL.
 
         An acknowledgement does not carry the lagging writes: a lone INSERT is one
         statement, its own transaction, where each more statement is one more wait
@@ -332,30 +343,40 @@ class SQLiteStore:
         wait for this one to end), and for a replay: the end of that job's earlier
         life may still lag, and must not land after it.
         """
-        writes, self._pending = self._pending, []
-        since = self._lagging_since
-        overdue = since is not None and time.monotonic() - since >= LAG
-        if lagging or overdue or any(what is REVIVED for what, *_ in writes):
-            writes = self._lagging_writes + writes
-            self._lagging_writes = []
-            self._lagging_since = None
-        self._committing = True
-        self._mutex.release()
+        with self._mutex:
+            writes, self._pending = self._pending, []
+            since = self._lagging_since
+            overdue = since is not None and time.monotonic() - since >= LAG
+            if lagging or overdue or any(what is REVIVED for what, *_ in writes):
+                writes = self._lagging_writes + writes
+                self._lagging_writes = []
+                self._lagging_since = None
+        error: BaseException | None = None
         try:
             error = self._transaction(writes)
+        except BaseException as exc:  # the waiters must hear of it, whatever it is
+            error = exc
+            raise
         finally:
-            self._mutex.acquire()
-            self._committing = False
-        for what, params, batch, _ in writes:
-            if batch is not None:
-                batch.error = error
-                batch.done = True
-            elif error is None:
-                # The end of an attempt is on disk: the journal may forget the attempt.
-                job_id, attempt = params[0], params[1] if what is RETRYING else params[2]
-                if self._open.get(job_id) == attempt:
-                    del self._open[job_id]
-        self._committed.notify_all()
+            with self._mutex:
+                for what, params, batch, _ in writes:
+                    if batch is not None:
+                        batch.error = error
+                        batch.done = True
+                        batch.turn.release()
+                    elif error is None:
+                        # The end of an attempt is on disk: the journal may forget it.
+                        job_id = params[0]
+                        attempt = params[1] if what is RETRYING else params[2]
+                        if self._open.get(job_id) == attempt:
+                            del self._open[job_id]
+                if self._pending:
+                    successor = self._pending[0][2]
+                    assert successor is not None  # acknowledgements: each has a waiter
+                    successor.turn.release()
+                else:
+                    self._committing = False
+                    self._committed.notify_all()
 
     def _transaction(self, writes: list[_Pending]) -> Exception | None:
         db = self._writer_db
@@ -471,8 +492,8 @@ class SQLiteStore:
                 if self._closed:
                     while self._committing:
                         self._committed.wait()
-                    if self._pending or self._lagging_writes:
-                        self._commit(lagging=True)
+                    if self._lagging_writes:
+                        self._lead_from_flusher()
                     return
                 if self._lagging_since is None:
                     self._flusher_idle = quiet
@@ -485,12 +506,22 @@ class SQLiteStore:
                 if remaining > 0:
                     self._lagging.wait(remaining)
                 elif not self._committing:
-                    self._commit(lagging=True)
+                    self._lead_from_flusher()
                 else:
                     # The next acknowledgement's commit takes them along; if none
                     # comes, try again in a while. Waiting for this commit to end
                     # instead would wake this thread at every commit of a busy queue.
                     self._lagging.wait(LAG)
+
+    def _lead_from_flusher(self) -> None:
+        """Take the lead and commit the lagging writes. Holds the lock, and lets go
+        of it meanwhile."""
+        self._committing = True
+        self._mutex.release()
+        try:
+            self._lead(lagging=True)
+        finally:
+            self._mutex.acquire()
 
     # -- the attempts journal ---------------------------------------------------------------
 
