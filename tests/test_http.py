@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -665,6 +666,15 @@ def test_under_load_every_201_completes_across_a_sigterm_and_a_restart(
     with again.client() as c:
         for job_id in load.accepted:
             wait_for(c, job_id, "completed")
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
+def test_the_load_benchmark_counts_wrk_answers_by_status(server: Server) -> None:
+    from benchmarks.http_load import load_wrk
+
+    # No token: every answer is a 401, neither a 201 nor a 503.
+    result = load_wrk("final", server.url, clients=2, warmup=0, seconds=1)
+    assert result.created == 0 and result.unavailable == 0 and result.other > 0
 
 
 # -- the command line -----------------------------------------------------------------------
