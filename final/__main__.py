@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from final.arguments import integer, number
 from final.sqlite_store import StoreError
 
 # The HTTP server needs the optional extra; the rest runs on the standard library.
@@ -22,14 +23,14 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
     )
-    parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    parser.add_argument("--port", type=integer(0, 65535), default=8080, help="0 picks a free port")
     parser.add_argument(
         "--path", default="jobs.db", help="SQLite file of the queue (default: %(default)s)"
     )
     parser.add_argument(
         "--memory", action="store_true", help="keep the queue in memory only, ignoring --path"
     )
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=integer(1), default=4)
     parser.add_argument(
         "--handler",
         default="final.demo:simulated_work",
@@ -43,20 +44,20 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         " none if unset)",
     )
     parser.add_argument(
-        "--grace", type=float, default=10.0, help="seconds running jobs get at shutdown"
+        "--grace", type=number(), default=10.0, help="seconds running jobs get at shutdown"
     )
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     queue = parser.add_argument_group("queue options (see the JobQueue table in the README)")
-    queue.add_argument("--queue-size", type=int, default=1000)
-    queue.add_argument("--max-retries", type=int, default=3)
-    queue.add_argument("--backoff", type=float, default=1.0)
-    queue.add_argument("--max-backoff", type=float, default=30.0)
-    queue.add_argument("--job-timeout", type=float, default=None)
-    queue.add_argument("--fairness", type=int, default=10)
-    queue.add_argument("--rate-limit", type=float, default=None)
+    queue.add_argument("--queue-size", type=integer(1), default=1000)
+    queue.add_argument("--max-retries", type=integer(0), default=3)
+    queue.add_argument("--backoff", type=number(), default=1.0)
+    queue.add_argument("--max-backoff", type=number(), default=30.0)
+    queue.add_argument("--job-timeout", type=number(positive=True), default=None)
+    queue.add_argument("--fairness", type=integer(0), default=10)
+    queue.add_argument("--rate-limit", type=number(positive=True), default=None)
     queue.add_argument("--durability", choices=["power", "process"], default="power")
-    queue.add_argument("--history", type=int, default=100_000)
+    queue.add_argument("--history", type=integer(1), default=100_000)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Read a queue's SQLite file without locking it: safe while a server runs.",
     )
     inspect.add_argument("--path", type=Path, default=Path("jobs.db"))
-    inspect.add_argument("--limit", type=int, default=20, help="dead letters listed at most")
+    inspect.add_argument("--limit", type=integer(0), default=20, help="dead letters listed at most")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.set_defaults(run=_inspect)
 

@@ -20,13 +20,16 @@ import logging
 import os
 import random
 import signal
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from types import FrameType
 
+from final.arguments import integer, number
 from final.job_queue import DuplicateJob, Job, JobQueue, Metrics, Priority, QueueFull
+from final.sqlite_store import StoreError
 
 __all__ = ["SimulatedFailure", "main", "simulated_work"]
 
@@ -177,13 +180,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds of producing")
-    parser.add_argument("--jobs", type=int, default=40, help="jobs seeded at the start")
-    parser.add_argument("--rate", type=float, default=20.0, help="jobs per second afterwards")
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--queue-size", type=int, default=25, help="capacity of each lane")
-    parser.add_argument("--every", type=float, default=1.0, help="seconds between stats lines")
-    parser.add_argument("--settle", type=float, default=15.0, help="most seconds to wait at end")
+    parser.add_argument("--duration", type=number(), default=8.0, help="seconds of producing")
+    parser.add_argument("--jobs", type=integer(0), default=40, help="jobs seeded at the start")
+    parser.add_argument(
+        "--rate", type=number(positive=True), default=20.0, help="jobs per second afterwards"
+    )
+    parser.add_argument("--workers", type=integer(1), default=4)
+    parser.add_argument("--queue-size", type=integer(1), default=25, help="capacity of each lane")
+    parser.add_argument(
+        "--every", type=number(positive=True), default=1.0, help="seconds between stats lines"
+    )
+    parser.add_argument("--settle", type=number(), default=15.0, help="most seconds to wait at end")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--path", type=Path, default=None, help="SQLite file to use (default: a temporary one)"
@@ -191,8 +198,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # The handler's failures are the point of the demo; the report counts them.
-    logging.getLogger("final").setLevel(logging.CRITICAL)
+    # The handler's failures are the point of the demo; the report counts them. The
+    # level is put back at the end, for a caller that goes on logging.
+    quiet = logging.getLogger("final")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     rng = random.Random(args.seed)
     _rng.seed(args.seed)
     # Ctrl+C sets an event the demo checks, rather than raising KeyboardInterrupt in
@@ -210,8 +220,14 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="final-demo-") as tmp:
             path = args.path if args.path is not None else Path(tmp) / "jobs.db"
             _demo(args, rng, path, interrupted)
+    except (StoreError, OSError) as exc:
+        # A --path that cannot be a queue (no such directory, not ours, in use): one
+        # line that says so, not a traceback.
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
     finally:
         signal.signal(signal.SIGINT, previous)
+        quiet.setLevel(level)
     return 130 if interrupted.is_set() else 0
 
 

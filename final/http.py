@@ -21,8 +21,9 @@ a public endpoint must answer with a 4xx rather than a 500. Starlette alone woul
 have meant writing both the validation and the schema by hand.
 
 Every error is ``{"detail": ...}`` with a status that names the problem; no error
-echoes the input back (a lone surrogate cannot even be encoded in a response), and
-no response carries a stack trace.
+echoes the body back (a lone surrogate cannot even be encoded in a response): only a
+404 repeats the id from the URL, once it has matched ``ID_PATTERN``. No response
+carries a stack trace.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at

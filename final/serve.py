@@ -58,9 +58,12 @@ def load_handler(spec: str) -> Callable[[Job], object]:
 class _Server(uvicorn.Server):
     """uvicorn's server, with our signals: the first drains, the second exits at once."""
 
-    def __init__(self, config: uvicorn.Config, drain: Callable[[], None]) -> None:
+    def __init__(
+        self, config: uvicorn.Config, state: HttpState, stop_queue: Callable[[], None]
+    ) -> None:
         super().__init__(config)
-        self._drain = drain
+        self._state = state
+        self._stop_queue = stop_queue
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -74,7 +77,12 @@ class _Server(uvicorn.Server):
             os.write(2, f"second {signal.Signals(sig).name}: exiting at once\n".encode())
             os._exit(128 + sig)
         self.should_exit = True  # first: a second signal may interrupt what follows
-        self._drain()
+        # 503 from now on (it only sets an event), and no new attempt starts: the
+        # attempts running now are the in-flight jobs the grace period is for.
+        self._state.stop_accepting()
+        # On a thread of its own: close() takes the queue's lock, and logging its own,
+        # which a signal handler must not wait for.
+        threading.Thread(target=self._stop_queue, name="final-drain").start()
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -101,9 +109,14 @@ def serve(
     """Serve a JobQueue of ``handler`` over HTTP until SIGINT or SIGTERM.
 
     ``queue_options`` go to ``JobQueue`` (``path``, ``workers``, ``queue_size``...).
-    Raises ``OSError`` if the address cannot be bound, and ``StoreError`` if the
-    ``path`` is not a queue of ours or is open in another process.
+    Raises ``ValueError`` for a ``grace`` that is not a finite number >= 0, ``OSError``
+    if the address cannot be bound, and ``StoreError`` if the ``path`` is not a queue
+    of ours or is open in another process.
     """
+    # Checked before the queue starts, not where the grace is first used, after it.
+    finite = isinstance(grace, int | float) and not isinstance(grace, bool)
+    if not (finite and math.isfinite(grace) and grace >= 0):
+        raise ValueError(f"grace must be a finite number of seconds >= 0, got {grace!r}")
     registry = CollectorRegistry()
     state = HttpState(registry)
     queue = JobQueue(instrument(handler, state), **queue_options)
@@ -121,14 +134,6 @@ def serve(
         server_header=False,
     )
 
-    def drain() -> None:
-        """The first signal: 503 from now on, and no new attempt starts. The attempts
-        running now are the in-flight jobs the grace period is for."""
-        state.stop_accepting()
-        # On a thread of its own: close() takes the queue's lock, and logging its own,
-        # which a signal handler must not wait for.
-        threading.Thread(target=stop_queue, name="final-drain").start()
-
     # On disk, what is queued waits for the next start; in memory it would be lost, so
     # without a path the queued jobs get the grace period too.
     durable = queue_options.get("path") is not None
@@ -138,7 +143,7 @@ def serve(
         if durable:
             queue.close(timeout=0)
 
-    server = _Server(config, drain)
+    server = _Server(config, state, stop_queue)
     previous = {s: signal.signal(s, server.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         bound_host, bound_port = sock.getsockname()[:2]

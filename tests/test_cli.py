@@ -104,3 +104,85 @@ def test_inspect_refuses_a_file_that_is_not_a_queue(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no such file"):
         read(tmp_path / "missing.db")
     assert other.read_text() == "not a database"  # untouched
+
+
+OUT_OF_RANGE = {
+    "port over 65535": (["serve", "--port", "99999"], "--port", "from 0 to 65535"),
+    "negative port": (["serve", "--port", "-1"], "--port", "from 0 to 65535"),
+    "port not a number": (["serve", "--port", "http"], "--port", "not a whole number"),
+    "negative grace": (["serve", "--grace", "-1"], "--grace", ">= 0"),
+    "NaN grace": (["serve", "--grace", "nan"], "--grace", "finite"),
+    "infinite grace": (["serve", "--grace", "inf"], "--grace", "finite"),
+    "no workers": (["serve", "--workers", "0"], "--workers", ">= 1"),
+    "empty lanes": (["serve", "--queue-size", "0"], "--queue-size", ">= 1"),
+    "negative retries": (["serve", "--max-retries", "-1"], "--max-retries", ">= 0"),
+    "NaN backoff": (["serve", "--backoff", "nan"], "--backoff", "finite"),
+    "negative max backoff": (["serve", "--max-backoff", "-2"], "--max-backoff", ">= 0"),
+    "zero job timeout": (["serve", "--job-timeout", "0"], "--job-timeout", "> 0"),
+    "negative fairness": (["serve", "--fairness", "-1"], "--fairness", ">= 0"),
+    "zero rate limit": (["serve", "--rate-limit", "0"], "--rate-limit", "> 0"),
+    "no history": (["serve", "--history", "0"], "--history", ">= 1"),
+    "zero rate": (["demo", "--rate", "0"], "--rate", "> 0"),
+    "infinite rate": (["demo", "--rate", "inf"], "--rate", "finite"),
+    "negative duration": (["demo", "--duration", "-1"], "--duration", ">= 0"),
+    "negative jobs": (["demo", "--jobs", "-5"], "--jobs", ">= 0"),
+    "demo without workers": (["demo", "--workers", "0"], "--workers", ">= 1"),
+    "demo with empty lanes": (["demo", "--queue-size", "0"], "--queue-size", ">= 1"),
+    "stats every 0 s": (["demo", "--every", "0"], "--every", "> 0"),
+    "NaN settle": (["demo", "--settle", "nan"], "--settle", "finite"),
+    "negative limit": (["inspect", "--limit", "-1"], "--limit", ">= 0"),
+}
+
+
+@pytest.mark.parametrize(("argv", "option", "why"), OUT_OF_RANGE.values(), ids=list(OUT_OF_RANGE))
+def test_a_number_out_of_range_is_refused_by_argparse_naming_the_option(
+    argv: list[str], option: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Refused while parsing: nothing has started, no queue, no socket, no thread.
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: " in err and why in err, err
+
+
+def test_in_range_edges_are_accepted() -> None:
+    from final.arguments import integer, number
+
+    assert integer(0, 65535)("65535") == 65535 and integer(0, 65535)("0") == 0
+    assert number()("0") == 0.0 and number(positive=True)("0.001") == 0.001
+
+
+def test_serve_refuses_a_nan_grace_before_the_queue_starts(tmp_path: Path) -> None:
+    from final.serve import serve
+
+    with pytest.raises(ValueError, match="grace"):
+        serve(lambda job: None, port=0, grace=float("nan"), path=tmp_path / "jobs.db")
+    assert not (tmp_path / "jobs.db").exists()  # refused before the queue made its file
+
+
+QUICK = {"serve": ["--port", "0"], "demo": ["--duration", "0", "--settle", "0"]}
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_a_path_in_a_missing_directory_is_one_line_not_a_traceback(
+    command: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "no-such-dir" / "jobs.db"
+    assert main([command, "--path", str(path), *QUICK[command]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{command}: ") and "No such file or directory" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_a_file_that_is_not_a_queue_is_one_line_and_left_alone(
+    command: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    other = tmp_path / "notes.db"
+    other.write_text("not a database")
+    assert main([command, "--path", str(other), *QUICK[command]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{command}: ") and "not an SQLite database" in err, err
+    assert err.count("\n") == 1
+    assert other.read_text() == "not a database"

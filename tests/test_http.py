@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -26,9 +27,10 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from final import JobQueue
+from final import Job, JobQueue
 from final.http import MAX_BODY, create_app
 from tests.support import PATIENCE
 
@@ -212,6 +214,10 @@ def test_a_full_lane_is_a_503_with_retry_after_never_a_wait(
     gate.touch()
     assert codes.count(503) >= 1 and set(codes) <= {201, 503}
     full = answers[codes.index(503)]
+    # Had the server waited for room, this answer would have come only once a held
+    # job ended, which none can before the gate opens (after every post), so after
+    # the client's own timeout. A bound far above a loaded machine's answer time:
+    assert full.elapsed.total_seconds() < 1.0, full.elapsed
     assert full.headers["retry-after"] == "1"
     assert "low lane is full" in full.json()["detail"]
     for answer in answers:
@@ -422,20 +428,47 @@ def test_schemathesis_finds_no_failure(server: Server, mode: str) -> None:
 # -- draining, shutdown, restart ------------------------------------------------------------
 
 
-def test_while_draining_posts_are_503_and_health_says_so() -> None:
-    # In process: a real server stops listening a moment after the signal that drains it.
-    q = JobQueue(lambda job: None)
-    app = create_app(q)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_signal_handler_drains_posts_and_replays_are_503_and_health_says_so(
+    sig: signal.Signals,
+) -> None:
+    # In process, calling the very handler serve() installs for both signals: a real
+    # server stops listening a moment after the signal, so a client may see only that.
+    import uvicorn
+
+    from final.http import HttpState
+    from final.serve import _Server
+
+    def handler(job: Job) -> None:
+        if job.payload == b"fail":
+            raise ValueError("no")
+
+    registry = CollectorRegistry()
+    state = HttpState(registry)
+    q = JobQueue(handler, max_retries=0)
+    app = create_app(q, state=state, registry=registry)
+    queue_stopped = threading.Event()
+    server = _Server(uvicorn.Config(app), state, queue_stopped.set)
     body = {"payload": "x", "priority": "low"}
 
     async def drive() -> None:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
             assert (await c.post("/jobs", json=body)).status_code == 201
-            app.state.http.stop_accepting()
+            dead = (await c.post("/jobs", json={"payload": "fail", "priority": "low"})).json()
+            assert q.join(timeout=PATIENCE)
+            assert (await c.get("/healthz")).status_code == 200
+
+            server.handle_exit(sig, None)
+
+            assert server.should_exit and queue_stopped.wait(PATIENCE)
             answer = await c.post("/jobs", json=body)
             assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
-            assert (await c.get("/healthz")).status_code == 503
+            assert "shutting down" in answer.json()["detail"]
+            replay = await c.post(f"/dlq/{dead['id']}/retry")
+            assert replay.status_code == 503 and replay.headers["retry-after"] == "1"
+            health = await c.get("/healthz")
+            assert health.status_code == 503 and health.json() == {"status": "draining"}
 
     try:
         asyncio.run(drive())
@@ -455,11 +488,14 @@ def test_sigterm_lets_the_running_job_finish_and_leaves_the_queued_on_disk(
         wait_for(c, running, "processing")
         queued = [post(c, "ok", "low") for _ in range(3)]
     server.signal(signal.SIGTERM)
+    server.wait_for_log("signal: draining")  # logged once the handler stopped accepting
     with server.client() as late:
         try:
             refused = late.post("/jobs", json={"payload": "x", "priority": "low"}).status_code
         except httpx.TransportError:
             refused = 0  # no longer listening
+    # Never a 201 after the signal; which refusal it is depends on when uvicorn stops
+    # listening (the 503 itself is checked in process, above).
     assert refused in (0, 503)
     gate.touch()  # the running job may finish now, within the grace period
     assert server.wait() == 0
@@ -493,6 +529,30 @@ def test_a_second_sigterm_exits_at_once_and_the_cut_job_runs_at_the_next_start(
     assert job["attempts"] == 2  # the cut attempt counted, as at-least-once says
 
 
+def test_sigint_in_memory_gives_the_queued_jobs_the_grace_period_too(
+    servers: Callable[..., Server], tmp_path: Path
+) -> None:
+    gate = tmp_path / "open"
+    server = servers("--memory", "--workers", "1", "--grace", "20", "--token", TOKEN)
+    with server.client() as c:
+        held = post(c, f"hold:{gate}", "high")
+        wait_for(c, held, "processing")
+        for _ in range(3):
+            post(c, "ok", "low")
+    server.signal(signal.SIGINT)
+    server.wait_for_log("signal: draining")
+    gate.touch()
+    assert server.wait() == 0
+    log = "".join(server.log)
+    # Nothing would survive a restart, so the queued jobs ran within the grace period.
+    assert "stopped: 4 completed, 0 failed, 0 still running, 0 lost\n" in log, log
+    assert "path=None" in log and not server.path.exists()
+
+
+def test_the_server_binds_loopback_unless_told_otherwise(server: Server) -> None:
+    assert server.url.startswith("http://127.0.0.1:"), server.url
+
+
 def test_a_second_server_on_the_same_file_is_refused(
     server: Server, servers: Callable[..., Server]
 ) -> None:
@@ -504,10 +564,11 @@ def test_a_second_server_on_the_same_file_is_refused(
 
 
 class Load:
-    """16 clients posting as fast as they can until stopped; every answer recorded."""
+    """16 clients posting ``payload`` as fast as they can until stopped; every answer recorded."""
 
-    def __init__(self, url: str, clients: int = 16) -> None:
+    def __init__(self, url: str, payload: str = "ok", clients: int = 16) -> None:
         self.url = url
+        self.payload = payload
         self.stop = threading.Event()
         self.accepted: list[str] = []
         self.codes: dict[int, int] = {}
@@ -530,12 +591,15 @@ class Load:
         headers = {"Authorization": f"Bearer {TOKEN}"}
         with httpx.Client(base_url=self.url, headers=headers, timeout=PATIENCE) as c:
             while not self.stop.is_set():
-                body = {"payload": "ok", "priority": rng.choice(["high", "medium", "low"])}
+                body = {"payload": self.payload, "priority": rng.choice(["high", "medium", "low"])}
                 try:
                     answer = c.post("/jobs", json=body)
                 except httpx.TransportError:
                     with self._lock:
                         self.transport_errors += 1
+                    # Refused once the server stops listening: a short back-off, not a
+                    # spin that takes the CPU the draining server needs.
+                    self.stop.wait(0.05)
                     continue
                 with self._lock:
                     self.codes[answer.status_code] = self.codes.get(answer.status_code, 0) + 1
@@ -544,6 +608,7 @@ class Load:
 
 
 def wait_until_settled(client: httpx.Client) -> None:
+    """Until the server's metrics show nothing queued, retrying or running."""
     deadline = time.monotonic() + PATIENCE * 3
     while True:
         families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
@@ -558,33 +623,58 @@ def wait_until_settled(client: httpx.Client) -> None:
         time.sleep(0.05)
 
 
+def stop_and_read(server: Server) -> dict[str, str]:
+    """SIGTERM the server, wait for it to exit, and read its file. Not while it runs:
+    a job's last write reaches the file a few milliseconds after its attempt ends,
+    so only ``GET /jobs/{id}`` tells the truth about a running server."""
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    return statuses_on_disk(server.path)
+
+
 @pytest.mark.slow
-def test_under_load_every_201_completes_across_a_sigterm_and_a_restart(
-    servers: Callable[..., Server],
-) -> None:
-    options = ("--token", TOKEN, "--queue-size", "200")
-    server = servers(*options)
+def test_under_load_every_201_completes(servers: Callable[..., Server]) -> None:
+    server = servers("--token", TOKEN, "--queue-size", "200")
     with Load(server.url) as load:
         load.stop.wait(10.0)  # the issue's ten seconds of load
     assert load.accepted and set(load.codes) <= {201, 503}, load.codes
     assert load.transport_errors == 0
     with server.client() as c:
         wait_until_settled(c)
-    on_disk = statuses_on_disk(server.path)
-    assert all(on_disk[job_id] == "completed" for job_id in load.accepted)
+    on_disk = stop_and_read(server)
+    left = [job_id for job_id in load.accepted if on_disk[job_id] != "completed"]
+    assert not left, f"{len(left)} of {len(load.accepted)} accepted jobs did not complete"
 
-    # Again, with a SIGTERM in the middle of the load, and a restart.
-    with Load(server.url) as load:
+
+@pytest.mark.slow
+def test_under_load_every_201_completes_across_a_sigterm_and_a_restart(
+    servers: Callable[..., Server],
+) -> None:
+    # One worker and jobs of 20 ms: at most 50 jobs a second run, far fewer than 16
+    # clients post, so the lanes hold a backlog when the signal lands.
+    server = servers("--token", TOKEN, "--queue-size", "50", "--workers", "1")
+    with Load(server.url, payload="sleep:0.02") as load:
         load.stop.wait(1.0)
         server.signal(signal.SIGTERM)
         assert server.wait() == 0
-    assert set(load.codes) <= {201, 503}, load.codes
-    again = servers(*options)
-    with again.client() as c:
-        wait_until_settled(c)
+    assert load.accepted and set(load.codes) <= {201, 503}, load.codes
     on_disk = statuses_on_disk(server.path)
-    lost = [job_id for job_id in load.accepted if on_disk.get(job_id) != "completed"]
-    assert load.accepted and not lost
+    waiting = [job_id for job_id in load.accepted if on_disk[job_id] != "completed"]
+    assert waiting, "no backlog when the signal landed: the restart proves nothing"
+
+    again = servers("--token", TOKEN, "--queue-size", "50", "--workers", "4")
+    with again.client() as c:
+        for job_id in load.accepted:
+            wait_for(c, job_id, "completed")
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
+def test_the_load_benchmark_counts_wrk_answers_by_status(server: Server) -> None:
+    from benchmarks.http_load import load_wrk
+
+    # No token: every answer is a 401, neither a 201 nor a 503.
+    result = load_wrk("final", server.url, clients=2, warmup=0, seconds=1)
+    assert result.created == 0 and result.unavailable == 0 and result.other > 0
 
 
 # -- the command line -----------------------------------------------------------------------
