@@ -627,7 +627,10 @@ def _fold(db: sqlite3.Connection, journal: str) -> None:
 
 
 def _lock(path: str) -> TextIO:
-    lockfile = open(f"{path}.lock", "a+")  # noqa: SIM115 - held until close()
+    try:
+        lockfile = open(f"{path}.lock", "a+")  # noqa: SIM115 - held until close()
+    except OSError as exc:  # no such directory, no permission
+        raise StoreError(f"{path}: cannot create the queue there ({exc.strerror})") from exc
     try:
         fcntl.flock(lockfile.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -369,3 +369,9 @@ def test_no_acknowledged_job_is_lost_across_repeated_kill_9(tmp_path: Path) -> N
     assert tally.unknown == 0  # nothing ran that was never enqueued
     assert tally.runs >= tally.expected_runs
     assert tally.duplicates <= tally.duplicate_bound
+
+
+def test_a_path_in_a_missing_directory_is_a_store_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "jobs.db"
+    with pytest.raises(StoreError, match=r"missing/jobs.db: cannot create the queue there"):
+        JobQueue(Recorder(), path=path)
