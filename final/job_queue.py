@@ -444,8 +444,10 @@ class JobQueue:
 
         ``timeout`` applies to each job's wait for room. Every job is checked before
         any is accepted. If a job cannot be accepted (``QueueFull``, ``DuplicateJob``,
-        ``QueueClosed``), the jobs before it stay accepted, and the exception's
-        ``accepted`` says how many they are.
+        ``QueueClosed``, or with a ``path`` a ``StoreError`` such as a full disk), the
+        jobs before it stay accepted, and the exception's ``accepted`` says how many
+        they are. On disk, a batch is one commit, or one per half lane when it is
+        larger than that: a failed commit takes all of its jobs with it.
         """
         jobs = list(jobs)
         for job in jobs:
@@ -484,6 +486,9 @@ class JobQueue:
                     self._store_and_publish(batch)
                 except DuplicateJob as exc:
                     exc.accepted += accepted
+                    raise
+                except (StoreError, QueueClosed) as exc:  # this chunk's commit failed
+                    exc.accepted = accepted
                     raise
             accepted += len(batch)
             if error is not None:
@@ -614,6 +619,29 @@ class JobQueue:
             if record is None:
                 raise KeyError(f"{job_id!r} is not in the dead letters")
             record.settled = 0  # its entry in the settle order is stale now
+        # On disk before it can run, as an enqueue is: a worker that took it first
+        # could settle it before the replay landed, and the replay would then undo
+        # that end on disk, and run the job again at the next start.
+        try:
+            self._store.revived(record)
+        except BaseException:
+            with self._mutex:  # still dead: back in the dead letters
+                record.settled = next(self._settle_numbers)
+                self._settled.append((record.settled, record))
+                self._dead[job_id] = record
+            raise
+        with self._mutex:
+            if self._stopping and self._durable:
+                # close(timeout) gave up meanwhile: the replay is on disk, and the
+                # next start runs it.
+                self._records.pop(job_id, None)
+                self._drop_key(record)
+                return
+            if self._stopping:  # in memory, nobody will run it: still dead
+                record.settled = next(self._settle_numbers)
+                self._settled.append((record.settled, record))
+                self._dead[job_id] = record
+                raise QueueClosed("the queue closed while the job was being replayed")
             record.attempts = 0
             record.status = Status.QUEUED
             record.finished = None
@@ -622,7 +650,6 @@ class JobQueue:
             self._counts[record.job.priority]["submitted"] += 1
             self._unsettled += 1
             self._not_empty.notify()
-        self._store.revived(record)
 
     def _close_store_after(self, threads: list[threading.Thread]) -> None:
         for thread in threads:
@@ -897,7 +924,12 @@ class JobQueue:
         """Retry the job after a backoff, or settle it as failed. Holds the lock."""
         record.last_error = error
         counts = self._counts[record.job.priority]
-        if self._stopping:
+        if record.attempts > record.max_retries:
+            # Failed for good, even after close(timeout) has passed: its budget is
+            # spent, and a retry left on disk would run it once too many.
+            counts["failed"] += 1
+            self._settle(record, Status.FAILED, time.monotonic())
+        elif self._stopping:
             # close(timeout) has passed: nobody here will retry it. On disk it waits
             # for the next start; in memory it is lost, and counted so.
             if self._durable:
@@ -905,7 +937,7 @@ class JobQueue:
             else:
                 counts["lost"] += 1
             self._forget(record)
-        elif record.attempts <= record.max_retries:
+        else:
             delay = backoff_delay(record.attempts, self._backoff, self._max_backoff)
             due = time.monotonic() + delay
             self._seq += 1
@@ -916,9 +948,6 @@ class JobQueue:
                 self._timer_changed.notify()
             if self._durable:
                 self._store.retrying(record, delay)
-        else:
-            counts["failed"] += 1
-            self._settle(record, Status.FAILED, time.monotonic())
 
     def _settle(self, record: Record, status: Status, now: float) -> None:
         """One accepted job is done with: remembered, within the history. Holds the lock."""

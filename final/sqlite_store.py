@@ -121,6 +121,8 @@ DIED_DURING = (
 class StoreError(Exception):
     """The file cannot be used as a queue: not ours, too new, locked, or unwritable."""
 
+    accepted: int = 0  # enqueue_many: how many jobs before the failed commit were accepted
+
 
 class DuplicateRow(Exception):
     """An insert hit the id or idempotency key of a job already on disk."""

@@ -406,19 +406,19 @@ class JobQueue:
 
     def _fail(self, attempt: Attempt) -> None:
         """Retry the job after a backoff, or settle it as failed. Holds the lock."""
-        if self._stopping:
+        if attempt.number > self._max_retries:
+            self._counts["failed"] += 1  # its budget is spent, close() or not
+            self._settle()
+        elif self._stopping:
             self._counts["lost"] += 1  # close(timeout) has passed: nobody will retry it
             self._settle()
-        elif attempt.number <= self._max_retries:
+        else:
             due = time.monotonic() + backoff_delay(attempt.number, self._backoff, self._max_backoff)
             self._seq += 1
             heapq.heappush(self._retries, (due, self._seq, attempt.job, attempt.number))
             self._counts["retried"] += 1
             if due < self._next_wake:
                 self._timer_changed.notify()
-        else:
-            self._counts["failed"] += 1
-            self._settle()
 
     def _settle(self) -> None:
         """One accepted job is done with. Holds the lock."""

@@ -144,10 +144,35 @@ def test_a_queue_in_a_directory_it_cannot_write_refuses_to_start() -> None:
         for name in os.listdir(directory):
             os.chmod(os.path.join(directory, name), 0o444)
         os.chmod(directory, 0o555)  # may be read and entered, not written
-        with as_nobody(), pytest.raises(PermissionError) as denied:
+        with as_nobody(), pytest.raises(StoreError) as denied:
             JobQueue(Recorder(), path=path)
         # Refused at start, before any job could be acknowledged, naming the file.
-        assert f"{path}.lock" in str(denied.value)
+        assert str(denied.value) == f"{path}: cannot create the queue there (Permission denied)"
     finally:
         os.chmod(directory, 0o755)
         shutil.rmtree(directory)
+
+
+def test_a_failed_commit_in_a_long_enqueue_many_says_how_many_were_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = JobQueue(Recorder(), workers=1, queue_size=4, path=tmp_path / "jobs.db")
+    try:
+        store: Any = q._store
+        add, calls = store.add, []
+
+        def add_then_fail(records: Any) -> None:
+            calls.append(len(records))
+            if len(calls) > 1:
+                raise StoreError("database or disk is full")
+            add(records)
+
+        monkeypatch.setattr(store, "add", add_then_fail)
+        with pytest.raises(StoreError) as failed:
+            # Six jobs, lanes of four: the first commit takes four, the next fails.
+            q.enqueue_many(Job(id=f"job-{i}") for i in range(6))
+        assert calls[0] == 4 and failed.value.accepted == 4
+        assert q.join(timeout=PATIENCE)
+        assert [q.status(f"job-{i}") for i in range(6)] == [Status.COMPLETED] * 4 + [None] * 2
+    finally:
+        q.close()

@@ -375,3 +375,28 @@ def test_a_path_in_a_missing_directory_is_a_store_error_naming_it(tmp_path: Path
     path = tmp_path / "missing" / "jobs.db"
     with pytest.raises(StoreError, match=r"missing/jobs.db: cannot create the queue there"):
         JobQueue(Recorder(), path=path)
+
+
+def test_a_replay_is_on_disk_before_any_worker_can_take_it(
+    path: str, opened: list[JobQueue], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # If a worker could take the replayed job first, its end could land on disk before
+    # the replay, which would then undo it: the job would run again at the next start.
+    recorder = Recorder(fail=lambda job, n: n == 1)  # dies at its first attempt only
+    q = reopen(path, opened, recorder, max_retries=0)
+    q.enqueue(Job(id="once-dead"))
+    assert q.join(timeout=PATIENCE) and q.status("once-dead") is Status.FAILED
+    store: Any = q._store
+    revived = store.revived
+    seen: list[object] = []
+
+    def checked(record: Any) -> None:
+        lanes: Any = q._lanes
+        seen.append(any(r.job.id == "once-dead" for lane in lanes.values() for r in lane))
+        seen.append(recorder.attempts["once-dead"])
+        revived(record)
+
+    monkeypatch.setattr(store, "revived", checked)
+    q.retry_dead("once-dead")
+    assert seen == [False, 1]  # not in a lane, not run again, while the replay is written
+    assert q.join(timeout=PATIENCE) and q.status("once-dead") is Status.COMPLETED
