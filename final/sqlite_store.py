@@ -193,6 +193,7 @@ class SQLiteStore:
         self._lagging_writes: list[_Pending] = []
         self._lagging_since: float | None = None  # when the oldest lagging write came
         self._committing = False  # a thread leads a commit (held until none waits)
+        self._crowd = 0  # acknowledgements the last commit carried
         self._closed = False
         # Attempts written to the journal whose end (retrying or settled) is not yet
         # committed, id -> attempt number: what a rewrite of the journal must keep.
@@ -345,8 +346,14 @@ class SQLiteStore:
         wait for this one to end), and for a replay: the end of that job's earlier
         life may still lag, and must not land after it.
         """
+        if self._crowd > 1:
+            # The last commit carried several callers: more are on their way back with
+            # their next write. Letting them run first (a sleep of 0 hands over the
+            # GIL) puts them in this commit rather than the next.
+            time.sleep(0)
         with self._mutex:
             writes, self._pending = self._pending, []
+            self._crowd = len(writes)
             since = self._lagging_since
             overdue = since is not None and time.monotonic() - since >= LAG
             if lagging or overdue or any(what is REVIVED for what, *_ in writes):
