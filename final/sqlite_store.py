@@ -27,16 +27,18 @@ What each write must survive, and what it pays (see ``final/store.py`` for why):
   per attempt made every worker hand the GIL round. At open, the lines of the last
   run are folded into the database and the file starts again empty; while running,
   it starts again with just the attempts still open whenever it is full.
-- ``retrying`` and ``settled`` may lag: they ride in the next commit, and losing them
-  in a crash only means that a job runs once more.
+- ``retrying`` and ``settled`` may lag: they are committed a few milliseconds later,
+  many at a time, and losing them in a crash only means that a job runs once more.
 
 Group commit, led by whoever needs it: a thread that needs a commit and finds none
 under way commits everything pending as one transaction, on its own thread; writes that
-arrive meanwhile wait for it to end and go together in the next one. Producers that
-arrive together share a commit (and an fsync), so more producers means more jobs per
-commit, while each ``enqueue`` still returns only after its own job is on disk; and a
-lone producer pays no hand-off to another thread. Lagging writes are committed apart,
-by one background thread, ``LAG`` seconds after the first of them arrived.
+arrive meanwhile wait, each on a lock of its own, and the leader hands the lead to the
+first of them when it is done. Producers that arrive together share a commit (and an
+fsync), so more producers means more jobs per commit, while each ``enqueue`` still
+returns only after its own job is on disk; and a lone producer pays no hand-off to
+another thread. Lagging writes are committed apart, by one background thread, ``LAG``
+seconds after the first of them arrived (or in the next acknowledgement's commit, if
+one is under way by then).
 
 The file is ours and versioned: ``PRAGMA application_id`` marks it, ``PRAGMA
 user_version`` says its schema version; a file that is not one of our queues, or is of
