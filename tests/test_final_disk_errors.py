@@ -40,6 +40,17 @@ def opened() -> Iterator[list[tuple[JobQueue, Recorder]]]:
         q.close(timeout=PATIENCE)
 
 
+def held(path: str, opened: list[tuple[JobQueue, Recorder]]) -> tuple[JobQueue, Recorder]:
+    """A queue on ``path`` whose one worker is held on a gate job, so that no job's end
+    is written while the disk fills."""
+    recorder = Recorder(hold=lambda job: job.id == "gate")
+    q = JobQueue(recorder, workers=1, path=path)
+    opened.append((q, recorder))
+    q.enqueue(Job(id="gate", priority=Priority.HIGH))
+    recorder.wait_started(1)
+    return q, recorder
+
+
 def fill_the_disk(q: JobQueue, room: int = 0) -> Any:
     """Let the file grow by ``room`` pages at most; returns the writer connection."""
     store: Any = q._store  # the limit is per connection: the writer's is the one that writes
@@ -53,12 +64,7 @@ def test_a_full_disk_makes_enqueue_raise_and_acknowledges_nothing_it_did_not_sto
     tmp_path: Path, opened: list[tuple[JobQueue, Recorder]]
 ) -> None:
     path = str(tmp_path / "jobs.db")
-    # The worker is held on a gate job, so that no settle writes while the disk fills.
-    recorder = Recorder(hold=lambda job: job.id == "gate")
-    q = JobQueue(recorder, workers=1, path=path)
-    opened.append((q, recorder))
-    q.enqueue(Job(id="gate", priority=Priority.HIGH))
-    recorder.wait_started(1)
+    q, recorder = held(path, opened)
     db = fill_the_disk(q, room=3)  # a few jobs fit, then none
     acknowledged: list[str] = []
     full: StoreError | None = None
@@ -102,12 +108,7 @@ def test_a_full_disk_makes_enqueue_raise_and_acknowledges_nothing_it_did_not_sto
 def test_a_full_disk_refuses_a_whole_enqueue_many_batch(
     tmp_path: Path, opened: list[tuple[JobQueue, Recorder]]
 ) -> None:
-    path = str(tmp_path / "jobs.db")
-    recorder = Recorder(hold=lambda job: job.id == "gate")
-    q = JobQueue(recorder, workers=1, path=path)
-    opened.append((q, recorder))
-    q.enqueue(Job(id="gate", priority=Priority.HIGH))
-    recorder.wait_started(1)
+    q, recorder = held(str(tmp_path / "jobs.db"), opened)
     fill_the_disk(q)
     with pytest.raises(StoreError, match="database or disk is full"):
         # One batch is one commit: it is stored whole or not at all.
