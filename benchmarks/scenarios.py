@@ -479,14 +479,19 @@ SYNCHRONOUS = {"power": "FULL", "process": "NORMAL"}
 PRODUCE = ("1 producer", "8 producers", "enqueue_many")
 
 
+def _bench_db(path: Path, durability: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
+    db.execute("CREATE TABLE t (id TEXT PRIMARY KEY, payload BLOB)")
+    return db
+
+
 def raw_commits(durability: str, n: int) -> float:
     """One-row SQLite commits per second in WAL mode: the machine's limit."""
     with tempfile.TemporaryDirectory(prefix="jobq-bench-") as tmp:
-        db = sqlite3.connect(Path(tmp) / "raw.db", isolation_level=None)
+        db = _bench_db(Path(tmp) / "raw.db", durability)
         try:
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
-            db.execute("CREATE TABLE t (id TEXT PRIMARY KEY, payload BLOB)")
             begun = time.perf_counter()
             for i in range(n):
                 db.execute("BEGIN")
@@ -495,6 +500,77 @@ def raw_commits(durability: str, n: int) -> float:
             return n / (time.perf_counter() - begun)
         finally:
             db.close()
+
+
+def group_commit_ceiling(durability: str, producers: int, n: int) -> float:
+    """Rows per second of the best case of group commit, with no queue around it.
+
+    ``producers`` threads each insert a row and wait until it is committed, as an
+    ``enqueue`` does; one thread commits as soon as every producer has a row waiting,
+    so that each commit (and each fsync) carries all of them. Nothing else runs: no
+    lanes, no workers, no record of each job. It is what threads in CPython on this
+    machine can get out of sharing commits: the ceiling for final's "8 producers".
+    """
+    with tempfile.TemporaryDirectory(prefix="jobq-bench-") as tmp:
+        db = _bench_db(Path(tmp) / "ceiling.db", durability)
+        try:
+            begun = time.perf_counter()
+            commit_together(db, producers, n)
+            return n / (time.perf_counter() - begun)
+        finally:
+            db.close()
+
+
+def commit_together(db: sqlite3.Connection, producers: int, n: int) -> int:
+    """Insert rows 0 to n-1 into ``t`` from ``producers`` threads, each row acknowledged
+    once committed, every commit carrying one row of each producer still at work.
+    Returns the number of commits."""
+    mutex = threading.Lock()
+    waiting: list[tuple[tuple[str, bytes], threading.Lock]] = []
+    producing = producers  # producers not yet finished: a batch waits for them all
+    complete = threading.Semaphore(0)  # released each time a batch is complete
+    commits = 0
+
+    def commit_batches() -> None:
+        nonlocal commits
+        while True:
+            complete.acquire()
+            with mutex:
+                batch = waiting[:]
+                waiting.clear()
+            if not batch:  # every producer is done
+                return
+            values = ", ".join(["(?, ?)"] * len(batch))
+            db.execute(f"INSERT INTO t VALUES {values}", [v for row, _ in batch for v in row])
+            commits += 1
+            for _, committed in batch:
+                committed.release()
+
+    def produce(p: int) -> None:
+        nonlocal producing
+        for i in range(p, n, producers):
+            committed = threading.Lock()
+            committed.acquire()
+            with mutex:
+                waiting.append(((str(i), b""), committed))
+                if len(waiting) == producing:
+                    complete.release()
+            committed.acquire()  # released once the row is committed
+        with mutex:
+            producing -= 1
+            if waiting and len(waiting) == producing:
+                complete.release()  # the others need not wait for this one
+
+    committer = threading.Thread(target=commit_batches)
+    committer.start()
+    threads = [threading.Thread(target=produce, args=(p,)) for p in range(producers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    complete.release()  # nothing is waiting: the committer leaves
+    committer.join()
+    return commits
 
 
 def persistence(durability: str | None, how: str, jobs: int, workers: int = WORKERS) -> float:

@@ -10,6 +10,7 @@ so these ratios are the ones the report and the README quote.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict
 
 from benchmarks import scenarios
@@ -69,4 +70,31 @@ def test_headline_latency(benchmark: Benchmark, mode: Mode) -> None:
         # the round with the median p99 of each system
         latency={s: {**asdict(r), "saturated": r.saturated()} for s, r in chosen.items()},
         rounds_p99_ms={s: [x.p99_ms for x in r] for s, r in runs.items()},
+    )
+
+
+# (name in the report, what runs): durability "power" throughout, the default.
+PERSISTENCE: list[tuple[str, Callable[[int], float]]] = [
+    ("raw commits", lambda n: scenarios.raw_commits("power", n)),
+    ("1 producer", lambda n: scenarios.persistence("power", "1 producer", n)),
+    ("8 producers", lambda n: scenarios.persistence("power", "8 producers", 4 * n)),
+    ("ceiling, 1 producer", lambda n: scenarios.group_commit_ceiling("power", 1, n)),
+    ("ceiling, 8 producers", lambda n: scenarios.group_commit_ceiling("power", 8, 4 * n)),
+]
+
+
+def test_headline_persistence(benchmark: Benchmark, mode: Mode) -> None:
+    """Final on disk against the disk's own limit and against group commit's best case."""
+    rates: dict[str, list[float]] = {name: [] for name, _ in PERSISTENCE}
+
+    def one_round() -> None:
+        for name, run in PERSISTENCE:
+            rates[name].append(run(mode.slow_jobs))
+
+    measure(benchmark, "0 headline", max(mode.rounds, 5), one_round)
+    benchmark.extra_info.update(
+        figure="persistence",
+        workers=scenarios.WORKERS,
+        jobs_per_s={name: statistics.median(r) for name, r in rates.items()},
+        rounds_jobs_per_s=rates,
     )
