@@ -308,6 +308,14 @@ class QueueCollector(Collector):
 _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": Error, "description": "No bearer token, or the wrong one"}
 }
+# Any operation: the server answers a request that is not valid HTTP (a malformed
+# header, say) itself, in plain text, before the API sees it.
+_MALFORMED: dict[int | str, dict[str, Any]] = {
+    400: {
+        "description": "Not a valid HTTP request: rejected by the server, before the API",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
 _INVALID: dict[int | str, dict[str, Any]] = {
     422: {"model": Invalid, "description": "The request does not validate"}
 }
@@ -381,6 +389,7 @@ def create_app(
         description="A priority job queue with retries, dead letters and idempotency keys.",
         docs_url=None,
         redoc_url=None,
+        responses=_MALFORMED,
     )
     app.state.http = state
     JobId = Annotated[str, Path(pattern=ID_PATTERN, description="a job's id")]
