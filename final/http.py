@@ -20,7 +20,8 @@ big to convert and deep nesting as invalid JSON, which is exactly the hostile in
 a public endpoint must answer with a 4xx rather than a 500. Starlette alone would
 have meant writing both the validation and the schema by hand.
 
-Every error is ``{"detail": ...}`` with a status that names the problem; no error
+Every error is ``{"detail": ...}`` with a status that names the problem (except the
+plain-text 400 that uvicorn gives any request that is not valid HTTP); no error
 echoes the body back (a lone surrogate cannot even be encoded in a response): only a
 404 repeats the id from the URL, once it has matched ``ID_PATTERN``. No response
 carries a stack trace.
