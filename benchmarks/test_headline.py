@@ -34,6 +34,23 @@ THROUGHPUT = [
 LATENCY = [(s, 5_000) for s in scenarios.IN_MEMORY] + [("final-sqlite", 2_000)]
 
 
+def rounds(
+    benchmark: Benchmark,
+    mode: Mode,
+    figure: str,
+    rates: dict[str, list[float]],
+    one_round: Callable[[], None],
+) -> None:
+    """Run ``one_round`` (which appends to ``rates``) at least 5 times; record the medians."""
+    measure(benchmark, "0 headline", max(mode.rounds, 5), one_round)
+    benchmark.extra_info.update(
+        figure=figure,
+        workers=scenarios.WORKERS,
+        jobs_per_s={name: statistics.median(r) for name, r in rates.items()},
+        rounds_jobs_per_s=rates,
+    )
+
+
 def test_headline_throughput(benchmark: Benchmark, mode: Mode) -> None:
     cases = [c for c in THROUGHPUT if c[1] in scenarios.systems()]
     rates: dict[str, list[float]] = {name: [] for name, _, _ in cases}
@@ -46,13 +63,7 @@ def test_headline_throughput(benchmark: Benchmark, mode: Mode) -> None:
                 jobs = mode.fast_jobs if system in scenarios.IN_MEMORY else mode.slow_jobs
             rates[name].append(scenarios.throughput(system, jobs, batch=batch))
 
-    measure(benchmark, "0 headline", max(mode.rounds, 5), one_round)
-    benchmark.extra_info.update(
-        figure="throughput",
-        workers=scenarios.WORKERS,
-        jobs_per_s={name: statistics.median(r) for name, r in rates.items()},
-        rounds_jobs_per_s=rates,
-    )
+    rounds(benchmark, mode, "throughput", rates, one_round)
 
 
 def test_headline_latency(benchmark: Benchmark, mode: Mode) -> None:
@@ -91,10 +102,4 @@ def test_headline_persistence(benchmark: Benchmark, mode: Mode) -> None:
         for name, run in PERSISTENCE:
             rates[name].append(run(mode.slow_jobs))
 
-    measure(benchmark, "0 headline", max(mode.rounds, 5), one_round)
-    benchmark.extra_info.update(
-        figure="persistence",
-        workers=scenarios.WORKERS,
-        jobs_per_s={name: statistics.median(r) for name, r in rates.items()},
-        rounds_jobs_per_s=rates,
-    )
+    rounds(benchmark, mode, "persistence", rates, one_round)
