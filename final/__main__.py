@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from final.arguments import integer, number
-from final.sqlite_store import StoreError
+from final.store import StoreError
 
 # The HTTP server needs the optional extra; the rest runs on the standard library.
 HTTP_EXTRA = "pip install 'job-queue-course[http]'"

@@ -29,7 +29,7 @@ from types import FrameType
 
 from final.arguments import integer, number
 from final.job_queue import DuplicateJob, Job, JobQueue, Metrics, Priority, QueueFull
-from final.sqlite_store import StoreError
+from final.store import StoreError
 
 __all__ = ["SimulatedFailure", "main", "simulated_work"]
 

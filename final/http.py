@@ -49,7 +49,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from final.job_queue import (
-    MAX_KEY_LENGTH,
     DuplicateJob,
     Job,
     JobInfo,
@@ -59,6 +58,7 @@ from final.job_queue import (
     QueueFull,
     Status,
 )
+from final.validation import MAX_KEY_LENGTH
 
 __all__ = ["MAX_BODY", "HttpState", "create_app", "instrument"]
 

@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from final.sqlite_store import APPLICATION_ID, SCHEMA_VERSION, StoreError, read_journal
+from final.sqlite_store import APPLICATION_ID, SCHEMA_VERSION, read_journal
+from final.store import StoreError
 
 __all__ = ["DeadLetter", "Snapshot", "format_snapshot", "read"]
 

@@ -42,7 +42,6 @@ What it still gets wrong, or leaves to you:
 from __future__ import annotations
 
 import atexit
-import enum
 import heapq
 import itertools
 import logging
@@ -51,17 +50,19 @@ import os
 import random
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 
+from final.errors import DuplicateJob, QueueClosed, QueueFull
 from final.fairness import FairPicker
+from final.jobs import Job, JobInfo, Priority, Record, Status
 from final.rate_limit import TokenBucket
-from final.sqlite_store import DuplicateRow, SQLiteStore, StoreError
-from final.store import MemoryStore, Store
+from final.sqlite_store import SQLiteStore
+from final.store import DuplicateRow, MemoryStore, Store, StoreError
+from final.validation import check_int, check_job, check_seconds, check_timeout
 
 __all__ = [
     "Attempt",
@@ -80,57 +81,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-MAX_KEY_LENGTH = 1024  # for ids and idempotency keys: long enough for any real key
-
-
-class Priority(enum.IntEnum):
-    """How urgent a job is. Iteration order is the order a worker looks in."""
-
-    HIGH = 2
-    MEDIUM = 1
-    LOW = 0
-
-
-@dataclass(slots=True)
-class Job:
-    """One unit of work. The handler decides what ``payload`` means."""
-
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    payload: bytes = b""
-    priority: Priority = Priority.MEDIUM
-    idempotency_key: str | None = None  # a second job with this key is refused
-    max_retries: int | None = None  # this job's own budget; None: the queue's
-
-
-class Status(enum.Enum):
-    QUEUED = "queued"  # waiting in its lane
-    PROCESSING = "processing"  # an attempt is running
-    RETRYING = "retrying"  # waiting out a backoff before its next attempt
-    COMPLETED = "completed"  # succeeded
-    FAILED = "failed"  # failed for good: in the dead letters
-
-
-class QueueFull(Exception):
-    """The job's lane stayed full past the timeout given to ``enqueue``."""
-
-    accepted: int = 0  # enqueue_many: how many jobs before this one were accepted
-
-
-class QueueClosed(Exception):
-    """``close()`` has begun: the queue accepts no more jobs."""
-
-    accepted: int = 0
-
-
-class DuplicateJob(Exception):
-    """A job with this idempotency key (or this id) was accepted before: ``job_id`` is its id."""
-
-    accepted: int = 0
-
-    def __init__(self, job_id: str, message: str) -> None:
-        super().__init__(message)
-        self.job_id = job_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,62 +123,6 @@ class Metrics:
     wait_p50: float | None  # seconds from entering a lane to starting, recent attempts
     wait_p99: float | None
     utilization: float  # share of worker time spent in handlers since the queue began
-
-
-@dataclass(frozen=True, slots=True)
-class JobInfo:
-    """What ``info(job_id)`` tells about one job. Times are ``time.time()`` values."""
-
-    id: str
-    priority: Priority
-    status: Status
-    attempts: int  # since it was accepted, or last replayed from the dead letters
-    max_retries: int
-    last_error: str | None
-    idempotency_key: str | None
-    enqueued_at: float
-    started_at: float | None  # the latest attempt's start
-    finished_at: float | None
-
-
-@dataclass(slots=True, eq=False)
-class Record:
-    """What the queue knows of one accepted job, and what a store keeps of it.
-
-    Times are ``time.monotonic()`` values, cheap to read on the hot path and immune
-    to clock changes; ``info()`` turns them into wall-clock times when asked.
-    """
-
-    job: Job
-    max_retries: int
-    status: Status = Status.QUEUED
-    attempts: int = 0
-    last_error: str | None = None
-    enqueued: float = 0.0
-    started: float | None = None  # the latest attempt's start
-    finished: float | None = None
-    ready: float = 0.0  # when it last entered its lane (or was enqueued)
-    # The running attempt, while there is one: its token (0 once it timed out),
-    # its deadline, and the worker thread running it.
-    token: int = 0
-    deadline: float | None = None
-    runner: threading.Thread | None = None
-    settled: int = 0  # its number in the order of settling, 0 while unsettled
-
-    def info(self) -> JobInfo:
-        to_wall = time.time() - time.monotonic()
-        return JobInfo(
-            self.job.id,
-            self.job.priority,
-            self.status,
-            self.attempts,
-            self.max_retries,
-            self.last_error,
-            self.job.idempotency_key,
-            self.enqueued + to_wall,
-            None if self.started is None else self.started + to_wall,
-            None if self.finished is None else self.finished + to_wall,
-        )
 
 
 @dataclass(slots=True, eq=False)
@@ -312,19 +206,19 @@ class JobQueue:
     ) -> None:
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
-        _check_int("workers", workers, minimum=1)
-        _check_int("queue_size", queue_size, minimum=1)
-        _check_int("max_retries", max_retries, minimum=0)
-        _check_seconds("backoff", backoff)
-        _check_seconds("max_backoff", max_backoff)
+        check_int("workers", workers, minimum=1)
+        check_int("queue_size", queue_size, minimum=1)
+        check_int("max_retries", max_retries, minimum=0)
+        check_seconds("backoff", backoff)
+        check_seconds("max_backoff", max_backoff)
         if max_backoff < backoff:
             raise ValueError(f"max_backoff ({max_backoff!r}) must be >= backoff ({backoff!r})")
         if job_timeout is not None:
-            _check_seconds("job_timeout", job_timeout, positive=True)
-        _check_int("fairness", fairness, minimum=0)
+            check_seconds("job_timeout", job_timeout, positive=True)
+        check_int("fairness", fairness, minimum=0)
         if rate_limit is not None:
-            _check_seconds("rate_limit", rate_limit, positive=True)
-        _check_int("history", history, minimum=1)
+            check_seconds("rate_limit", rate_limit, positive=True)
+        check_int("history", history, minimum=1)
         if durability not in ("power", "process"):
             raise ValueError(f"durability must be 'power' or 'process', got {durability!r}")
         self._handler = handler
@@ -428,8 +322,8 @@ class JobQueue:
         remembers, ``QueueClosed`` once ``close()`` has begun (a blocked producer is
         woken to raise it), and ``TypeError`` or ``ValueError`` for a malformed job.
         """
-        _check_job(job)
-        _check_timeout(timeout)
+        check_job(job)
+        check_timeout(timeout)
         record = self._record(job)  # built before the lock, to keep the lock short
         with self._mutex:
             self._admit(record, timeout)
@@ -451,8 +345,8 @@ class JobQueue:
         """
         jobs = list(jobs)
         for job in jobs:
-            _check_job(job)
-        _check_timeout(timeout)
+            check_job(job)
+        check_timeout(timeout)
         records = [self._record(job) for job in jobs]  # built before the lock
         accepted = 0
         while accepted < len(records):
@@ -1090,52 +984,3 @@ def _percentile(ordered: list[float], q: float) -> float | None:
     if not ordered:
         return None
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def _check_seconds(name: str, value: object, *, positive: bool = False) -> None:
-    ok = (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and (value > 0 if positive else value >= 0)
-    )
-    if not ok:
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
-
-
-def _check_timeout(timeout: float | None) -> None:
-    if timeout is not None and not timeout >= 0:
-        raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
-
-
-def _check_key(name: str, value: object) -> None:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
-    if not 0 < len(value) <= MAX_KEY_LENGTH:
-        raise ValueError(f"{name} must have 1 to {MAX_KEY_LENGTH} characters, got {len(value)}")
-    if not value.isascii():
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            # Not text a file can hold: refused here, not when a commit it shares fails.
-            raise ValueError(f"{name} must be valid Unicode, got a lone surrogate") from None
-
-
-def _check_job(job: object) -> None:
-    if not isinstance(job, Job):
-        raise TypeError(f"enqueue takes a Job, got {type(job).__name__}")
-    if not isinstance(job.priority, Priority):
-        raise TypeError(f"Job.priority must be a Priority, got {job.priority!r}")
-    if not isinstance(job.payload, bytes):
-        raise TypeError(f"Job.payload must be bytes, got {type(job.payload).__name__}")
-    _check_key("Job.id", job.id)
-    if job.idempotency_key is not None:
-        _check_key("Job.idempotency_key", job.idempotency_key)
-    if job.max_retries is not None:
-        _check_int("Job.max_retries", job.max_retries, minimum=0)

@@ -61,10 +61,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
-if TYPE_CHECKING:
-    from final.job_queue import Record
+from final.jobs import Job, Priority, Record, Status
+from final.store import DuplicateRow, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -118,21 +118,6 @@ DIED_DURING = (
     "UPDATE jobs SET status = 'processing', attempts = ?, started_at = ?, due_at = NULL"
     " WHERE id = ? AND attempts < ? AND status IN ('queued', 'processing', 'retrying')"
 )
-
-
-class StoreError(Exception):
-    """The file cannot be used as a queue: not ours, too new, locked, or unwritable."""
-
-    accepted: int = 0  # enqueue_many: how many jobs before the failed commit were accepted
-
-
-class DuplicateRow(Exception):
-    """An insert hit the id or idempotency key of a job already on disk."""
-
-    def __init__(self, job_id: str, first: str) -> None:
-        super().__init__(job_id)
-        self.job_id = job_id
-        self.first = first  # the id of the job already on disk
 
 
 def _held_lock() -> threading.Lock:
@@ -721,8 +706,6 @@ def _first(db: sqlite3.Connection, row: tuple[object, ...]) -> str:
 
 
 def _record(row: tuple[Any, ...]) -> Record:
-    from final.job_queue import Job, Priority, Record, Status
-
     job_id, payload, priority, key, max_retries, status, attempts, error = row[:8]
     enqueued_at, started_at, finished_at = row[8], row[9], row[10]
     job = Job(job_id, bytes(payload), Priority(priority), key, max_retries)

@@ -26,10 +26,24 @@ What each write must survive decides how it is called:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from final.job_queue import Record
+from final.jobs import Record
+
+
+class StoreError(Exception):
+    """The file cannot be used as a queue: not ours, too new, locked, or unwritable."""
+
+    accepted: int = 0  # enqueue_many: how many jobs before the failed commit were accepted
+
+
+class DuplicateRow(Exception):
+    """An insert hit the id or idempotency key of a job already on disk."""
+
+    def __init__(self, job_id: str, first: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+        self.first = first  # the id of the job already on disk
 
 
 class Store(Protocol):

@@ -12,7 +12,7 @@ import pytest
 from final import Job, JobQueue, Priority
 from final.__main__ import main
 from final.inspection import format_snapshot, read
-from final.sqlite_store import StoreError
+from final.store import StoreError
 from tests.support import PATIENCE
 
 pytestmark = pytest.mark.tiers("final")

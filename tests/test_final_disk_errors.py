@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from final import Job, JobQueue, Priority, Status
-from final.sqlite_store import StoreError
+from final.store import StoreError
 from tests.support import PATIENCE, Recorder
 
 pytestmark = pytest.mark.tiers("final")

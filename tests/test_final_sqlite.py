@@ -16,8 +16,8 @@ import pytest
 from benchmarks.crash import kill_repeatedly
 from final import DuplicateJob, Job, JobQueue, Priority, Status
 from final.inspection import read as read_snapshot
-from final.job_queue import MAX_KEY_LENGTH
-from final.sqlite_store import StoreError
+from final.store import StoreError
+from final.validation import MAX_KEY_LENGTH
 from tests.support import PATIENCE, Recorder
 
 pytestmark = pytest.mark.tiers("final")

@@ -1,0 +1,73 @@
+"""The rules every value given to the final tier must follow, in one place.
+
+The library (``JobQueue`` and ``Job``), the command line (``final/arguments.py``) and
+the HTTP API all check with these functions, so that a value is refused with the same
+words wherever it comes from. Each raises ``TypeError`` for a value of the wrong type
+and ``ValueError`` for one out of range, naming the option or field.
+"""
+
+from __future__ import annotations
+
+import math
+
+from final.jobs import Job, Priority
+
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "check_int",
+    "check_job",
+    "check_key",
+    "check_seconds",
+    "check_timeout",
+]
+
+MAX_KEY_LENGTH = 1024  # for ids and idempotency keys: long enough for any real key
+
+
+def check_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def check_seconds(name: str, value: object, *, positive: bool = False) -> None:
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > 0 if positive else value >= 0)
+    )
+    if not ok:
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+
+
+def check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not timeout >= 0:
+        raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
+
+
+def check_key(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if not 0 < len(value) <= MAX_KEY_LENGTH:
+        raise ValueError(f"{name} must have 1 to {MAX_KEY_LENGTH} characters, got {len(value)}")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            # Not text a file can hold: refused here, not when a commit it shares fails.
+            raise ValueError(f"{name} must be valid Unicode, got a lone surrogate") from None
+
+
+def check_job(job: object) -> None:
+    if not isinstance(job, Job):
+        raise TypeError(f"enqueue takes a Job, got {type(job).__name__}")
+    if not isinstance(job.priority, Priority):
+        raise TypeError(f"Job.priority must be a Priority, got {job.priority!r}")
+    if not isinstance(job.payload, bytes):
+        raise TypeError(f"Job.payload must be bytes, got {type(job.payload).__name__}")
+    check_key("Job.id", job.id)
+    if job.idempotency_key is not None:
+        check_key("Job.idempotency_key", job.idempotency_key)
+    if job.max_retries is not None:
+        check_int("Job.max_retries", job.max_retries, minimum=0)
