@@ -203,7 +203,10 @@ class JobQueue:
         path: str | os.PathLike[str] | None = None,
         durability: str = "power",
         history: int = 100_000,
+        store: Store | None = None,
     ) -> None:
+        """``store``: a store of your own instead of the one ``path`` opens (or the
+        ``MemoryStore``); tests use it for a failing or slow one. The queue closes it."""
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
         check_int("workers", workers, minimum=1)
@@ -219,8 +222,6 @@ class JobQueue:
         if rate_limit is not None:
             check_seconds("rate_limit", rate_limit, positive=True)
         check_int("history", history, minimum=1)
-        if durability not in ("power", "process"):
-            raise ValueError(f"durability must be 'power' or 'process', got {durability!r}")
         self._handler = handler
         self._workers = workers
         self._queue_size = queue_size
@@ -230,12 +231,14 @@ class JobQueue:
         self._job_timeout = job_timeout
         self._history_size = history
         self._let_go_at = history + history // 16
-        self._store: Store = (
-            MemoryStore() if path is None else SQLiteStore(os.fspath(path), durability)
-        )
-        # A store that keeps nothing needs no unlocked window to write in.
-        self._durable = not isinstance(self._store, MemoryStore)
+        self._store = _open_store(path, durability, store)
+        self._durable = self._store.durable  # asked once: the hot path reads it
+        self._init_state(fairness, rate_limit)
+        self._recover()
+        self._start_threads()
 
+    def _init_state(self, fairness: int, rate_limit: float | None) -> None:
+        """The lock, its conditions, and what they guard. Runs before any thread."""
         # One lock guards everything below; every condition is built on it.
         self._mutex = threading.Lock()
         # Notified when a job enters a lane (enqueue, a retry falling due, a replay)
@@ -263,7 +266,7 @@ class JobQueue:
         # taken: each wake-up of a producer costs a commit on disk (and a thread
         # switch in memory), so producers refill a lane in batches, and the half
         # still queued keeps the workers busy while the refill is being stored.
-        self._refill = max(1, queue_size // 2)
+        self._refill = max(1, self._queue_size // 2)
         self._picker = FairPicker(fairness, self._lanes)
         now = time.monotonic()
         self._bucket = None if rate_limit is None else TokenBucket(rate_limit, now)
@@ -290,17 +293,20 @@ class JobQueue:
         self._live_workers = 0  # worker threads not running an abandoned attempt
         self._threads: set[threading.Thread] = set()  # what close() joins
         self._thread_names = itertools.count()
-        self._recover()
 
+    def _start_threads(self) -> None:
+        """The workers, the scheduler, and a hook that closes the queue at exit."""
         # Daemon threads, so that a hung handler cannot hold up interpreter exit;
         # the atexit hook below is what lets queued work finish first.
-        for _ in range(workers):
+        for _ in range(self._workers):
             self._start_worker()
-        scheduler = threading.Thread(target=self._scheduler, name="final-scheduler", daemon=True)
+        scheduler = threading.Thread(
+            target=self._scheduler, name=f"{__package__}-scheduler", daemon=True
+        )
         self._threads.add(scheduler)
         scheduler.start()
         # atexit runs before the interpreter stops daemon threads, so a queue that
-        # was never closed drains at exit instead of dying mid-job.
+        # was never closed drains at exit instead of dying mid-job (naive's lesson 5).
         # A weak reference, so that the hook does not keep the queue alive.
         ref = weakref.ref(self)
 
@@ -776,19 +782,18 @@ class JobQueue:
         queue of threads at a lock costs more than the work the lock protects.
         """
         record, token = attempt._record, attempt._token
-        if self._durable:
-            try:
-                self._store.claimed(record)
-            except StoreError:
-                # The attempt cannot be counted, so it must not run. The job stays on
-                # disk as it was, and the next start runs it.
-                logger.exception("job %s: could not record its attempt; not run", record.job.id)
-                with self._mutex:
-                    if record.token != token:  # timed out meanwhile: no longer ours
-                        return self._take_locked(me) if self._rejoin(me) else None
-                    self._running.discard(record)
-                    self._forget(record)
-                    return self._take_locked(me)
+        try:
+            self._store.claimed(record)
+        except StoreError:
+            # The attempt cannot be counted, so it must not run. The job stays on
+            # disk as it was, and the next start runs it.
+            logger.exception("job %s: could not record its attempt; not run", record.job.id)
+            with self._mutex:
+                if record.token != token:  # timed out meanwhile: no longer ours
+                    return self._take_locked(me) if self._rejoin(me) else None
+                self._running.discard(record)
+                self._forget(record)
+                return self._take_locked(me)
         _current.attempt = attempt
         error: str | None = None
         try:
@@ -826,9 +831,8 @@ class JobQueue:
         elif self._stopping:
             # close(timeout) has passed: nobody here will retry it. On disk it waits
             # for the next start; in memory it is lost, and counted so.
-            if self._durable:
-                self._store.retrying(record, 0.0)
-            else:
+            self._store.retrying(record, 0.0)
+            if not self._durable:
                 counts["lost"] += 1
             self._forget(record)
         else:
@@ -840,8 +844,7 @@ class JobQueue:
             counts["retried"] += 1
             if due < self._next_wake:
                 self._timer_changed.notify()
-            if self._durable:
-                self._store.retrying(record, delay)
+            self._store.retrying(record, delay)
 
     def _settle(self, record: Record, status: Status, now: float) -> None:
         """One accepted job is done with: remembered, within the history. Holds the lock."""
@@ -855,8 +858,7 @@ class JobQueue:
         # that most settles pay, and the lock is held for as little as possible.
         if len(self._settled) > self._let_go_at:
             self._let_go()
-        if self._durable:
-            self._store.settled(record)
+        self._store.settled(record)
         self._unsettled -= 1
         if self._unsettled == 0:
             self._all_settled.notify_all()
@@ -957,7 +959,7 @@ class JobQueue:
         """Holds the lock, or runs in the constructor before any thread exists."""
         thread = threading.Thread(
             target=self._worker,
-            name=f"final-worker-{next(self._thread_names)}",
+            name=f"{__package__}-worker-{next(self._thread_names)}",
             daemon=True,
         )
         self._live_workers += 1
@@ -978,6 +980,20 @@ class JobQueue:
             self._forget(record)
         self._not_empty.notify_all()
         self._timer_changed.notify_all()
+
+
+def _open_store(path: str | os.PathLike[str] | None, durability: str, store: Store | None) -> Store:
+    """The store a JobQueue was given, or the one its ``path`` names (None: memory).
+
+    Raises ``ValueError`` for both a ``path`` and a ``store``, or an unknown
+    ``durability``, and ``StoreError`` for a path that cannot be a queue."""
+    if durability not in ("power", "process"):
+        raise ValueError(f"durability must be 'power' or 'process', got {durability!r}")
+    if store is not None:
+        if path is not None:
+            raise ValueError("give a path or a store, not both: a store has its own file")
+        return store
+    return MemoryStore() if path is None else SQLiteStore(os.fspath(path), durability)
 
 
 def _percentile(ordered: list[float], q: float) -> float | None:

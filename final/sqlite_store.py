@@ -18,27 +18,14 @@ What each write must survive, and what it pays (see ``final/store.py`` for why):
 - ``add`` and ``revived`` are acknowledgements: they return once committed with the
   durability asked for (an fsync under ``"power"``).
 - ``claimed``, the attempt count a handler that kills the process must not escape,
-  has only to survive the process: a power loss takes the handler down with it.
-  Bytes stored into a file mapped with ``mmap`` are in the operating system's page
-  cache the instant they are stored, and survive the process however it dies. So an
-  attempt is one line copied into ``<path>.attempts``, mapped: no system call, and
-  no letting go of the GIL, where an SQLite commit per attempt (even without fsync)
-  measured ten times the cost and was the wall of the whole queue, and a ``write()``
-  per attempt made every worker hand the GIL round. At open, the lines of the last
-  run are folded into the database and the file starts again empty; while running,
-  it starts again with just the attempts still open whenever it is full.
+  has only to survive the process: it is one line in ``<path>.attempts``, a file
+  mapped into memory (``final/journal.py``), folded into the database at open.
 - ``retrying`` and ``settled`` may lag: they are committed a few milliseconds later,
   many at a time, and losing them in a crash only means that a job runs once more.
 
-Group commit, led by whoever needs it: a thread that needs a commit and finds none
-under way commits everything pending as one transaction, on its own thread; writes that
-arrive meanwhile wait, each on a lock of its own, and the leader hands the lead to the
-first of them when it is done. Producers that arrive together share a commit (and an
-fsync), so more producers means more jobs per commit, while each ``enqueue`` still
-returns only after its own job is on disk; and a lone producer pays no hand-off to
-another thread. Lagging writes are committed apart, by one background thread, ``LAG``
-seconds after the first of them arrived (or in the next acknowledgement's commit, if
-one is under way by then).
+Acknowledgements share commits, and lagging writes are committed a few at a time
+by a background thread: see ``final/group_commit.py``. This module writes what each
+commit carries, many rows to a statement.
 
 The file is ours and versioned: ``PRAGMA application_id`` marks it, ``PRAGMA
 user_version`` says its schema version; a file that is not one of our queues, or is of
@@ -51,20 +38,21 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import json
 import logging
-import mmap
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TextIO
 
+from final.group_commit import LAG, GroupCommit, Pending, Write
 from final.jobs import Job, Priority, Record, Status
+from final.journal import AttemptsJournal, read_journal
 from final.store import DuplicateRow, StoreError
+
+__all__ = ["APPLICATION_ID", "LAG", "SCHEMA_VERSION", "SQLiteStore", "read_journal"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +60,8 @@ APPLICATION_ID = 0x4A6F6251  # "JobQ"
 SCHEMA_VERSION = 1
 DURABILITY = {"power": ("FULL", 2), "process": ("NORMAL", 1)}
 
-# How long the first lagging write waits for the flusher's commit. Short, so that a
-# crash reruns few jobs; long enough that a busy queue's commit carries many.
-LAG = 0.005
 # Up to this many rows go to one statement of their exact size (see _statements).
 EXACT_ROWS = 32
-# The size of the attempts file; when full, it starts again with the open attempts.
-JOURNAL_BYTES = 1 << 22
 
 SCHEMA = """
 CREATE TABLE jobs (
@@ -102,16 +85,21 @@ CREATE UNIQUE INDEX jobs_key ON jobs (idempotency_key) WHERE idempotency_key IS 
 # No index on status: only a start looks for the unsettled jobs, and a scan then is
 # cheaper than an index entry to move in every commit of the run.
 
-# The writes, each one row (a tuple, the job's id first), written many rows to one
-# statement: each statement lets go of the GIL and must get it back, and with a
-# dozen threads busy that wait, not SQLite, was most of a commit's time.
+# The writes, each one row (the job's id first, then for an end its attempt number),
+# written many rows to one statement: each statement lets go of the GIL and must get
+# it back, and with a dozen threads busy that wait, not SQLite, was most of a
+# commit's time.
 INSERT = "INSERT INTO jobs VALUES "
-RETRYING = "status = 'retrying', attempts = v.column2, last_error = v.column3, due_at = v.column4"
-SETTLED = (
-    "status = v.column2, attempts = v.column3, last_error = v.column4,"
-    " finished_at = v.column5, due_at = NULL"
-)
-REVIVED = "status = 'queued', attempts = 0, finished_at = NULL"
+ASSIGNMENTS = {
+    Write.RETRYING: (
+        "status = 'retrying', attempts = v.column2, last_error = v.column3, due_at = v.column4"
+    ),
+    Write.SETTLED: (
+        "attempts = v.column2, status = v.column3, last_error = v.column4,"
+        " finished_at = v.column5, due_at = NULL"
+    ),
+    Write.REVIVED: "status = 'queued', attempts = 0, finished_at = NULL",
+}
 # An attempt the last run started, and whose end it did not commit: the process died
 # during it (or just after, before the end was written; at-least-once allows that).
 DIED_DURING = (
@@ -119,47 +107,30 @@ DIED_DURING = (
     " WHERE id = ? AND attempts < ? AND status IN ('queued', 'processing', 'retrying')"
 )
 
-
-def _held_lock() -> threading.Lock:
-    lock = threading.Lock()
-    lock.acquire()
-    return lock
-
-
-@dataclass(slots=True)
-class _Batch:
-    """One caller's writes, waiting for the commit that carries them."""
-
-    # Released by a leader when the writes are committed, or when it is this caller's
-    # turn to lead the next commit: one wake-up for each caller, none for the others.
-    turn: threading.Lock = field(default_factory=_held_lock)
-    done: bool = False
-    error: BaseException | None = None
-    duplicates: list[DuplicateRow] = field(default_factory=list)
-
-
-# A write waiting for a commit: an SQL statement and its parameters (for INSERT, a
-# list of rows), the batch of whoever waits for it (None: it may lag), and whether it
-# must survive a power loss. Consecutive writes of one statement, from any number
-# of callers, go to SQLite in one executemany: each call into SQLite lets go of the
-# GIL, and getting it back, with a dozen threads busy, is what a commit waits for most.
-_Pending = tuple[str, Any, _Batch | None, bool]
 # A run of writes of one kind as statements (SQL, parameters), with its pending
 # writes if they are adds.
-_Statements = tuple[str, list[tuple[str, list[Any]]], list[_Pending]]
+_Statements = tuple[Write, list[tuple[str, list[Any]]], list[Pending]]
 
 
 class SQLiteStore:
+    """The jobs in an SQLite file at ``path``; see the module's docstring."""
+
+    durable = True
+
     def __init__(self, path: str, durability: str = "power") -> None:
+        """Open (or create) the queue at ``path``, fold in the last run's attempts.
+
+        Raises ``ValueError`` for an unknown ``durability``, and ``StoreError`` for a
+        file that is not ours, too new, locked by another queue, or unwritable.
+        """
         if durability not in DURABILITY:
             raise ValueError(f"durability must be 'power' or 'process', got {durability!r}")
         self.path = path
         self._lockfile = _lock(path)
         try:
             self._writer_db = _open(path, durability)
-            self._journal_path = f"{path}.attempts"
-            _fold(self._writer_db, self._journal_path)
-            self._journal = _map(self._journal_path)
+            _fold(self._writer_db, f"{path}.attempts")
+            self._journal = AttemptsJournal(f"{path}.attempts")
             self._reader_db = sqlite3.connect(path, check_same_thread=False)
         except BaseException:
             self._lockfile.close()
@@ -170,78 +141,42 @@ class SQLiteStore:
         # Rows per statement at most: within SQLite's limit on parameters (12 a row).
         limit = self._writer_db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._chunk = 1 << (min(512, limit // 12).bit_length() - 1)
-
-        # One lock guards everything below; both conditions are built on it. It is
-        # not held while SQLite commits (see _lead).
-        self._mutex = threading.Lock()
-        # Writes not yet committed, in order: acknowledgements, which their callers
-        # wait for, and lagging writes, which nobody waits for.
-        self._pending: list[_Pending] = []
-        self._lagging_writes: list[_Pending] = []
-        self._lagging_since: float | None = None  # when the oldest lagging write came
-        self._committing = False  # a thread leads a commit (held until none waits)
-        self._crowd = 0  # acknowledgements the last commit carried
+        self._closing = threading.Lock()  # held by the first close() until it is done
         self._closed = False
-        # Attempts written to the journal whose end (retrying or settled) is not yet
-        # committed, id -> attempt number: what a rewrite of the journal must keep.
-        self._open: dict[str, int] = {}
-        self._journal_end = 0  # where the next line goes
-        # Notified when the last leader lets go; the flusher waits on it at close.
-        self._committed = threading.Condition(self._mutex)
-        # Notified when a lagging write arrives to find the flusher idle, and at
-        # close; the flusher waits on it.
-        self._lagging = threading.Condition(self._mutex)
-        self._flusher_idle = False
-        self._shut = threading.Event()  # set once close() has let go of the files
-        self._flusher = threading.Thread(target=self._flush_loop, name="final-store", daemon=True)
-        self._flusher.start()
+        self._commits = GroupCommit(path, self._transaction, self._ended)
 
     # -- writes: acknowledgements wait for their commit -----------------------------------
 
     def add(self, records: Sequence[Record]) -> None:
         offset = time.time() - time.monotonic()  # monotonic -> wall clock, once for all
-        batch = self._wait(INSERT, [_row(r, offset) for r in records], acknowledged=True)
+        rows = [_row(r, offset) for r in records]
+        batch = self._commits.wait(Write.ADD, rows, power=self._power)
         if batch.duplicates:
             raise batch.duplicates[0]
 
     def claimed(self, record: Record) -> None:
         """Write the attempt to the journal: it survives the process once this returns."""
-        job_id, attempt = record.job.id, record.attempts
-        line = _journal_line(job_id, attempt)
-        with self._mutex:
-            if self._closed:
-                raise StoreError(f"{self.path}: the store is closed")
-            self._append(line)
-            self._open[job_id] = attempt
+        self._journal.started(record.job.id, record.attempts)
 
     def revived(self, record: Record) -> None:
-        job_id = record.job.id
-        # Attempt 0 in the journal first: its old attempts there are of a life that
-        # ended in the dead letters, and must not be folded into this one.
-        line = _journal_line(job_id, 0)
-        with self._mutex:
-            if self._closed:
-                raise StoreError(f"{self.path}: the store is closed")
-            self._append(line)
-            self._open.pop(job_id, None)
-        self._wait(REVIVED, (job_id,), acknowledged=True)
+        self._journal.restarted(record.job.id)
+        self._commits.wait(Write.REVIVED, (record.job.id,), power=self._power)
 
     # -- writes that may lag: they ride in the next commit --------------------------------
 
     def retrying(self, record: Record, due_in: float) -> None:
-        self._later(
-            RETRYING, (record.job.id, record.attempts, record.last_error, time.time() + due_in)
-        )
+        values = (record.job.id, record.attempts, record.last_error, time.time() + due_in)
+        self._commits.later(Write.RETRYING, values)
 
     def settled(self, record: Record) -> None:
         values = (
             record.job.id,
-            record.status.value,
             record.attempts,
+            record.status.value,
             record.last_error,
             _wall(record.finished),
         )
-        self._later(SETTLED, values)
+        self._commits.later(Write.SETTLED, values)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -267,119 +202,42 @@ class SQLiteStore:
             ).fetchall()
         return [_record(row) for row in rows]
 
+    def pragma(self, name: str, value: int | None = None) -> object:
+        """Read (or set, then read) a pragma of the connection that writes, whose
+        settings are the ones that count (``synchronous``, ``max_page_count``): for
+        tools and tests. Raises ``ValueError`` for a name that is not one."""
+        if not name.isidentifier():
+            raise ValueError(f"not a pragma name: {name!r}")
+        if value is not None:
+            self._writer_db.execute(f"PRAGMA {name} = {int(value)}")
+        row = self._writer_db.execute(f"PRAGMA {name}").fetchone()
+        return None if row is None else row[0]
+
     def close(self) -> None:
         """Commit what is pending, and let go of the files. Safe from any thread, twice:
         a second call returns once the first has finished."""
-        with self._mutex:
-            first = not self._closed
-            self._closed = True  # no write is taken from now on
-            self._lagging.notify()
-        if not first:
-            self._shut.wait()
-            return
-        self._flusher.join()  # it commits what is left, and leaves
-        if not self._open:  # every attempt's end is committed: the journal says nothing
-            self._journal[: self._journal_end] = bytes(self._journal_end)
-        self._journal.close()
-        self._writer_db.close()
-        self._reader_db.close()
-        self._lockfile.close()
-        self._shut.set()
-
-    # -- group commit -----------------------------------------------------------------------
-
-    def _wait(self, what: str, params: Any, acknowledged: bool = False) -> _Batch:
-        """Add a write and return once it is committed. An ``acknowledged`` write is
-        one the caller reports as done: it gets the durability asked for."""
-        batch = _Batch()
-        with self._mutex:
-            if self._closed:
-                raise StoreError(f"{self.path}: the store is closed")
-            self._pending.append((what, params, batch, acknowledged and self._power))
-            lead = not self._committing
-            self._committing = True
-        if not lead:
-            batch.turn.acquire()  # the leader wakes us: committed, or ours to lead
-        if not batch.done:
-            self._lead(lagging=False)
-        if batch.error is not None:
-            raise StoreError(f"{self.path}: {batch.error}") from batch.error
-        return batch
-
-    def _later(self, sql: str, params: Any) -> None:
-        with self._mutex:
+        with self._closing:
             if self._closed:
                 return
-            self._lagging_writes.append((sql, params, None, False))
-            if self._lagging_since is None:
-                self._lagging_since = time.monotonic()
-                if self._flusher_idle:
-                    self._lagging.notify()
+            self._commits.close()  # no write is taken from now on, and the last is made
+            self._journal.close()
+            self._writer_db.close()
+            self._reader_db.close()
+            self._lockfile.close()
+            self._closed = True
 
-    def _lead(self, lagging: bool) -> None:
-        """Commit the pending acknowledgements as one transaction, and the lagging
-        writes too if ``lagging``, from this thread, which holds the lead.
+    # -- what one commit writes -------------------------------------------------------------
 
-        Writes that arrive meanwhile gather for the next commit: with many producers,
-        each commit (and each fsync) carries many jobs, and no write is handed to
-        another thread. At the end, the callers committed are woken, each by its own
-        lock, and the lead passes to the first caller still waiting, if any: waking
-        them all on one condition made every commit a stampede for the GIL.
+    def _ended(self, lagging: list[Pending]) -> None:
+        """The ends of these attempts are on disk: the journal may forget them."""
+        self._journal.ended((w.params[0], w.params[1]) for w in lagging)
 
-        An acknowledgement does not carry the lagging writes: a lone INSERT is one
-        statement, its own transaction, where each more statement is one more wait
-        for the GIL on the path every enqueue waits on. Except when they are overdue
-        (the flusher found a commit under way: better they ride in this one than it
-        wait for this one to end), and for a replay: the end of that job's earlier
-        life may still lag, and must not land after it.
-        """
-        if self._crowd > 1:
-            # The last commit carried several callers: more are on their way back with
-            # their next write. Letting them run first (a sleep of 0 hands over the
-            # GIL) puts them in this commit rather than the next.
-            time.sleep(0)
-        with self._mutex:
-            writes, self._pending = self._pending, []
-            self._crowd = len(writes)
-            since = self._lagging_since
-            overdue = since is not None and time.monotonic() - since >= LAG
-            if lagging or overdue or any(what is REVIVED for what, *_ in writes):
-                writes = self._lagging_writes + writes
-                self._lagging_writes = []
-                self._lagging_since = None
-        error: BaseException | None = None
-        try:
-            error = self._transaction(writes)
-        except BaseException as exc:  # the waiters must hear of it, whatever it is
-            error = exc
-            raise
-        finally:
-            with self._mutex:
-                for what, params, batch, _ in writes:
-                    if batch is not None:
-                        batch.error = error
-                        batch.done = True
-                        batch.turn.release()
-                    elif error is None:
-                        # The end of an attempt is on disk: the journal may forget it.
-                        job_id = params[0]
-                        attempt = params[1] if what is RETRYING else params[2]
-                        if self._open.get(job_id) == attempt:
-                            del self._open[job_id]
-                if self._pending:
-                    successor = self._pending[0][2]
-                    assert successor is not None  # acknowledgements: each has a waiter
-                    successor.turn.release()
-                else:
-                    self._committing = False
-                    self._committed.notify_all()
-
-    def _transaction(self, writes: list[_Pending]) -> Exception | None:
+    def _transaction(self, writes: list[Pending]) -> Exception | None:
         db = self._writer_db
         # Pay for an fsync only when this commit holds an acknowledgement that must
         # survive a power loss. In WAL mode, NORMAL still survives the process dying,
         # which is all a lagging write needs.
-        power = any(needs_power for *_, needs_power in writes)
+        power = any(w.power for w in writes)
         statements = self._statements(writes)
         try:
             if power != self._synced:
@@ -391,8 +249,8 @@ class SQLiteStore:
                 self._execute(db, *statements[0], alone=True)
             else:
                 db.execute("BEGIN IMMEDIATE")
-                for what, parts, adds in statements:
-                    self._execute(db, what, parts, adds)
+                for kind, parts, adds in statements:
+                    self._execute(db, kind, parts, adds)
                 db.execute("COMMIT")
         except Exception as exc:  # a full disk, a read-only file: tell the waiters
             logger.error("%s: commit of %d writes failed: %s", self.path, len(writes), exc)
@@ -401,51 +259,54 @@ class SQLiteStore:
             return exc
         return None
 
-    def _statements(self, writes: list[_Pending]) -> list[_Statements]:
+    def _statements(self, writes: list[Pending]) -> list[_Statements]:
         """The writes as few statements: each run of writes of one kind becomes
         statements of many rows, of sizes the connection's statement cache can hold."""
         statements: list[_Statements] = []
         i = 0
         while i < len(writes):
-            what = writes[i][0]
+            kind = writes[i].kind
             j = i + 1
-            while j < len(writes) and writes[j][0] is what:
+            while j < len(writes) and writes[j].kind is kind:
                 j += 1
-            adds: list[_Pending] = []
-            if what is INSERT:
+            adds: list[Pending] = []
+            if kind is Write.ADD:
                 adds = writes[i:j]
-                rows = [row for _, rows, _, _ in adds for row in rows]
+                rows = [row for add in adds for row in add.params]
                 sql: Callable[[int], str] = _insert_sql
             else:
                 # One job's end once per statement: an UPDATE ... FROM matching two
                 # rows would use either. Its latest write is the one that counts.
-                rows = list({params[0]: params for _, params, _, _ in writes[i:j]}.values())
-                sql = partial(_update_sql, what)
-            parts = []
-            k = 0
-            while k < len(rows):
-                left = len(rows) - k
-                # A few rows go in one statement of exactly their number; more, in
-                # statements of powers of two: a bounded set of statements to cache.
-                size = left if left <= EXACT_ROWS else min(self._chunk, 1 << left.bit_length() - 1)
-                parts.append((sql(size), [value for row in rows[k : k + size] for value in row]))
-                k += size
-            statements.append((what, parts, adds))
+                rows = list({w.params[0]: w.params for w in writes[i:j]}.values())
+                sql = partial(_update_sql, ASSIGNMENTS[kind])
+            statements.append((kind, self._parts(rows, sql), adds))
             i = j
         return statements
+
+    def _parts(self, rows: list[Any], sql: Callable[[int], str]) -> list[tuple[str, list[Any]]]:
+        """Rows as statements: a few rows go in one statement of exactly their number;
+        more, in statements of powers of two: a bounded set of statements to cache."""
+        parts = []
+        k = 0
+        while k < len(rows):
+            left = len(rows) - k
+            size = left if left <= EXACT_ROWS else min(self._chunk, 1 << left.bit_length() - 1)
+            parts.append((sql(size), [value for row in rows[k : k + size] for value in row]))
+            k += size
+        return parts
 
     def _execute(
         self,
         db: sqlite3.Connection,
-        what: str,
+        kind: Write,
         parts: list[tuple[str, list[Any]]],
-        adds: list[_Pending],
+        adds: list[Pending],
         alone: bool = False,
     ) -> None:
         """One run of writes. Inserts that hit a duplicate are undone and go again
         one row at a time, each add stopping at its first duplicate, so that
         enqueue_many can say how many of its jobs were accepted."""
-        if what is not INSERT:
+        if kind is not Write.ADD:
             for sql, params in parts:
                 db.execute(sql, params)
             return
@@ -461,111 +322,23 @@ class SQLiteStore:
                 db.execute("ROLLBACK TO adds")
             elif alone:
                 db.execute("BEGIN IMMEDIATE")
-            for _, rows, batch, _ in adds:
-                assert batch is not None  # an add is always waited for
-                for row in rows:
-                    try:
-                        db.execute(_insert_sql(1), row)
-                    except sqlite3.IntegrityError:
-                        batch.duplicates.append(DuplicateRow(str(row[0]), _first(db, row)))
-                        break
+            _insert_one_by_one(db, adds)
             if alone and not savepoint:
                 db.execute("COMMIT")
         if savepoint:
             db.execute("RELEASE adds")
 
-    def _flush_loop(self) -> None:
-        """Commit the lagging writes once the oldest has waited LAG seconds, and make
-        the last commit at close.
 
-        While writes keep lagging, this thread wakes every LAG seconds on its own,
-        which is cheaper than being told of every one; after a quiet LAG it sleeps
-        until a lagging write arrives to find it idle, and is told of that one.
-        """
-        quiet = False
-        with self._mutex:
-            while True:
-                if self._closed:
-                    while self._committing:
-                        self._committed.wait()
-                    if self._lagging_writes:
-                        self._lead_from_flusher()
-                    return
-                if self._lagging_since is None:
-                    self._flusher_idle = quiet
-                    self._lagging.wait(None if quiet else LAG)
-                    self._flusher_idle = False
-                    quiet = self._lagging_since is None
-                    continue
-                quiet = False
-                remaining = self._lagging_since + LAG - time.monotonic()
-                if remaining > 0:
-                    self._lagging.wait(remaining)
-                elif not self._committing:
-                    self._lead_from_flusher()
-                else:
-                    # The next acknowledgement's commit takes them along; if none
-                    # comes, try again in a while. Waiting for this commit to end
-                    # instead would wake this thread at every commit of a busy queue.
-                    self._lagging.wait(LAG)
-
-    def _lead_from_flusher(self) -> None:
-        """Take the lead and commit the lagging writes. Holds the lock, and lets go
-        of it meanwhile."""
-        self._committing = True
-        self._mutex.release()
-        try:
-            self._lead(lagging=True)
-        finally:
-            self._mutex.acquire()
-
-    # -- the attempts journal ---------------------------------------------------------------
-
-    def _append(self, line: bytes) -> None:
-        """One line into the journal. Holds the lock, so lines are never interleaved."""
-        end = self._journal_end + len(line)
-        try:
-            if end > len(self._journal):
-                self._rewrite_journal()
-                end = self._journal_end + len(line)
-            self._journal[self._journal_end : end] = line
-        except (OSError, ValueError) as exc:  # no room on disk; a line longer than the file
-            raise StoreError(f"{self._journal_path}: {exc}") from exc
-        self._journal_end = end
-
-    def _rewrite_journal(self) -> None:
-        """Start the journal again with just the open attempts. Holds the lock.
-
-        Filled beside it and renamed over it, so that a crash leaves the old file
-        or the new one, never half of either.
-        """
-        fresh = f"{self._journal_path}.new"
-        lines = b"".join(_journal_line(job_id, n) for job_id, n in self._open.items())
-        journal = _map(fresh, minimum=2 * len(lines))
-        journal[: len(lines)] = lines
-        os.replace(fresh, self._journal_path)
-        self._journal.close()
-        self._journal, self._journal_end = journal, len(lines)
-
-
-def _map(path: str, minimum: int = 0) -> mmap.mmap:
-    """A new, zeroed journal file of JOURNAL_BYTES (or more), mapped for writing."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        size = max(JOURNAL_BYTES, minimum)
-        # Blocks reserved now: a full disk fails here, at open, and not as a SIGBUS
-        # when a worker stores into a page the file system cannot back.
-        os.posix_fallocate(fd, 0, size)
-        return mmap.mmap(fd, size)
-    finally:
-        os.close(fd)
-
-
-def _journal_line(job_id: str, attempt: int) -> bytes:
-    """``<attempt> <id>``, or ``<attempt>j<id as JSON>`` for an id holding a newline."""
-    if "\n" in job_id:
-        return f"{attempt}j{json.dumps(job_id)}\n".encode()
-    return f"{attempt} {job_id}\n".encode()
+def _insert_one_by_one(db: sqlite3.Connection, adds: list[Pending]) -> None:
+    """Each add's rows one at a time, stopping at its first duplicate."""
+    for add in adds:
+        assert add.batch is not None  # an add is always waited for
+        for row in add.params:
+            try:
+                db.execute(_insert_sql(1), row)
+            except sqlite3.IntegrityError:
+                add.batch.duplicates.append(DuplicateRow(str(row[0]), _first(db, row)))
+                break
 
 
 @functools.cache
@@ -578,28 +351,6 @@ def _update_sql(assignments: str, rows: int) -> str:
     columns = assignments.count("v.column") + 1  # the id, and the values assigned
     values = ", ".join(["(" + ", ".join(["?"] * columns) + ")"] * rows)
     return f"UPDATE jobs SET {assignments} FROM (VALUES {values}) AS v WHERE jobs.id = v.column1"
-
-
-def read_journal(journal: str) -> dict[str, int]:
-    """The latest attempt of each job in the attempts journal at ``journal`` (empty if
-    there is none): per job, its last line. Safe while a queue writes to it: a line
-    being written is not finished, and is left out."""
-    try:
-        with open(journal, "rb") as f:
-            text = f.read().decode(errors="replace")
-    except FileNotFoundError:
-        return {}
-    latest: dict[str, int] = {}
-    text = text.split("\0", 1)[0]  # the unused rest of the file is zeros
-    lines = text.split("\n")  # ids may hold other line breaks, never "\n" unquoted
-    for line in lines[:-1]:  # the last is empty, or unfinished
-        digits = len(line) - len(line.lstrip("0123456789"))
-        try:
-            attempt, mark, rest = int(line[:digits]), line[digits], line[digits + 1 :]
-            latest[json.loads(rest) if mark == "j" else rest] = attempt
-        except (ValueError, IndexError):
-            continue  # damaged by a power loss: that attempt was not made durable
-    return latest
 
 
 def _fold(db: sqlite3.Connection, journal: str) -> None:

@@ -47,6 +47,15 @@ class DuplicateRow(Exception):
 
 
 class Store(Protocol):
+    """What the queue asks of its store. A queue takes one of its own as ``store=``:
+    tests pass one that fails or is slow, wrapping ``SQLiteStore`` or ``MemoryStore``."""
+
+    # Whether what the store is told outlives the process. The queue asks, because it
+    # changes what the queue does: an enqueue is accepted only once a durable store
+    # has it (written outside the queue's lock), and jobs that close(timeout) leaves
+    # unrun wait in a durable store for the next start instead of being lost.
+    durable: bool
+
     def add(self, records: Sequence[Record]) -> None: ...
 
     def claimed(self, record: Record) -> None: ...
@@ -79,6 +88,8 @@ class MemoryStore:
     memory is all there is. So a settled job that the queue's ``history`` has let
     go of is forgotten, its idempotency key with it, and a crash loses everything.
     """
+
+    durable = False
 
     def add(self, records: Sequence[Record]) -> None:
         pass

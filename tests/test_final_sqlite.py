@@ -248,8 +248,8 @@ def test_a_full_attempts_journal_starts_again_and_keeps_what_is_open(path: str) 
     child = textwrap.dedent(
         f"""
         import os
-        import final.sqlite_store
-        final.sqlite_store.JOURNAL_BYTES = 256
+        import final.journal
+        final.journal.JOURNAL_BYTES = 256
         from final import DuplicateJob, Job, JobQueue
         def handler(job):
             if job.id == "bomb":

@@ -1,0 +1,148 @@
+"""The attempts journal: every attempt counted before its handler runs, at no system call.
+
+An attempt (``claimed``) has only to survive the process: a power loss takes the
+handler down with it. Bytes stored into a file mapped with ``mmap`` are in the
+operating system's page cache the instant they are stored, and survive the process
+however it dies. So an attempt is one line copied into ``<path>.attempts``, mapped:
+no system call, and no letting go of the GIL, where an SQLite commit per attempt
+(even without fsync) measured ten times the cost and was the wall of the whole
+queue, and a ``write()`` per attempt made every worker hand the GIL round.
+
+A line is ``<attempt> <id>``, or ``<attempt>j<id as JSON>`` for an id holding a
+newline; per job, its last line counts. At open, the database store folds the lines
+of the last run into the database (``read_journal``) and the file starts again
+empty; while running, it starts again with just the attempts still open whenever
+it is full. An attempt is open from its line until the database has its end.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import threading
+from collections.abc import Iterable
+
+from final.store import StoreError
+
+# The size of the attempts file; when full, it starts again with the open attempts.
+JOURNAL_BYTES = 1 << 22
+
+
+class AttemptsJournal:
+    """The mapped file of one store; safe to call from any thread."""
+
+    def __init__(self, path: str) -> None:
+        """Start ``path`` again empty (fold what it held first: see ``read_journal``)."""
+        self.path = path
+        self._map = _map(path)
+        self._end = 0  # where the next line goes
+        # Attempts written whose end is not yet committed, id -> attempt number:
+        # what a rewrite of the file must keep.
+        self._open: dict[str, int] = {}
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def started(self, job_id: str, attempt: int) -> None:
+        """Count the attempt: it survives the process once this returns.
+
+        Raises ``StoreError`` once closed, or when the line cannot be stored (no
+        room on disk for a rewrite).
+        """
+        line = _line(job_id, attempt)
+        with self._lock:
+            self._append(line)
+            self._open[job_id] = attempt
+
+    def restarted(self, job_id: str) -> None:
+        """A replay from the dead letters: its attempts so far are of a life that ended
+        there, and must not be folded into this one. Attempt 0 says so."""
+        line = _line(job_id, 0)
+        with self._lock:
+            self._append(line)
+            self._open.pop(job_id, None)
+
+    def ended(self, attempts: Iterable[tuple[str, int]]) -> None:
+        """These attempts' ends are in the database: the journal may forget them."""
+        with self._lock:
+            for job_id, attempt in attempts:
+                if self._open.get(job_id) == attempt:
+                    del self._open[job_id]
+
+    def close(self) -> None:
+        """Let go of the file; emptied when every attempt's end is in the database."""
+        with self._lock:
+            self._closed = True
+            if not self._open:
+                self._map[: self._end] = bytes(self._end)
+            self._map.close()
+
+    def _append(self, line: bytes) -> None:
+        """One line into the file. Holds the lock, so lines are never interleaved."""
+        if self._closed:
+            raise StoreError(f"{self.path}: the store is closed")
+        end = self._end + len(line)
+        try:
+            if end > len(self._map):
+                self._rewrite()
+                end = self._end + len(line)
+            self._map[self._end : end] = line
+        except (OSError, ValueError) as exc:  # no room on disk; a line longer than the file
+            raise StoreError(f"{self.path}: {exc}") from exc
+        self._end = end
+
+    def _rewrite(self) -> None:
+        """Start the file again with just the open attempts. Holds the lock.
+
+        Filled beside it and renamed over it, so that a crash leaves the old file
+        or the new one, never half of either.
+        """
+        fresh = f"{self.path}.new"
+        lines = b"".join(_line(job_id, n) for job_id, n in self._open.items())
+        mapped = _map(fresh, minimum=2 * len(lines))
+        mapped[: len(lines)] = lines
+        os.replace(fresh, self.path)
+        self._map.close()
+        self._map, self._end = mapped, len(lines)
+
+
+def read_journal(journal: str) -> dict[str, int]:
+    """The latest attempt of each job in the attempts journal at ``journal`` (empty if
+    there is none): per job, its last line. Safe while a queue writes to it: a line
+    being written is not finished, and is left out."""
+    try:
+        with open(journal, "rb") as f:
+            text = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return {}
+    latest: dict[str, int] = {}
+    text = text.split("\0", 1)[0]  # the unused rest of the file is zeros
+    lines = text.split("\n")  # ids may hold other line breaks, never "\n" unquoted
+    for line in lines[:-1]:  # the last is empty, or unfinished
+        digits = len(line) - len(line.lstrip("0123456789"))
+        try:
+            attempt, mark, rest = int(line[:digits]), line[digits], line[digits + 1 :]
+            latest[json.loads(rest) if mark == "j" else rest] = attempt
+        except (ValueError, IndexError):
+            continue  # damaged by a power loss: that attempt was not made durable
+    return latest
+
+
+def _map(path: str, minimum: int = 0) -> mmap.mmap:
+    """A new, zeroed journal file of JOURNAL_BYTES (or more), mapped for writing."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        size = max(JOURNAL_BYTES, minimum)
+        # Blocks reserved now: a full disk fails here, at open, and not as a SIGBUS
+        # when a worker stores into a page the file system cannot back.
+        os.posix_fallocate(fd, 0, size)
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _line(job_id: str, attempt: int) -> bytes:
+    """``<attempt> <id>``, or ``<attempt>j<id as JSON>`` for an id holding a newline."""
+    if "\n" in job_id:
+        return f"{attempt}j{json.dumps(job_id)}\n".encode()
+    return f"{attempt} {job_id}\n".encode()
