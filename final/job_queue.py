@@ -55,6 +55,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TypeVar
 
 from final.errors import DuplicateJob, QueueClosed, QueueFull
 from final.fairness import FairPicker
@@ -177,6 +178,7 @@ def backoff_delay(
 
 
 Handler = Callable[[Job], object]
+_T = TypeVar("_T")
 _Retry = tuple[float, int, Record]  # (due, tie-breaker, record)
 _COUNTERS = ("submitted", "started", "completed", "failed", "retried", "timed_out", "lost")
 _WAIT_WINDOW = 1000  # attempts the wait percentiles are computed over
@@ -490,11 +492,21 @@ class JobQueue:
 
         With a ``path`` this includes dead jobs that memory has let go of.
         """
-        on_disk = self._store.dead()
+        return self._dead_letters(lambda record: record.job)
+
+    def dead_letter_info(self) -> list[JobInfo]:
+        """What ``info`` says of each job in the dead letters, oldest first, from one
+        read of the store for them all (``info`` per job would read it once each)."""
+        return self._dead_letters(Record.info)
+
+    def _dead_letters(self, view: Callable[[Record], _T]) -> list[_T]:
+        """``view`` of each dead letter, taken under the lock, oldest first."""
+        on_disk = self._store.dead()  # one read, outside the lock
         with self._mutex:
-            dead = [record.job for record in self._dead.values()]
-            # What memory knows of a job is newer than what the disk says.
-            dead += [r.job for r in on_disk if r.job.id not in self._records]
+            # What memory knows of a job is newer than what the disk says; a dead job
+            # only the disk knows, memory let go of: it is older than those it holds.
+            dead = [view(r) for r in on_disk if r.job.id not in self._records]
+            dead += [view(record) for record in self._dead.values()]
         return dead
 
     def retry_dead(self, job_id: str) -> None:

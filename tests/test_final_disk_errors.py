@@ -13,14 +13,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from final import Job, JobQueue, Priority, Status
+from final.jobs import Record
+from final.sqlite_store import SQLiteStore
 from final.store import StoreError
 from tests.support import PATIENCE, Recorder
 
@@ -40,32 +41,32 @@ def opened() -> Iterator[list[tuple[JobQueue, Recorder]]]:
         q.close(timeout=PATIENCE)
 
 
-def held(path: str, opened: list[tuple[JobQueue, Recorder]]) -> tuple[JobQueue, Recorder]:
-    """A queue on ``path`` whose one worker is held on a gate job, so that no job's end
-    is written while the disk fills."""
+def held(
+    path: str, opened: list[tuple[JobQueue, Recorder]]
+) -> tuple[JobQueue, Recorder, SQLiteStore]:
+    """A queue on ``path``, given its store, whose one worker is held on a gate job, so
+    that no job's end is written while the disk fills."""
     recorder = Recorder(hold=lambda job: job.id == "gate")
-    q = JobQueue(recorder, workers=1, path=path)
+    store = SQLiteStore(path)
+    q = JobQueue(recorder, workers=1, store=store)
     opened.append((q, recorder))
     q.enqueue(Job(id="gate", priority=Priority.HIGH))
     recorder.wait_started(1)
-    return q, recorder
+    return q, recorder, store
 
 
-def fill_the_disk(q: JobQueue, room: int = 0) -> Any:
-    """Let the file grow by ``room`` pages at most; returns the writer connection."""
-    store: Any = q._store  # the limit is per connection: the writer's is the one that writes
-    db = store._writer_db
-    pages = db.execute("PRAGMA page_count").fetchone()[0] + room
-    assert db.execute(f"PRAGMA max_page_count = {pages}").fetchone()[0] == pages
-    return db
+def fill_the_disk(store: SQLiteStore, room: int = 0) -> None:
+    """Let the file grow by ``room`` pages at most (the limit is the writer's)."""
+    pages = int(str(store.pragma("page_count"))) + room
+    assert store.pragma("max_page_count", pages) == pages
 
 
 def test_a_full_disk_makes_enqueue_raise_and_acknowledges_nothing_it_did_not_store(
     tmp_path: Path, opened: list[tuple[JobQueue, Recorder]]
 ) -> None:
     path = str(tmp_path / "jobs.db")
-    q, recorder = held(path, opened)
-    db = fill_the_disk(q, room=3)  # a few jobs fit, then none
+    q, recorder, store = held(path, opened)
+    fill_the_disk(store, room=3)  # a few jobs fit, then none
     acknowledged: list[str] = []
     full: StoreError | None = None
     for i in range(100):
@@ -84,7 +85,7 @@ def test_a_full_disk_makes_enqueue_raise_and_acknowledges_nothing_it_did_not_sto
     # Still full: refused again, and neither its id nor its key was taken.
     with pytest.raises(StoreError, match="full"):
         q.enqueue(Job(id="also-refused", payload=PAYLOAD))
-    db.execute("PRAGMA max_page_count = 1073741823")  # room again
+    store.pragma("max_page_count", 1073741823)  # room again
     q.enqueue(Job(id=refused, payload=PAYLOAD, idempotency_key=f"key-{len(acknowledged)}"))
     assert q.status(refused) is Status.QUEUED
     # Close while the gate still holds: the queued jobs stay on disk for the next start.
@@ -108,8 +109,8 @@ def test_a_full_disk_makes_enqueue_raise_and_acknowledges_nothing_it_did_not_sto
 def test_a_full_disk_refuses_a_whole_enqueue_many_batch(
     tmp_path: Path, opened: list[tuple[JobQueue, Recorder]]
 ) -> None:
-    q, recorder = held(str(tmp_path / "jobs.db"), opened)
-    fill_the_disk(q)
+    q, recorder, store = held(str(tmp_path / "jobs.db"), opened)
+    fill_the_disk(store)
     with pytest.raises(StoreError, match="database or disk is full"):
         # One batch is one commit: it is stored whole or not at all.
         q.enqueue_many(Job(id=f"batch-{i}", payload=PAYLOAD) for i in range(20))
@@ -154,25 +155,30 @@ def test_a_queue_in_a_directory_it_cannot_write_refuses_to_start() -> None:
         shutil.rmtree(directory)
 
 
+class FullAfterOneAdd(SQLiteStore):
+    """A store whose disk is full from its second ``add`` on; counts the jobs of each."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.calls: list[int] = []
+
+    def add(self, records: Sequence[Record]) -> None:
+        self.calls.append(len(records))
+        if len(self.calls) > 1:
+            raise StoreError("database or disk is full")
+        super().add(records)
+
+
 def test_a_failed_commit_in_a_long_enqueue_many_says_how_many_were_accepted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    q = JobQueue(Recorder(), workers=1, queue_size=4, path=tmp_path / "jobs.db")
+    store = FullAfterOneAdd(str(tmp_path / "jobs.db"))
+    q = JobQueue(Recorder(), workers=1, queue_size=4, store=store)
     try:
-        store: Any = q._store
-        add, calls = store.add, []
-
-        def add_then_fail(records: Any) -> None:
-            calls.append(len(records))
-            if len(calls) > 1:
-                raise StoreError("database or disk is full")
-            add(records)
-
-        monkeypatch.setattr(store, "add", add_then_fail)
         with pytest.raises(StoreError) as failed:
             # Six jobs, lanes of four: the first commit takes four, the next fails.
             q.enqueue_many(Job(id=f"job-{i}") for i in range(6))
-        assert calls[0] == 4 and failed.value.accepted == 4
+        assert store.calls[0] == 4 and failed.value.accepted == 4
         assert q.join(timeout=PATIENCE)
         assert [q.status(f"job-{i}") for i in range(6)] == [Status.COMPLETED] * 4 + [None] * 2
     finally:

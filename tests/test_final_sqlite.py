@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,9 @@ import pytest
 from benchmarks.crash import kill_repeatedly
 from final import DuplicateJob, Job, JobQueue, Priority, Status
 from final.inspection import read as read_snapshot
-from final.store import StoreError
+from final.jobs import Record
+from final.sqlite_store import SQLiteStore
+from final.store import MemoryStore, StoreError
 from final.validation import MAX_KEY_LENGTH
 from tests.support import PATIENCE, Recorder
 
@@ -345,10 +347,11 @@ def test_a_second_queue_on_the_same_path_is_refused(path: str, opened: list[JobQ
 def test_durability_sets_and_checks_the_synchronous_pragma(
     path: str, opened: list[JobQueue], durability: str, synchronous: int
 ) -> None:
-    q = reopen(path, opened, durability=durability)
-    store: Any = q._store  # the pragma is per connection: ask the writer's
-    assert store._writer_db.execute("PRAGMA synchronous").fetchone()[0] == synchronous
-    assert store._writer_db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store = SQLiteStore(path, durability)
+    opened.append(JobQueue(Recorder(), store=store))
+    # The pragma is per connection: the store asks the writer's.
+    assert store.pragma("synchronous") == synchronous
+    assert store.pragma("journal_mode") == "wal"
 
 
 def test_an_unknown_durability_is_a_value_error() -> None:
@@ -377,26 +380,86 @@ def test_a_path_in_a_missing_directory_is_a_store_error_naming_it(tmp_path: Path
         JobQueue(Recorder(), path=path)
 
 
+class WatchedReplays(SQLiteStore):
+    """A store that asks ``watch`` before it writes each replay."""
+
+    watch: Callable[[], None] = staticmethod(lambda: None)
+
+    def revived(self, record: Record) -> None:
+        self.watch()
+        super().revived(record)
+
+
 def test_a_replay_is_on_disk_before_any_worker_can_take_it(
-    path: str, opened: list[JobQueue], monkeypatch: pytest.MonkeyPatch
+    path: str, opened: list[JobQueue]
 ) -> None:
     # If a worker could take the replayed job first, its end could land on disk before
     # the replay, which would then undo it: the job would run again at the next start.
     recorder = Recorder(fail=lambda job, n: n == 1)  # dies at its first attempt only
-    q = reopen(path, opened, recorder, max_retries=0)
+    store = WatchedReplays(path)
+    q = JobQueue(recorder, max_retries=0, store=store)
+    opened.append(q)
     q.enqueue(Job(id="once-dead"))
     assert q.join(timeout=PATIENCE) and q.status("once-dead") is Status.FAILED
-    store: Any = q._store
-    revived = store.revived
     seen: list[object] = []
 
-    def checked(record: Any) -> None:
-        lanes: Any = q._lanes
-        seen.append(any(r.job.id == "once-dead" for lane in lanes.values() for r in lane))
+    def watch() -> None:
+        # A replayed job turns QUEUED as it enters its lane: still FAILED, it is in none.
+        seen.append(q.status("once-dead") is not Status.FAILED)
         seen.append(recorder.attempts["once-dead"])
-        revived(record)
 
-    monkeypatch.setattr(store, "revived", checked)
+    store.watch = watch
     q.retry_dead("once-dead")
     assert seen == [False, 1]  # not in a lane, not run again, while the replay is written
     assert q.join(timeout=PATIENCE) and q.status("once-dead") is Status.COMPLETED
+
+
+class CountedReads(SQLiteStore):
+    """A store that counts its reads of the dead letters and of single jobs."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.reads = {"dead": 0, "find": 0}
+
+    def dead(self) -> list[Record]:
+        self.reads["dead"] += 1
+        return super().dead()
+
+    def find(self, job_id: str) -> Record | None:
+        self.reads["find"] += 1
+        return super().find(job_id)
+
+
+def test_dead_letter_info_reads_the_store_once_for_all_the_dead_letters(
+    path: str, opened: list[JobQueue]
+) -> None:
+    store = CountedReads(path)
+    failing = Recorder(fail=lambda job, n: True)
+    # A history of one: the first two dead letters are let go of, and only the disk has them.
+    q = JobQueue(failing, workers=1, max_retries=0, history=1, store=store)
+    opened.append(q)
+    for job_id in ("first", "second", "third"):
+        q.enqueue(Job(id=job_id))
+        assert q.join(timeout=PATIENCE)
+    deadline = time.monotonic() + PATIENCE
+    while any(q.status(i) is not Status.FAILED for i in ("first", "second")):  # ends lag
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    store.reads = {"dead": 0, "find": 0}
+    infos = q.dead_letter_info()
+    assert store.reads == {"dead": 1, "find": 0}
+    assert [info.id for info in infos] == ["first", "second", "third"]  # oldest first
+    assert all(info.status is Status.FAILED and info.attempts == 1 for info in infos)
+    assert all(info.last_error is not None for info in infos)
+    assert [info.id for info in infos] == [job.id for job in q.dead_letters()]
+
+
+def test_a_queue_takes_a_path_or_a_store_not_both(path: str) -> None:
+    with pytest.raises(ValueError, match="a path or a store"):
+        JobQueue(Recorder(), path=path, store=MemoryStore())
+
+
+def test_a_queue_closes_the_store_it_was_given(path: str) -> None:
+    q = JobQueue(Recorder(), store=SQLiteStore(path))
+    q.close()
+    JobQueue(Recorder(), path=path).close()  # the file's lock was let go of
