@@ -17,6 +17,7 @@ test: lint typecheck
 lint: $(DEV)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: $(DEV)
 	$(PY) -m mypy
