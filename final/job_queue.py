@@ -1,4 +1,4 @@
-"""The final tier: fairness, status by id, dead letters, idempotency, rate limiting.
+"""The final tier: fairness, status by id, dead letters, idempotency, crash recovery.
 
 It keeps everything the improved tier fixed (lessons 1 to 6: backpressure, priority,
 retries with backoff, timeouts, graceful shutdown, metrics) and fixes what improved
@@ -9,7 +9,8 @@ still got wrong:
    (see ``final/fairness.py`` for the exact bound and why a count of picks).
 8. Status and dead letters. ``status(job_id)`` and ``info(job_id)`` follow a job by
    its id. A job that fails for good is ``FAILED`` and waits in ``dead_letters()``
-   until ``retry_dead(job_id)`` replays it with a fresh retry budget.
+   (``dead_letter_info()`` for their ``info``) until ``retry_dead(job_id)`` replays
+   it with a fresh retry budget.
 9. Idempotency. A job may carry an ``idempotency_key``; enqueueing a second job with
    a key already used raises ``DuplicateJob``, which names the first job's id. A job
    may also carry its own ``max_retries``.
@@ -20,22 +21,42 @@ still got wrong:
     so a handler that kills the process ends in the dead letters after
     ``max_retries + 1`` tries. Without a ``path`` the ``MemoryStore`` keeps nothing,
     as in the improved tier. ``close(timeout)`` leaves what it did not run on disk.
+    The queue tells its store every step of a job's life, and asks it one question,
+    whether it is ``durable`` (``final/store.py``); ``store=`` gives it one of your own.
 
-It also adds ``rate_limit`` (attempts started per second, a token bucket: see
-``final/rate_limit.py``), ``enqueue_many``, and metrics per priority with queue-wait
-percentiles and worker utilisation.
+It also adds what a service needs around those fixes:
 
-Memory stays bounded: the queue remembers ``history`` settled jobs (100,000 by
-default), letting go of the oldest in batches once it holds a sixteenth more.
-Without a ``path``, ``status`` of a job it has let go of is ``None``, and its
-idempotency key may be used again; a dead letter let go of this way is logged at
-WARNING. Jobs not yet settled are never let go of.
+11. Rate limiting, batches, and metrics to run it by. ``rate_limit`` (attempts
+    started per second, a token bucket: see ``final/rate_limit.py``),
+    ``enqueue_many``, and metrics per priority with queue-wait percentiles and
+    worker utilisation.
+12. Bounded memory. The queue remembers ``history`` settled jobs (100,000 by
+    default), letting go of the oldest in batches once it holds a sixteenth more.
+    Without a ``path``, ``status`` of a job it has let go of is ``None``, and its
+    idempotency key may be used again; a dead letter let go of this way is logged at
+    WARNING. Jobs not yet settled are never let go of.
+13. Throughput, with more to do per job. A job here costs more than in improved (a
+    record, a key, a place in the history, a store to tell), so the worker loop
+    spends less on the lock: a worker settles its attempt and takes its next in one
+    hold of the lock (``_run`` returns the next ``Attempt``); a notify is paid only
+    when a thread waits for it (``_idle``, ``_blocked``); a full lane wakes its
+    producers once half of it is free (``_refill``), so that each wake-up brings a
+    batch, one commit on disk; and an attempt is known by a token in the job's
+    record, 0 once it has timed out, so the running set holds the records that
+    ``status`` reads too.
+14. A package of modules, one idea each. What improved keeps in one file, final
+    splits: the job as data (``final/jobs.py``), the exceptions (``final/errors.py``),
+    the rules for every value (``final/validation.py``), fairness, the rate limit,
+    the store's contract (``final/store.py``) and the store on disk
+    (``final/sqlite_store.py``, ``final/group_commit.py``, ``final/journal.py``).
+    Imports go one way, down, with no cycle (``make lint`` checks it); this module
+    is the queue alone.
 
 What it still gets wrong, or leaves to you:
 
-11. At least once, never exactly once. A job can run again after a crash or a
+15. At least once, never exactly once. A job can run again after a crash or a
     timeout, so handlers must be idempotent.
-12. One process. Several machines need a shared database and a claim protocol
+16. One process. Several machines need a shared database and a claim protocol
     between them; the store interface is where that would begin.
 """
 
@@ -170,8 +191,11 @@ def backoff_delay(
     """Seconds to wait before retry number ``retry`` (1 for the first retry).
 
     The ceiling is ``min(max_backoff, backoff * 2**(retry-1))``, and the delay is
-    drawn uniformly from its upper half ("equal jitter"): at least half the promised
-    rest for a failing service, and jobs that failed together spread over the rest.
+    drawn uniformly from its upper half ("equal jitter"). Why not full jitter,
+    uniform over the whole [0, ceiling]? Full jitter spreads a herd of retries a
+    little better, but it may retry almost at once, which is exactly what a failing
+    service does not need. Equal jitter keeps at least half of the promised rest
+    and still spreads jobs that failed together over the other half.
     """
     ceiling = min(max_backoff, backoff * 2.0 ** min(retry - 1, 64))
     return ceiling / 2 + rand() * ceiling / 2
@@ -436,7 +460,10 @@ class JobQueue:
             # the lock on its file) must outlive them, or a second queue could open
             # the file and run the same jobs at the same time.
             closer = threading.Thread(
-                target=self._close_store_after, args=(threads,), name="final-closer", daemon=True
+                target=self._close_store_after,
+                args=(threads,),
+                name=f"{__package__}-closer",
+                daemon=True,
             )
             closer.start()
         else:

@@ -186,15 +186,15 @@ class JobQueue:
     ) -> None:
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
-        _check_int("workers", workers, minimum=1)
-        _check_int("queue_size", queue_size, minimum=1)
-        _check_int("max_retries", max_retries, minimum=0)
-        _check_seconds("backoff", backoff)
-        _check_seconds("max_backoff", max_backoff)
+        check_int("workers", workers, minimum=1)
+        check_int("queue_size", queue_size, minimum=1)
+        check_int("max_retries", max_retries, minimum=0)
+        check_seconds("backoff", backoff)
+        check_seconds("max_backoff", max_backoff)
         if max_backoff < backoff:
             raise ValueError(f"max_backoff ({max_backoff!r}) must be >= backoff ({backoff!r})")
         if job_timeout is not None:
-            _check_seconds("job_timeout", job_timeout, positive=True)
+            check_seconds("job_timeout", job_timeout, positive=True)
         self._handler = handler
         self._workers = workers
         self._queue_size = queue_size
@@ -202,7 +202,11 @@ class JobQueue:
         self._backoff = backoff
         self._max_backoff = max_backoff
         self._job_timeout = job_timeout
+        self._init_state()
+        self._start_threads()
 
+    def _init_state(self) -> None:
+        """The lock, its conditions, and what they guard. Runs before any thread."""
         # One lock guards everything below; every condition is built on it.
         self._mutex = threading.Lock()
         # Notified when a job enters a lane (enqueue, a retry falling due) and at
@@ -236,11 +240,15 @@ class JobQueue:
         self._threads: set[threading.Thread] = set()  # what close() joins
         self._thread_names = itertools.count()
 
+    def _start_threads(self) -> None:
+        """The workers, the scheduler, and a hook that closes the queue at exit."""
         # Daemon threads, so that a hung handler cannot hold up interpreter exit;
         # the atexit hook below is what lets queued work finish first.
-        for _ in range(workers):
+        for _ in range(self._workers):
             self._start_worker()
-        scheduler = threading.Thread(target=self._scheduler, name="improved-scheduler", daemon=True)
+        scheduler = threading.Thread(
+            target=self._scheduler, name=f"{__package__}-scheduler", daemon=True
+        )
         self._threads.add(scheduler)
         scheduler.start()
         # atexit runs before the interpreter stops daemon threads, so a queue that
@@ -266,9 +274,8 @@ class JobQueue:
         raise it), and ``TypeError`` for anything that is not a ``Job`` with a
         ``Priority``.
         """
-        _check_job(job)
-        if timeout is not None and not timeout >= 0:
-            raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
+        check_job(job)
+        check_timeout(timeout)
         with self._mutex:
             lane = self._lanes[job.priority]
             if len(lane) >= self._queue_size and not self._closing:
@@ -488,7 +495,7 @@ class JobQueue:
         """Holds the lock, or runs in the constructor before any thread exists."""
         thread = threading.Thread(
             target=self._worker,
-            name=f"improved-worker-{next(self._thread_names)}",
+            name=f"{__package__}-worker-{next(self._thread_names)}",
             daemon=True,
         )
         self._live_workers += 1
@@ -510,12 +517,12 @@ class JobQueue:
         self._timer_changed.notify_all()
 
 
-def _check_int(name: str, value: object, *, minimum: int) -> None:
+def check_int(name: str, value: object, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
-def _check_seconds(name: str, value: object, *, positive: bool = False) -> None:
+def check_seconds(name: str, value: object, *, positive: bool = False) -> None:
     ok = (
         isinstance(value, int | float)
         and not isinstance(value, bool)
@@ -527,7 +534,12 @@ def _check_seconds(name: str, value: object, *, positive: bool = False) -> None:
         raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
 
 
-def _check_job(job: object) -> None:
+def check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not timeout >= 0:
+        raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
+
+
+def check_job(job: object) -> None:
     if not isinstance(job, Job):
         raise TypeError(f"enqueue takes a Job, got {type(job).__name__}")
     if not isinstance(job.priority, Priority):

@@ -76,7 +76,7 @@ class JobQueue:
     def __init__(self, handler: Handler, *, workers: int = 4) -> None:
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
-        _check_int("workers", workers, minimum=1)
+        check_int("workers", workers, minimum=1)
         self._handler = handler
 
         # One lock guards everything below; both conditions are built on it.
@@ -94,7 +94,7 @@ class JobQueue:
         # Daemon threads never hold up interpreter exit, and that is lesson 5:
         # whatever they were doing then is simply cut off.
         self._threads = [
-            threading.Thread(target=self._worker, name=f"naive-worker-{n}", daemon=True)
+            threading.Thread(target=self._worker, name=f"{__package__}-worker-{n}", daemon=True)
             for n in range(workers)
         ]
         for thread in self._threads:
@@ -109,7 +109,7 @@ class JobQueue:
         Raises ``QueueClosed`` once ``close()`` has begun, and ``TypeError`` for
         anything that is not a ``Job`` with a ``Priority``.
         """
-        _check_job(job)
+        check_job(job)
         with self._mutex:
             if self._closed:
                 raise QueueClosed("the queue is closed; create a new JobQueue to run more jobs")
@@ -182,12 +182,12 @@ class JobQueue:
                 self._all_settled.notify_all()
 
 
-def _check_int(name: str, value: object, *, minimum: int) -> None:
+def check_int(name: str, value: object, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
-def _check_job(job: object) -> None:
+def check_job(job: object) -> None:
     if not isinstance(job, Job):
         raise TypeError(f"enqueue takes a Job, got {type(job).__name__}")
     if not isinstance(job.priority, Priority):
