@@ -231,8 +231,10 @@ class JobQueue:
         history: int = 100_000,
         store: Store | None = None,
     ) -> None:
-        """``store``: a store of your own instead of the one ``path`` opens (or the
-        ``MemoryStore``); tests use it for a failing or slow one. The queue closes it."""
+        """``store``: a store of your own (see ``final/store.py``) instead of the one
+        ``path`` opens, or the ``MemoryStore``; tests use it for a failing or slow one.
+        Not with a ``path``, and ``durability`` is then the store's own business. The
+        queue closes it in ``close()``."""
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
         check_int("workers", workers, minimum=1)

@@ -60,7 +60,7 @@ APPLICATION_ID = 0x4A6F6251  # "JobQ"
 SCHEMA_VERSION = 1
 DURABILITY = {"power": ("FULL", 2), "process": ("NORMAL", 1)}
 
-# Up to this many rows go to one statement of their exact size (see _statements).
+# Up to this many rows go to one statement of their exact size (see _parts).
 EXACT_ROWS = 32
 
 SCHEMA = """
