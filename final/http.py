@@ -395,6 +395,18 @@ _BUSY: Responses = {
     }
 }
 
+_ENQUEUED: Responses = {
+    201: {
+        "description": "Accepted, and on disk if the server has a path",
+        "headers": {"Location": {"description": "/jobs/{id}", "schema": {"type": "string"}}},
+    },
+    409: {"model": Conflict, "description": "The idempotency key was used before"},
+    413: {"model": Error, "description": f"The body is over {MAX_BODY} bytes"},
+    415: {"model": Error, "description": "The body is not application/json"},
+    **_INVALID,
+    **_BUSY,
+}
+
 
 # -- what every endpoint shares: the token, the query, the errors ---------------------------
 
@@ -519,20 +531,7 @@ def _job_routes(queue: JobQueue, state: HttpState, auth: list[Any]) -> APIRouter
         status_code=201,
         response_model=JobCreated,
         summary="Enqueue a job",
-        responses={
-            201: {
-                "description": "Accepted, and on disk if the server has a path",
-                "headers": {
-                    "Location": {"description": "/jobs/{id}", "schema": {"type": "string"}}
-                },
-            },
-            409: {"model": Conflict, "description": "The idempotency key was used before"},
-            413: {"model": Error, "description": f"The body is over {MAX_BODY} bytes"},
-            415: {"model": Error, "description": "The body is not application/json"},
-            **_INVALID,
-            **_BUSY,
-            **auth_errors,
-        },
+        responses={**_ENQUEUED, **auth_errors},
         openapi_extra={
             "requestBody": {
                 "required": True,
