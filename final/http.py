@@ -481,8 +481,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 JobId = Annotated[str, Path(pattern=ID_PATTERN, description="a job's id")]
 
 
-async def _read_body(request: Request) -> bytes | JSONResponse:
-    """The body of a JSON request, or the 415 or 413 that refuses it."""
+async def _read_job(request: Request) -> Job | JSONResponse:
+    """The job a ``POST /jobs`` asks for, or the 415, 413 or 422 that refuses it."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json":
         return _error(415, "the body must be JSON, sent as Content-Type: application/json")
@@ -494,31 +494,24 @@ async def _read_body(request: Request) -> bytes | JSONResponse:
         body += chunk
         if len(body) > MAX_BODY:
             return _error(413, f"the body is over {MAX_BODY} bytes")
-    return bytes(body)
+    try:
+        # pydantic's parser, not json.loads: NaN, lone surrogates, huge numbers and
+        # deep nesting are invalid JSON to it.
+        return JobRequest.model_validate_json(bytes(body)).job()
+    except ValidationError as exc:
+        return _invalid(exc.errors(include_url=False, include_context=False))
 
 
-async def _enqueue(queue: JobQueue, state: HttpState, job: Job) -> JSONResponse:
-    """Enqueue ``job`` without waiting for room, and answer 201, 409 or 503. A
-    ``StoreError`` goes on to the app's handler, like any exception not answered here;
-    either way, a job not accepted leaves no entry in ``state.acknowledged``."""
+async def _enqueue(queue: JobQueue, state: HttpState, job: Job) -> None:
+    """``queue.enqueue(job, timeout=0)``, in a thread: with a path, it returns once the
+    job is committed to disk. Whatever it raises (``QueueFull``, ``StoreError``...),
+    the job was not accepted, and leaves no entry in ``state.acknowledged``."""
     state.acknowledged[job.id] = time.monotonic()  # before: the first attempt may win
     try:
-        # In a thread: with a path, enqueue returns once the job is committed to disk.
         await run_in_threadpool(queue.enqueue, job, 0)
-    except BaseException as exc:
+    except BaseException:
         state.acknowledged.pop(job.id, None)
-        if isinstance(exc, DuplicateJob):
-            return JSONResponse(
-                {"detail": "this idempotency key was used by an earlier job", "id": exc.job_id},
-                status_code=409,
-            )
-        if isinstance(exc, QueueFull):
-            lane = PRIORITY_NAMES[job.priority]
-            return _unavailable(f"the {lane} lane is full; try again later")
-        if isinstance(exc, QueueClosed):
-            return _unavailable(SHUTTING_DOWN)
         raise
-    return JSONResponse({"id": job.id}, status_code=201, headers={"Location": f"/jobs/{job.id}"})
 
 
 def _job_routes(queue: JobQueue, state: HttpState, auth: list[Any]) -> APIRouter:
@@ -542,16 +535,24 @@ def _job_routes(queue: JobQueue, state: HttpState, auth: list[Any]) -> APIRouter
     async def post_job(request: Request) -> Response:
         if not state.accepting:
             return _unavailable(SHUTTING_DOWN)
-        body = await _read_body(request)
-        if isinstance(body, JSONResponse):
-            return body
+        job = await _read_job(request)
+        if isinstance(job, JSONResponse):
+            return job
         try:
-            # pydantic's parser, not json.loads: NaN, lone surrogates, huge numbers and
-            # deep nesting are invalid JSON to it.
-            wanted = JobRequest.model_validate_json(body)
-        except ValidationError as exc:
-            return _invalid(exc.errors(include_url=False, include_context=False))
-        return await _enqueue(queue, state, wanted.job())
+            await _enqueue(queue, state, job)
+        except DuplicateJob as exc:
+            return JSONResponse(
+                {"detail": "this idempotency key was used by an earlier job", "id": exc.job_id},
+                status_code=409,
+            )
+        except QueueFull:
+            return _unavailable(f"the {PRIORITY_NAMES[job.priority]} lane is full; try again later")
+        except QueueClosed:
+            return _unavailable(SHUTTING_DOWN)
+        # A StoreError (a full disk) goes on to the app's handler: a 503 naming it.
+        return JSONResponse(
+            {"id": job.id}, status_code=201, headers={"Location": f"/jobs/{job.id}"}
+        )
 
     @router.get(
         "/jobs/{job_id}",
