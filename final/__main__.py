@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from final.arguments import integer, number
+from final.arguments import add_queue_options, integer, queue_options, seconds
 from final.store import StoreError
 
 # The HTTP server needs the optional extra; the rest runs on the standard library.
@@ -19,45 +20,51 @@ HTTP_EXTRA = "pip install 'job-queue-course[http]'"
 TOKEN_ENV = "JOB_QUEUE_TOKEN"  # where serve looks for the bearer token when --token is not given
 
 
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in ``--help``: also for an option given no help text (the
+    standard formatter shows none there), and once only for one whose help names it."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and action.default is not argparse.SUPPRESS:
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
-    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--port", type=integer(0, 65535), default=8080, help="0 picks a free port")
-    parser.add_argument(
-        "--path", default="jobs.db", help="SQLite file of the queue (default: %(default)s)"
-    )
+    parser.add_argument("--path", default="jobs.db", help="SQLite file of the queue")
     parser.add_argument(
         "--memory", action="store_true", help="keep the queue in memory only, ignoring --path"
     )
-    parser.add_argument("--workers", type=integer(1), default=4)
     parser.add_argument(
         "--handler",
         default="final.demo:simulated_work",
         metavar="MODULE:FUNCTION",
-        help="the handler, as an import path (default: %(default)s, simulated work and failures)",
+        help="the handler, as an import path; the default simulates work and failures",
     )
     parser.add_argument(
         "--token",
-        default=None,
-        help="bearer token every request but /healthz must carry (default: $JOB_QUEUE_TOKEN;"
+        default=argparse.SUPPRESS,  # the help says what it is: never shown
+        help=f"bearer token every request but /healthz must carry (default: ${TOKEN_ENV};"
         " none if unset)",
     )
     parser.add_argument(
-        "--grace", type=number(), default=10.0, help="seconds running jobs get at shutdown"
+        "--grace", type=seconds("grace"), default=10.0, help="seconds running jobs get at shutdown"
     )
     parser.add_argument("--access-log", action="store_true", help="log every request")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
-    queue = parser.add_argument_group("queue options (see the JobQueue table in the README)")
-    queue.add_argument("--queue-size", type=integer(1), default=1000)
-    queue.add_argument("--max-retries", type=integer(0), default=3)
-    queue.add_argument("--backoff", type=number(), default=1.0)
-    queue.add_argument("--max-backoff", type=number(), default=30.0)
-    queue.add_argument("--job-timeout", type=number(positive=True), default=None)
-    queue.add_argument("--fairness", type=integer(0), default=10)
-    queue.add_argument("--rate-limit", type=number(positive=True), default=None)
-    queue.add_argument("--durability", choices=["power", "process"], default="power")
-    queue.add_argument("--history", type=integer(1), default=100_000)
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning"], help="what to log"
+    )
+    add_queue_options(
+        parser.add_argument_group("queue options (see the JobQueue table in the README)")
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -69,7 +76,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"serve needs the http extra ({exc.name} is missing): {HTTP_EXTRA}", file=sys.stderr)
         return 2
-    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    token = getattr(args, "token", None)
+    if token is None:
+        token = os.environ.get(TOKEN_ENV) or None
     try:
         handler = load_handler(args.handler)
         serve(
@@ -80,16 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
             grace=args.grace,
             access_log=args.access_log,
             path=None if args.memory else args.path,
-            workers=args.workers,
-            queue_size=args.queue_size,
-            max_retries=args.max_retries,
-            backoff=args.backoff,
-            max_backoff=args.max_backoff,
-            job_timeout=args.job_timeout,
-            fairness=args.fairness,
-            rate_limit=args.rate_limit,
-            durability=args.durability,
-            history=args.history,
+            **queue_options(args),
         )
     except (ValueError, TypeError, StoreError, OSError) as exc:
         print(f"serve: {exc}", file=sys.stderr)
@@ -112,9 +112,14 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: ``serve``, ``demo`` and ``inspect``, each option's default in
+    its ``--help``."""
+    shown = _DefaultsShown
     parser = argparse.ArgumentParser(
-        prog="python -m final", description="The final tier's job queue, served, shown, inspected."
+        prog="python -m final",
+        description="The final tier's job queue, served, shown, inspected.",
+        formatter_class=shown,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -124,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Serve a JobQueue over HTTP until SIGINT or SIGTERM (a second one exits"
         " at once). Endpoints: POST /jobs, GET /jobs/{id}, GET /dlq, POST /dlq/{id}/retry,"
         " GET /metrics, GET /healthz, GET /openapi.json.",
+        formatter_class=shown,
     )
     _serve_arguments(serve)
     serve.set_defaults(run=_serve)
@@ -134,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo",
         help="watch the final tier run, fail, push back and recover",
         description=(demo_module.__doc__ or "").split("\n\n")[1].replace("\n", " "),
+        formatter_class=shown,
     )
     demo_module.add_arguments(demo)
     demo.set_defaults(run=demo_module.run)
@@ -142,14 +149,28 @@ def main(argv: list[str] | None = None) -> int:
         "inspect",
         help="counts by status and the dead letters of a queue file, read-only",
         description="Read a queue's SQLite file without locking it: safe while a server runs.",
+        formatter_class=shown,
     )
-    inspect.add_argument("--path", type=Path, default=Path("jobs.db"))
+    inspect.add_argument("--path", type=Path, default=Path("jobs.db"), help="the queue's file")
     inspect.add_argument("--limit", type=integer(0), default=20, help="dead letters listed at most")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.set_defaults(run=_inspect)
+    return parser
 
-    args = parser.parse_args(argv)
-    code: int = args.run(args)
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command ``argv`` names (``sys.argv[1:]`` by default); its exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+        sys.stdout.flush()  # within the try: a reader gone shows here at the latest
+    except BrokenPipeError:
+        # Whoever read our output has stopped (`| head`): there is no one left to tell.
+        # Python flushes stdout once more at exit, and that flush would fail with a
+        # traceback; on /dev/null it cannot. (The signal module's docs, "Note on SIGPIPE".)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     return code
 
 

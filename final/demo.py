@@ -65,9 +65,16 @@ def _line(start: float, m: Metrics) -> str:
     )
 
 
-def _stats(queue: JobQueue, start: float, every: float, stop: threading.Event) -> None:
-    while not stop.wait(every):
-        print(_line(start, queue.metrics()), flush=True)
+def _stats(
+    queue: JobQueue, start: float, every: float, stop: threading.Event, interrupted: threading.Event
+) -> None:
+    try:
+        while not stop.wait(every):
+            print(_line(start, queue.metrics()), flush=True)
+    except BrokenPipeError:
+        # The reader has gone (`| head`): stop as Ctrl+C would; the command line
+        # ends quietly once the demo returns.
+        interrupted.set()
 
 
 def _dead_letters(queue: JobQueue) -> list[tuple[Job, str | None]]:
@@ -220,6 +227,8 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="final-demo-") as tmp:
             path = args.path if args.path is not None else Path(tmp) / "jobs.db"
             _demo(args, rng, path, interrupted)
+    except BrokenPipeError:
+        raise  # not a problem with the path: the command line ends quietly
     except (StoreError, OSError) as exc:
         # A --path that cannot be a queue (no such directory, not ours, in use): one
         # line that says so, not a traceback.
@@ -250,11 +259,17 @@ def _demo(
     start = time.monotonic()
     stop = threading.Event()
     stats = threading.Thread(
-        target=_stats, args=(queue, start, args.every, stop), name="demo-stats", daemon=True
+        target=_stats,
+        args=(queue, start, args.every, stop, interrupted),
+        name="demo-stats",
+        daemon=True,
     )
     stats.start()
     try:
         _run(queue, args, rng, start, interrupted)
+    except BaseException:
+        queue.close(timeout=0)  # before run() lets the handler's failures be logged again
+        raise
     finally:
         stop.set()
         stats.join()

@@ -3,15 +3,22 @@
 ``create_app(queue)`` returns the app; ``final/serve.py`` runs it under uvicorn with
 the signals handled. The endpoints:
 
-- ``POST /jobs`` accepts ``{"payload": str, "priority": "high"|"medium"|"low",
+- ``POST /jobs`` accepts ``{"payload": any JSON value, "priority": "high"|"medium"|"low",
   "idempotency_key": str?, "max_retries": int?}`` and answers 201 with the job's id
   and a ``Location``; 409 with the first job's id for a used idempotency key; 503
   with ``Retry-After`` when the job's lane is full or the server is shutting down
   (the server enqueues with ``timeout=0``: it never holds a request on a full lane);
   413 for a body over 64 KiB, 415 for one that is not JSON, 422 for one that does
-  not validate.
+  not validate. A string ``payload`` reaches the handler as its UTF-8 bytes; any
+  other JSON value (object, array, number, boolean, null) as its compact encoding,
+  ``json.dumps(value, separators=(",", ":"))`` in UTF-8, so ``{"to": "a@b.c"}``
+  arrives as ``b'{"to":"a@b.c"}'``.
 - ``GET /jobs/{id}`` (status, attempts, last error, times), ``GET /dlq``,
   ``POST /dlq/{id}/retry`` (202), ``GET /metrics`` (Prometheus), ``GET /healthz``.
+
+The names of priorities and statuses on the wire come from ``Priority`` (its
+members' names, in lower case) and ``Status`` (its values), so they cannot drift
+from the queue's.
 
 Why FastAPI: the OpenAPI document at ``/openapi.json`` comes from the same models
 that validate requests, so it cannot drift from what the server does, and pydantic's
@@ -23,13 +30,16 @@ have meant writing both the validation and the schema by hand.
 Every error is ``{"detail": ...}`` with a status that names the problem (except the
 plain-text 400 that uvicorn gives any request that is not valid HTTP); no error
 echoes the body back (a lone surrogate cannot even be encoded in a response): only a
-404 repeats the id from the URL, once it has matched ``ID_PATTERN``. No response
-carries a stack trace.
+404 repeats the id from the URL, once it has matched ``ID_PATTERN``. When the queue's
+store fails (a full disk, an I/O error), any endpoint answers 503 with
+``Retry-After`` and the store's own message, and a job it could not store was not
+accepted. No response carries a stack trace.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at
 # run time, and those of closures could not be resolved from strings.
 import hmac
+import json
 import logging
 import threading
 import time
@@ -37,30 +47,34 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from final.job_queue import (
-    DuplicateJob,
-    Job,
-    JobInfo,
-    JobQueue,
-    Priority,
-    QueueClosed,
-    QueueFull,
-    Status,
-)
+from final.errors import DuplicateJob, QueueClosed, QueueFull
+from final.job_queue import JobQueue
+from final.jobs import Job, JobInfo, Priority, Status
+from final.store import StoreError
 from final.validation import MAX_KEY_LENGTH
 
-__all__ = ["MAX_BODY", "HttpState", "create_app", "instrument"]
+__all__ = ["MAX_BODY", "HttpState", "create_app", "instrument", "payload_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,23 +82,50 @@ MAX_BODY = 64 * 1024  # bytes in a request body
 MAX_RETRIES = 100  # the most a client may ask for: a bound, so a huge number is a 422
 ID_PATTERN = r"^[A-Za-z0-9._~-]{1,1024}$"  # what an id in a URL may be: unreserved characters
 RETRY_AFTER = "1"  # seconds a client is told to wait after a 503
-PRIORITY_NAMES: dict[Priority, Literal["high", "medium", "low"]] = {
-    Priority.HIGH: "high",
-    Priority.MEDIUM: "medium",
-    Priority.LOW: "low",
-}
-STATUS_NAMES: dict[Status, Literal["queued", "processing", "retrying", "completed", "failed"]] = {
-    Status.QUEUED: "queued",
-    Status.PROCESSING: "processing",
-    Status.RETRYING: "retrying",
-    Status.COMPLETED: "completed",
-    Status.FAILED: "failed",
-}
+PRIORITY_NAMES = {priority: priority.name.lower() for priority in Priority}
 PRIORITIES = {name: priority for priority, name in PRIORITY_NAMES.items()}
 WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+SHUTTING_DOWN = "the server is shutting down; try another, or again later"
 
 
 # -- the bodies, in and out: the OpenAPI document is made from these ----------------------
+
+
+def _priority(value: object) -> Priority:
+    if isinstance(value, Priority):  # a response model, made from the queue's answers
+        return value
+    if isinstance(value, str) and value in PRIORITIES:
+        return PRIORITIES[value]
+    raise ValueError(f"priority must be one of {', '.join(map(repr, PRIORITIES))}")
+
+
+# A Priority inside, its lower-case name on the wire and in the document.
+HttpPriority = Annotated[
+    Priority,
+    PlainValidator(_priority),
+    PlainSerializer(lambda priority: PRIORITY_NAMES[priority], return_type=str),
+    WithJsonSchema({"type": "string", "enum": list(PRIORITIES)}),
+]
+
+# Inline (no $ref): the request body's schema is pasted into the document by hand.
+Payload = Annotated[
+    JsonValue,
+    WithJsonSchema(
+        {
+            "description": "what the handler is given: a string as its UTF-8 bytes, any"
+            ' other JSON value as its compact encoding (json.dumps with separators=(",", ":"))'
+        }
+    ),
+]
+
+
+def payload_bytes(payload: JsonValue) -> bytes:
+    """The bytes a handler gets for ``payload`` (a JSON value as parsed): a string's
+    UTF-8 encoding, or any other value's compact JSON encoding in UTF-8.
+    Raises ``ValueError`` for a float that is not finite (JSON has none)."""
+    if isinstance(payload, str):
+        return payload.encode()
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
 
 
 class JobRequest(BaseModel):
@@ -92,8 +133,8 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    payload: str = Field(max_length=MAX_BODY, description="what the handler is given, as UTF-8")
-    priority: Literal["high", "medium", "low"]
+    payload: Payload
+    priority: HttpPriority
     idempotency_key: str | None = Field(
         default=None,
         min_length=1,
@@ -107,6 +148,16 @@ class JobRequest(BaseModel):
         description="retries after the first attempt; default: the server's",
     )
 
+    @field_validator("payload", mode="after")
+    @classmethod
+    def _encodable(cls, value: JsonValue) -> JsonValue:
+        # 1e400 parses as infinity, which no JSON encoding can give back to the handler.
+        try:
+            payload_bytes(value)
+        except ValueError:
+            raise ValueError("payload holds a number too large for JSON") from None
+        return value
+
     @field_validator("max_retries", mode="before")
     @classmethod
     def _whole_number(cls, value: object) -> object:
@@ -115,6 +166,14 @@ class JobRequest(BaseModel):
             return int(value)
         return value
 
+    def job(self) -> Job:
+        return Job(
+            payload=payload_bytes(self.payload),
+            priority=self.priority,
+            idempotency_key=self.idempotency_key,
+            max_retries=self.max_retries,
+        )
+
 
 class JobCreated(BaseModel):
     id: str
@@ -122,8 +181,8 @@ class JobCreated(BaseModel):
 
 class JobView(BaseModel):
     id: str
-    priority: Literal["high", "medium", "low"]
-    status: Literal["queued", "processing", "retrying", "completed", "failed"]
+    priority: HttpPriority
+    status: Status
     attempts: int
     max_retries: int
     last_error: str | None
@@ -135,7 +194,7 @@ class JobView(BaseModel):
 
 class DeadJob(BaseModel):
     id: str
-    priority: Literal["high", "medium", "low"]
+    priority: HttpPriority
     payload: str = Field(description="as UTF-8, with undecodable bytes replaced")
     attempts: int
     last_error: str | None
@@ -204,8 +263,8 @@ def _when(wall: float | None) -> datetime | None:
 def _view(info: JobInfo) -> JobView:
     return JobView(
         id=info.id,
-        priority=PRIORITY_NAMES[info.priority],
-        status=STATUS_NAMES[info.status],
+        priority=info.priority,
+        status=info.status,
         attempts=info.attempts,
         max_retries=info.max_retries,
         last_error=info.last_error,
@@ -259,6 +318,23 @@ def instrument(handler: Callable[[Job], object], state: HttpState) -> Callable[[
     return timed
 
 
+# The queue's Metrics fields by lane, each with what its series tells.
+_COUNTERS = {
+    "submitted": "Jobs accepted, recovered at start, or replayed from the dead letters",
+    "started": "Attempts begun",
+    "completed": "Jobs that succeeded",
+    "failed": "Jobs that failed for good and went to the dead letters",
+    "retried": "Retries scheduled",
+    "timed_out": "Attempts that ran past the job timeout",
+    "lost": "Accepted jobs a close left unrun (never, with a path: they stay on disk)",
+}
+_GAUGES = {
+    "queued": "Jobs waiting in their lane",
+    "retrying": "Jobs waiting out a backoff",
+    "in_flight": "Attempts running",
+}
+
+
 class QueueCollector(Collector):
     """Reads ``queue.metrics()`` at each scrape: one consistent snapshot per scrape,
     and nothing on the queue's hot path."""
@@ -268,31 +344,13 @@ class QueueCollector(Collector):
 
     def collect(self) -> list[Metric]:
         m = self._queue.metrics()
-        counters = {
-            "submitted": "Jobs accepted, recovered at start, or replayed from the dead letters",
-            "started": "Attempts begun",
-            "completed": "Jobs that succeeded",
-            "failed": "Jobs that failed for good and went to the dead letters",
-            "retried": "Retries scheduled",
-            "timed_out": "Attempts that ran past the job timeout",
-            "lost": "Accepted jobs a close left unrun (never, with a path: they stay on disk)",
-        }
-        gauges = {
-            "queued": "Jobs waiting in their lane",
-            "retrying": "Jobs waiting out a backoff",
-            "in_flight": "Attempts running",
-        }
         families: list[Metric] = []
-        for name, text in counters.items():
-            family = CounterMetricFamily(f"job_queue_{name}", text, labels=["priority"])
-            for priority, lane in m.by_priority.items():
-                family.add_metric([PRIORITY_NAMES[priority]], getattr(lane, name))
-            families.append(family)
-        for name, text in gauges.items():
-            gauge = GaugeMetricFamily(f"job_queue_{name}", text, labels=["priority"])
-            for priority, lane in m.by_priority.items():
-                gauge.add_metric([PRIORITY_NAMES[priority]], getattr(lane, name))
-            families.append(gauge)
+        for kind, names in ((CounterMetricFamily, _COUNTERS), (GaugeMetricFamily, _GAUGES)):
+            for name, text in names.items():
+                family = kind(f"job_queue_{name}", text, labels=["priority"])
+                for priority, lane in m.by_priority.items():
+                    family.add_metric([PRIORITY_NAMES[priority]], getattr(lane, name))
+                families.append(family)
         families.append(GaugeMetricFamily("job_queue_dead", "Jobs in the dead letters", m.dead))
         families.append(
             GaugeMetricFamily(
@@ -304,57 +362,67 @@ class QueueCollector(Collector):
         return families
 
 
-# -- the app --------------------------------------------------------------------------------
+# -- what the document says of errors -------------------------------------------------------
 
-_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+Responses = dict[int | str, dict[str, Any]]
+
+_UNAUTHORIZED: Responses = {
     401: {"model": Error, "description": "No bearer token, or the wrong one"}
 }
 # Any operation: the server answers a request that is not valid HTTP (a malformed
 # header, say) itself, in plain text, before the API sees it.
-_MALFORMED: dict[int | str, dict[str, Any]] = {
+_MALFORMED: Responses = {
     400: {
         "description": "Not a valid HTTP request: rejected by the server, before the API",
         "content": {"text/plain": {"schema": {"type": "string"}}},
     }
 }
-_INVALID: dict[int | str, dict[str, Any]] = {
-    422: {"model": Invalid, "description": "The request does not validate"}
-}
-_BUSY: dict[int | str, dict[str, Any]] = {
+_INVALID: Responses = {422: {"model": Invalid, "description": "The request does not validate"}}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}
+_STORE_FAILED: Responses = {
     503: {
         "model": Error,
-        "description": "The lane is full, or the server is shutting down: try again later",
-        "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
+        "description": "The queue's storage failed (a full disk, say): try again later",
+        "headers": _RETRY_AFTER,
+    }
+}
+_BUSY: Responses = {
+    503: {
+        "model": Error,
+        "description": "The lane is full, the server is shutting down, or its storage"
+        " failed (a full disk, say): try again later",
+        "headers": _RETRY_AFTER,
     }
 }
 
+_ENQUEUED: Responses = {
+    201: {
+        "description": "Accepted, and on disk if the server has a path",
+        "headers": {"Location": {"description": "/jobs/{id}", "schema": {"type": "string"}}},
+    },
+    409: {"model": Conflict, "description": "The idempotency key was used before"},
+    413: {"model": Error, "description": f"The body is over {MAX_BODY} bytes"},
+    415: {"model": Error, "description": "The body is not application/json"},
+    **_INVALID,
+    **_BUSY,
+}
 
-def create_app(
-    queue: JobQueue,
-    *,
-    token: str | None = None,
-    state: HttpState | None = None,
-    registry: CollectorRegistry | None = None,
-) -> FastAPI:
-    """An app serving ``queue``. With a ``token``, every endpoint but ``/healthz`` and
-    the OpenAPI document asks for ``Authorization: Bearer <token>``.
 
-    Pass the ``state`` (and its ``registry``) whose ``instrument`` wraps the queue's
-    handler to get the wait histogram; a fresh one is made otherwise.
-    """
-    if token is not None and not token:
+# -- what every endpoint shares: the token, the query, the errors ---------------------------
+
+
+def _bearer(token: str | None) -> list[Any]:
+    """The dependencies that ask for ``Authorization: Bearer <token>`` (none without one)."""
+    if token is None:
+        return []
+    if not token:
         raise ValueError("token must be a non-empty string, or None for no token")
-    registry = registry if registry is not None else CollectorRegistry()
-    state = state if state is not None else HttpState(registry)
-    registry.register(QueueCollector(queue))
-    secret = None if token is None else token.encode()
+    secret = token.encode()
     bearer = HTTPBearer(auto_error=False, description="the token given to `serve`")
 
     def authorized(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> None:
-        if secret is None:
-            return
         presented = (
             b"" if credentials is None else credentials.credentials.encode("utf-8", "replace")
         )
@@ -364,37 +432,28 @@ def create_app(
                 401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}
             )
 
-    def only_query(*names: str) -> Any:
-        """A dependency refusing query parameters the endpoint does not take: a typo
-        in one (``?limt=5``) is an error, not a silently ignored wish."""
-        allowed = frozenset(names)
+    return [Depends(authorized)]
 
-        def check(request: Request) -> None:
-            unknown = sorted(set(request.query_params) - allowed)
-            if unknown:
-                raise RequestValidationError(
-                    [
-                        {"loc": ("query", name), "msg": "unknown query parameter", "type": "extra"}
-                        for name in unknown
-                    ]
-                )
 
-        return Depends(check)
+def _only_query(*names: str) -> Any:
+    """A dependency refusing query parameters the endpoint does not take: a typo
+    in one (``?limt=5``) is an error, not a silently ignored wish."""
+    allowed = frozenset(names)
 
-    auth = [Depends(authorized)] if secret is not None else []
-    guarded = [*auth, only_query()]
-    auth_errors = _UNAUTHORIZED if secret is not None else {}
-    app = FastAPI(
-        title="job-queue-course: the final tier",
-        version="0.1.0",
-        description="A priority job queue with retries, dead letters and idempotency keys.",
-        docs_url=None,
-        redoc_url=None,
-        responses=_MALFORMED,
-    )
-    app.state.http = state
-    JobId = Annotated[str, Path(pattern=ID_PATTERN, description="a job's id")]
+    def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - allowed)
+        if unknown:
+            raise RequestValidationError(
+                [
+                    {"loc": ("query", name), "msg": "unknown query parameter", "type": "extra"}
+                    for name in unknown
+                ]
+            )
 
+    return Depends(check)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _invalid(list(exc.errors()))
@@ -403,32 +462,69 @@ def create_app(
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), exc.headers)
 
+    @app.exception_handler(StoreError)
+    async def store_failed(request: Request, exc: StoreError) -> JSONResponse:
+        # The operator's problem more than the client's, but the client may try
+        # again once there is room; what was not stored was not accepted.
+        logger.error("%s %s: the store failed: %s", request.method, request.url.path, exc)
+        return _unavailable(f"the server could not use its storage: {exc}; try again later")
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Logged with its traceback here; the client learns only that it was ours.
         logger.exception("%s %s failed", request.method, request.url.path)
         return _error(500, "internal error; the server log has the details")
 
-    @app.post(
+
+# -- the routes, by what they serve ---------------------------------------------------------
+
+JobId = Annotated[str, Path(pattern=ID_PATTERN, description="a job's id")]
+
+
+async def _read_job(request: Request) -> Job | JSONResponse:
+    """The job a ``POST /jobs`` asks for, or the 415, 413 or 422 that refuses it."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        return _error(415, "the body must be JSON, sent as Content-Type: application/json")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        return _error(413, f"the body is over {MAX_BODY} bytes")
+    body = bytearray()
+    async for chunk in request.stream():  # counted as it comes: chunked bodies too
+        body += chunk
+        if len(body) > MAX_BODY:
+            return _error(413, f"the body is over {MAX_BODY} bytes")
+    try:
+        # pydantic's parser, not json.loads: NaN, lone surrogates, huge numbers and
+        # deep nesting are invalid JSON to it.
+        return JobRequest.model_validate_json(bytes(body)).job()
+    except ValidationError as exc:
+        return _invalid(exc.errors(include_url=False, include_context=False))
+
+
+async def _enqueue(queue: JobQueue, state: HttpState, job: Job) -> None:
+    """``queue.enqueue(job, timeout=0)``, in a thread: with a path, it returns once the
+    job is committed to disk. Whatever it raises (``QueueFull``, ``StoreError``...),
+    the job was not accepted, and leaves no entry in ``state.acknowledged``."""
+    state.acknowledged[job.id] = time.monotonic()  # before: the first attempt may win
+    try:
+        await run_in_threadpool(queue.enqueue, job, 0)
+    except BaseException:
+        state.acknowledged.pop(job.id, None)
+        raise
+
+
+def _job_routes(queue: JobQueue, state: HttpState, auth: list[Any]) -> APIRouter:
+    """``POST /jobs`` and ``GET /jobs/{id}``."""
+    router = APIRouter(dependencies=[*auth, _only_query()])
+    auth_errors = _UNAUTHORIZED if auth else {}
+
+    @router.post(
         "/jobs",
         status_code=201,
         response_model=JobCreated,
         summary="Enqueue a job",
-        dependencies=guarded,
-        responses={
-            201: {
-                "description": "Accepted, and on disk if the server has a path",
-                "headers": {
-                    "Location": {"description": "/jobs/{id}", "schema": {"type": "string"}}
-                },
-            },
-            409: {"model": Conflict, "description": "The idempotency key was used before"},
-            413: {"model": Error, "description": f"The body is over {MAX_BODY} bytes"},
-            415: {"model": Error, "description": "The body is not application/json"},
-            **_INVALID,
-            **_BUSY,
-            **auth_errors,
-        },
+        responses={**_ENQUEUED, **auth_errors},
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -438,56 +534,36 @@ def create_app(
     )
     async def post_job(request: Request) -> Response:
         if not state.accepting:
-            return _unavailable("the server is shutting down; try another, or again later")
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media != "application/json":
-            return _error(415, "the body must be JSON, sent as Content-Type: application/json")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-            return _error(413, f"the body is over {MAX_BODY} bytes")
-        body = bytearray()
-        async for chunk in request.stream():  # counted as it comes: chunked bodies too
-            body += chunk
-            if len(body) > MAX_BODY:
-                return _error(413, f"the body is over {MAX_BODY} bytes")
+            return _unavailable(SHUTTING_DOWN)
+        job = await _read_job(request)
+        if isinstance(job, JSONResponse):
+            return job
         try:
-            # pydantic's parser, not json.loads: NaN, lone surrogates, huge numbers and
-            # deep nesting are invalid JSON to it.
-            wanted = JobRequest.model_validate_json(bytes(body))
-        except ValidationError as exc:
-            return _invalid(exc.errors(include_url=False, include_context=False))
-        job = Job(
-            payload=wanted.payload.encode(),
-            priority=PRIORITIES[wanted.priority],
-            idempotency_key=wanted.idempotency_key,
-            max_retries=wanted.max_retries,
-        )
-        state.acknowledged[job.id] = time.monotonic()  # before: the first attempt may win
-        try:
-            # In a thread: with a path, enqueue returns once the job is committed to disk.
-            await run_in_threadpool(queue.enqueue, job, 0)
+            await _enqueue(queue, state, job)
         except DuplicateJob as exc:
-            state.acknowledged.pop(job.id, None)
             return JSONResponse(
                 {"detail": "this idempotency key was used by an earlier job", "id": exc.job_id},
                 status_code=409,
             )
         except QueueFull:
-            state.acknowledged.pop(job.id, None)
-            return _unavailable(f"the {wanted.priority} lane is full; try again later")
+            return _unavailable(f"the {PRIORITY_NAMES[job.priority]} lane is full; try again later")
         except QueueClosed:
-            state.acknowledged.pop(job.id, None)
-            return _unavailable("the server is shutting down; try another, or again later")
+            return _unavailable(SHUTTING_DOWN)
+        # A StoreError (a full disk) goes on to the app's handler: a 503 naming it.
         return JSONResponse(
             {"id": job.id}, status_code=201, headers={"Location": f"/jobs/{job.id}"}
         )
 
-    @app.get(
+    @router.get(
         "/jobs/{job_id}",
         response_model=JobView,
         summary="A job's status, attempts, last error and times",
-        dependencies=guarded,
-        responses={404: {"model": Error, "description": "No such job"}, **_INVALID, **auth_errors},
+        responses={
+            404: {"model": Error, "description": "No such job"},
+            **_INVALID,
+            **_STORE_FAILED,
+            **auth_errors,
+        },
     )
     def get_job(job_id: JobId) -> JobView | JSONResponse:
         info = queue.info(job_id)
@@ -495,12 +571,20 @@ def create_app(
             return _error(404, f"no job with id {job_id}")
         return _view(info)
 
-    @app.get(
+    return router
+
+
+def _dead_letter_routes(queue: JobQueue, state: HttpState, auth: list[Any]) -> APIRouter:
+    """``GET /dlq`` and ``POST /dlq/{id}/retry``."""
+    router = APIRouter(dependencies=auth)
+    auth_errors = _UNAUTHORIZED if auth else {}
+
+    @router.get(
         "/dlq",
         response_model=DeadLetters,
         summary="The jobs that failed for good, oldest first",
-        dependencies=[*auth, only_query("limit")],
-        responses={**_INVALID, **auth_errors},
+        dependencies=[_only_query("limit")],
+        responses={**_INVALID, **_STORE_FAILED, **auth_errors},
     )
     def get_dead_letters(
         limit: Annotated[int, Query(ge=1, le=1000, description="most jobs listed")] = 100,
@@ -512,7 +596,7 @@ def create_app(
             listed.append(
                 DeadJob(
                     id=job.id,
-                    priority=PRIORITY_NAMES[job.priority],
+                    priority=job.priority,
                     payload=job.payload.decode("utf-8", "replace"),
                     attempts=0 if info is None else info.attempts,
                     last_error=None if info is None else info.last_error,
@@ -521,12 +605,12 @@ def create_app(
             )
         return DeadLetters(total=len(dead), jobs=listed)
 
-    @app.post(
+    @router.post(
         "/dlq/{job_id}/retry",
         status_code=202,
         response_model=Replayed,
         summary="Put a dead job back in its lane with a fresh retry budget",
-        dependencies=guarded,
+        dependencies=[_only_query()],
         responses={
             404: {"model": Error, "description": "The job is not in the dead letters"},
             **_INVALID,
@@ -545,26 +629,33 @@ def create_app(
             return _unavailable("the server is shutting down; replay the job after a restart")
         return JSONResponse({"id": job_id, "status": "queued"}, status_code=202)
 
-    @app.get(
+    return router
+
+
+def _operation_routes(state: HttpState, registry: CollectorRegistry, auth: list[Any]) -> APIRouter:
+    """``GET /metrics`` and ``GET /healthz``, for the machines that watch the server."""
+    router = APIRouter()
+
+    @router.get(
         "/metrics",
         summary="Counters, gauges and the queue-wait histogram, in the Prometheus text format",
         response_class=Response,
-        dependencies=guarded,
+        dependencies=[*auth, _only_query()],
         responses={
             200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
             **_INVALID,
-            **auth_errors,
+            **(_UNAUTHORIZED if auth else {}),
         },
     )
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     # Outside the token: a load balancer's probe carries none.
-    @app.get(
+    @router.get(
         "/healthz",
         response_model=Health,
         summary="200 while the server accepts jobs, 503 once it is shutting down",
-        dependencies=[only_query()],
+        dependencies=[_only_query()],
         responses={503: {"model": Health, "description": "Shutting down"}, **_INVALID},
     )
     def healthz() -> Health | JSONResponse:
@@ -572,4 +663,43 @@ def create_app(
             return Health(status="ok")
         return JSONResponse({"status": "draining"}, status_code=503)
 
+    return router
+
+
+# -- the app --------------------------------------------------------------------------------
+
+
+def create_app(
+    queue: JobQueue,
+    *,
+    token: str | None = None,
+    state: HttpState | None = None,
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    """An app serving ``queue``. With a ``token``, every endpoint but ``/healthz`` and
+    the OpenAPI document asks for ``Authorization: Bearer <token>``; an empty token is
+    a ``ValueError``.
+
+    Pass the ``state`` (and its ``registry``) whose ``instrument`` wraps the queue's
+    handler to get the wait histogram; a fresh one is made otherwise.
+    """
+    auth = _bearer(token)
+    registry = registry if registry is not None else CollectorRegistry()
+    state = state if state is not None else HttpState(registry)
+    registry.register(QueueCollector(queue))
+    app = FastAPI(
+        title="job-queue-course: the final tier",
+        version="0.1.0",
+        description="A priority job queue with retries, dead letters and idempotency keys."
+        " A job's payload may be any JSON value: a string reaches the handler as its UTF-8"
+        " bytes, any other value as its compact JSON encoding.",
+        docs_url=None,
+        redoc_url=None,
+        responses=_MALFORMED,
+    )
+    app.state.http = state
+    _install_error_handlers(app)
+    app.include_router(_job_routes(queue, state, auth))
+    app.include_router(_dead_letter_routes(queue, state, auth))
+    app.include_router(_operation_routes(state, registry, auth))
     return app

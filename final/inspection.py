@@ -18,13 +18,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from final.jobs import Priority, Status
 from final.sqlite_store import APPLICATION_ID, SCHEMA_VERSION, read_journal
 from final.store import StoreError
 
 __all__ = ["DeadLetter", "Snapshot", "format_snapshot", "read"]
 
-STATUSES = ("queued", "processing", "retrying", "completed", "failed")
-PRIORITY_NAMES = {2: "high", 1: "medium", 0: "low"}  # Priority's values, as the file keeps them
+# The names the HTTP API uses too: Status's values, and Priority's names in lower case,
+# by the value the file keeps.
+STATUSES = tuple(status.value for status in Status)
+PRIORITY_NAMES = {priority.value: priority.name.lower() for priority in Priority}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,50 +52,20 @@ def read(path: str | Path, *, limit: int = 20) -> Snapshot:
     """Counts by status and priority, and the first ``limit`` dead letters, of the
     queue file at ``path``. ``StoreError`` if it is missing or not a queue of ours."""
     path = Path(path)
-    if not path.is_file():
-        raise StoreError(f"{path}: no such file")
-    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    db = _open_read_only(path)
     try:
-        db = sqlite3.connect(uri, uri=True)
-    except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot open read-only: {exc}") from exc
-    try:
-        try:
-            app_id = db.execute("PRAGMA application_id").fetchone()[0]
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{path} is not an SQLite database ({exc})") from exc
-        if app_id != APPLICATION_ID:
-            raise StoreError(f"{path} is not a job queue of ours")
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"{path} has schema version {version}, newer than {SCHEMA_VERSION}")
         # Read before the database: an attempt started after this read shows as not
         # started, never the other way round.
         started = read_journal(f"{path}.attempts")
         # One read transaction, so the counts and the dead letters agree.
         db.execute("BEGIN")
-        counts = {status: dict.fromkeys(PRIORITY_NAMES.values(), 0) for status in STATUSES}
-        rows = db.execute("SELECT status, priority, count(*) FROM jobs GROUP BY status, priority")
-        for status, priority, n in rows:
-            counts.setdefault(status, dict.fromkeys(PRIORITY_NAMES.values(), 0))
-            counts[status][PRIORITY_NAMES.get(priority, str(priority))] = n
-        # Attempts the journal has and the database not yet: running now (or ended
-        # moments ago, their end not yet committed).
-        unsettled = db.execute(
-            "SELECT id, status, priority, attempts FROM jobs"
-            " WHERE status IN ('queued', 'processing', 'retrying')"
-        )
-        for job_id, status, priority, attempts in unsettled:
-            if started.get(job_id, 0) > attempts and status != "processing":
-                name = PRIORITY_NAMES.get(priority, str(priority))
-                counts[status][name] -= 1
-                counts["processing"][name] += 1
+        counts = _counts(db, started)
         oldest = db.execute(
             "SELECT min(enqueued_at) FROM jobs WHERE status IN ('queued', 'retrying')"
         ).fetchone()[0]
         dead_total = db.execute("SELECT count(*) FROM jobs WHERE status = 'failed'").fetchone()[0]
         dead = [
-            DeadLetter(job_id, PRIORITY_NAMES.get(priority, str(priority)), attempts, error, at)
+            DeadLetter(job_id, _priority_name(priority), attempts, error, at)
             for job_id, priority, attempts, error, at in db.execute(
                 "SELECT id, priority, attempts, last_error, finished_at FROM jobs"
                 " WHERE status = 'failed' ORDER BY finished_at LIMIT ?",
@@ -105,6 +78,54 @@ def read(path: str | Path, *, limit: int = 20) -> Snapshot:
     finally:
         db.close()
     return Snapshot(str(path), counts, oldest, dead, dead_total)
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """``path`` opened read-only, once it is known to be a queue this code can read."""
+    if not path.is_file():
+        raise StoreError(f"{path}: no such file")
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open read-only: {exc}") from exc
+    try:
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if app_id != APPLICATION_ID:
+            raise StoreError(f"{path} is not a job queue of ours")
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{path} has schema version {version}, newer than {SCHEMA_VERSION}")
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise StoreError(f"{path} is not an SQLite database ({exc})") from exc
+    except StoreError:
+        db.close()
+        raise
+    return db
+
+
+def _priority_name(value: int) -> str:
+    return PRIORITY_NAMES.get(value, str(value))
+
+
+def _counts(db: sqlite3.Connection, started: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Jobs by status and priority, an attempt the journal has and the database not yet
+    counted as processing (running now, or ended moments ago, its end not yet committed)."""
+    counts = {status: dict.fromkeys(PRIORITY_NAMES.values(), 0) for status in STATUSES}
+    rows = db.execute("SELECT status, priority, count(*) FROM jobs GROUP BY status, priority")
+    for status, priority, n in rows:
+        counts.setdefault(status, dict.fromkeys(PRIORITY_NAMES.values(), 0))
+        counts[status][_priority_name(priority)] = n
+    unsettled = db.execute(
+        "SELECT id, status, priority, attempts FROM jobs"
+        " WHERE status IN ('queued', 'processing', 'retrying')"
+    )
+    for job_id, status, priority, attempts in unsettled:
+        if started.get(job_id, 0) > attempts and status != "processing":
+            counts[status][_priority_name(priority)] -= 1
+            counts["processing"][_priority_name(priority)] += 1
+    return counts
 
 
 def format_snapshot(snapshot: Snapshot, *, now: float) -> str:

@@ -24,10 +24,13 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from final.http import HttpState, create_app, instrument
-from final.job_queue import Job, JobQueue
+from final.job_queue import JobQueue
+from final.jobs import Job
+from final.validation import check_seconds
 
 __all__ = ["load_handler", "serve"]
 
@@ -109,14 +112,13 @@ def serve(
     """Serve a JobQueue of ``handler`` over HTTP until SIGINT or SIGTERM.
 
     ``queue_options`` go to ``JobQueue`` (``path``, ``workers``, ``queue_size``...).
-    Raises ``ValueError`` for a ``grace`` that is not a finite number >= 0, ``OSError``
-    if the address cannot be bound, and ``StoreError`` if the ``path`` is not a queue
-    of ours or is open in another process.
+    Raises ``ValueError`` for a ``grace`` that is not a finite number of seconds >= 0
+    or a queue option ``JobQueue`` refuses, ``OSError`` if the address cannot be
+    bound, and ``StoreError`` if the ``path`` is not a queue of ours or is open in
+    another process.
     """
     # Checked before the queue starts, not where the grace is first used, after it.
-    finite = isinstance(grace, int | float) and not isinstance(grace, bool)
-    if not (finite and math.isfinite(grace) and grace >= 0):
-        raise ValueError(f"grace must be a finite number of seconds >= 0, got {grace!r}")
+    check_seconds("grace", grace)
     registry = CollectorRegistry()
     state = HttpState(registry)
     queue = JobQueue(instrument(handler, state), **queue_options)
@@ -126,7 +128,24 @@ def serve(
     except BaseException:
         queue.close(timeout=0)
         raise
-    config = uvicorn.Config(
+    # On disk, what is queued waits for the next start; in memory it would be lost, so
+    # without a path the queued jobs get the grace period too.
+    durable = queue_options.get("path") is not None
+    server = _Server(_config(app, grace, access_log), state, lambda: _stop(queue, grace, durable))
+    previous = {s: signal.signal(s, server.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _log_listening(sock, queue_options.get("path"), token)
+        server.run(sockets=[sock])
+        _drain(queue, grace, durable)
+    finally:
+        queue.close(timeout=0)  # a no-op after a clean stop; a failed start leaves no thread
+        sock.close()
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)
+
+
+def _config(app: FastAPI, grace: float, access_log: bool) -> uvicorn.Config:
+    return uvicorn.Config(
         app,
         log_level=logging.getLogger().getEffectiveLevel(),
         access_log=access_log,
@@ -134,42 +153,39 @@ def serve(
         server_header=False,
     )
 
-    # On disk, what is queued waits for the next start; in memory it would be lost, so
-    # without a path the queued jobs get the grace period too.
-    durable = queue_options.get("path") is not None
 
-    def stop_queue() -> None:
-        logger.info("signal: draining; running attempts get %ss (a second signal exits now)", grace)
-        if durable:
-            queue.close(timeout=0)
+def _log_listening(sock: socket.socket, path: object, token: str | None) -> None:
+    # Tests and scripts wait for this line to learn the port (``--port 0``).
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    logger.info(
+        "listening on http://%s:%d (path=%s, token %s)",
+        shown,
+        bound_port,
+        path,
+        "required" if token else "not required",
+    )
 
-    server = _Server(config, state, stop_queue)
-    previous = {s: signal.signal(s, server.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        bound_host, bound_port = sock.getsockname()[:2]
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        logger.info(
-            "listening on http://%s:%d (path=%s, token %s)",
-            shown,
-            bound_port,
-            queue_options.get("path"),
-            "required" if token else "not required",
-        )
-        server.run(sockets=[sock])
-        if durable:
-            queue.close(timeout=0)  # as drain() did, if a signal stopped the server
-        queue.close(timeout=grace)
-        m = queue.metrics()
-        logger.info(
-            "stopped: %d completed, %d failed, %d still running, %d lost%s",
-            m.completed,
-            m.failed,
-            m.in_flight,
-            m.lost,
-            " (what did not finish runs at the next start)" if durable else "",
-        )
-    finally:
-        queue.close(timeout=0)  # a no-op after a clean stop; a failed start leaves no thread
-        sock.close()
-        for sig, handler_before in previous.items():
-            signal.signal(sig, handler_before)
+
+def _stop(queue: JobQueue, grace: float, durable: bool) -> None:
+    """At the first signal, on a thread of its own: with a path, no new attempt starts."""
+    logger.info("signal: draining; running attempts get %ss (a second signal exits now)", grace)
+    if durable:
+        queue.close(timeout=0)
+
+
+def _drain(queue: JobQueue, grace: float, durable: bool) -> None:
+    """Once the server has stopped: give the attempts (in memory, the queued jobs too)
+    ``grace`` seconds, and log what became of the jobs."""
+    if durable:
+        queue.close(timeout=0)  # as _stop did, if a signal stopped the server
+    queue.close(timeout=grace)
+    m = queue.metrics()
+    logger.info(
+        "stopped: %d completed, %d failed, %d still running, %d lost%s",
+        m.completed,
+        m.failed,
+        m.in_flight,
+        m.lost,
+        " (what did not finish runs at the next start)" if durable else "",
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import signal
 import subprocess
 import sys
@@ -186,3 +187,110 @@ def test_a_file_that_is_not_a_queue_is_one_line_and_left_alone(
     assert err.startswith(f"{command}: ") and "not an SQLite database" in err, err
     assert err.count("\n") == 1
     assert other.read_text() == "not a database"
+
+
+# -- defaults, the library's rules, a reader that goes away ---------------------------------
+
+
+def option_entries(help_text: str) -> list[str]:
+    """The help of each option, one string each, whatever its line wrapping."""
+    entries: list[str] = []
+    within = False  # whether the line before belongs to an option's entry
+    for line in help_text.splitlines():
+        if line.startswith("  -"):
+            entries.append(line)
+            within = True
+        elif within and line.startswith("    "):
+            entries[-1] += " " + line.strip()
+        else:
+            within = False  # a heading, a blank line, the usage
+    return [" ".join(entry.split()) for entry in entries]
+
+
+@pytest.mark.parametrize("command", ["serve", "demo", "inspect"])
+def test_every_option_shows_its_default_in_help(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    entries = [e for e in option_entries(capsys.readouterr().out) if not e.startswith("-h,")]
+    assert len(entries) >= 3
+    assert all("(default: " in entry for entry in entries), entries
+
+
+def test_the_queue_options_default_to_the_queue_s_own() -> None:
+    from final.__main__ import build_parser
+    from final.arguments import queue_options
+
+    parsed = queue_options(build_parser().parse_args(["serve"]))
+    signature = inspect.signature(JobQueue.__init__).parameters
+    assert parsed and parsed == {name: signature[name].default for name in parsed}
+
+
+def test_every_option_of_the_queue_is_an_option_of_serve() -> None:
+    from final.arguments import QUEUE_OPTIONS, queue_defaults
+
+    # The file is --path (or --memory), as each command says.
+    assert set(QUEUE_OPTIONS) == set(queue_defaults()) - {"path"}
+
+
+REFUSED = {
+    "--workers": ("0", {"workers": 0}),
+    "--queue-size": ("0", {"queue_size": 0}),
+    "--max-retries": ("-1", {"max_retries": -1}),
+    "--backoff": ("nan", {"backoff": float("nan")}),
+    "--job-timeout": ("0", {"job_timeout": 0.0}),
+    "--rate-limit": ("-1", {"rate_limit": -1.0}),
+    "--history": ("0", {"history": 0}),
+}
+
+
+@pytest.mark.parametrize(("option", "text", "given"), [(o, *v) for o, v in REFUSED.items()])
+def test_a_queue_option_is_refused_in_the_queue_s_own_words(
+    option: str, text: str, given: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ValueError, match="must be") as refused:
+        JobQueue(lambda job: None, **given)  # type: ignore[arg-type]
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", option, text])
+    assert exit_.value.code == 2
+    assert f"argument {option}: {refused.value}" in capsys.readouterr().err
+
+
+def run_into_a_closed_pipe(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m final argv`` into a pipe whose reader reads one line and goes."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "final", *argv],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline()
+    process.stdout.close()  # as `| head -1` does once it has its line
+    err = process.stderr.read()
+    process.stderr.close()
+    code = process.wait(timeout=PATIENCE * 3)
+    return subprocess.CompletedProcess(argv, code, "", err)
+
+
+def test_inspect_into_a_pipe_closed_early_exits_quietly(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+
+    def fail(job: Job) -> None:
+        raise ValueError("no")
+
+    # Far more than a pipe holds (64 KiB): the writes after the reader left must fail.
+    with JobQueue(fail, path=path, max_retries=0) as q:
+        q.enqueue_many(Job(payload=b"x") for _ in range(1000))
+        assert q.join(timeout=PATIENCE * 3)
+    done = run_into_a_closed_pipe(["inspect", "--path", str(path), "--limit", "1000", "--json"])
+    assert done.stderr == "" and done.returncode == 1
+
+
+def test_the_demo_into_a_pipe_closed_early_stops_and_exits_quietly() -> None:
+    # Stats ten times a second for a minute: it must stop soon after the reader goes.
+    argv = ["demo", "--duration", "60", "--every", "0.1", "--settle", "5"]
+    done = run_into_a_closed_pipe(argv)
+    assert done.stderr == "" and done.returncode == 1

@@ -1,0 +1,227 @@
+"""The HTTP app in process: what a payload becomes, and what a failing store answers.
+
+No server here: httpx drives the ASGI app directly, so a test can reach into the queue
+(fill its disk, break its store) and into the app's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from final import Job, JobQueue, Priority
+from final.http import HttpState, create_app, instrument
+from final.jobs import JobInfo
+from final.store import StoreError
+from tests.support import PATIENCE, Recorder
+from tests.test_final_disk_errors import PAYLOAD, fill_the_disk
+
+pytestmark = pytest.mark.tiers("final")
+
+Drive = Callable[[Callable[[httpx.AsyncClient], Awaitable[None]]], None]
+
+
+def drive(app: Any) -> Drive:
+    """Run ``steps(client)`` against ``app``; an exception the app did not answer
+    becomes the 500 a real server would send, not an exception in the test."""
+
+    def run(steps: Callable[[httpx.AsyncClient], Awaitable[None]]) -> None:
+        async def main() -> None:
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+                await steps(c)
+
+        asyncio.run(main())
+
+    return run
+
+
+# -- the payload ------------------------------------------------------------------------------
+
+
+class Payloads:
+    """A handler that records each payload it is given."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, bytes] = {}
+        self._cond = threading.Condition()
+
+    def __call__(self, job: Job) -> None:
+        with self._cond:
+            self.seen[job.id] = job.payload
+            self._cond.notify_all()
+
+    def of(self, job_id: str) -> bytes:
+        with self._cond:
+            assert self._cond.wait_for(lambda: job_id in self.seen, PATIENCE)
+            return self.seen[job_id]
+
+
+JSON_PAYLOADS = {
+    "string": ("héllo", "héllo".encode()),
+    "string that is JSON text": ('{"a": 1}', b'{"a": 1}'),
+    "object": ({"to": "a@b.c", "n": [1, 2.5]}, b'{"to":"a@b.c","n":[1,2.5]}'),
+    "array": ([1, "two", None], b'[1,"two",null]'),
+    "integer": (42, b"42"),
+    "float": (-0.5, b"-0.5"),
+    "true": (True, b"true"),
+    "null": (None, b"null"),
+    "non-ASCII in an object": ({"k": "é"}, b'{"k":"\\u00e9"}'),
+}
+
+
+@pytest.mark.parametrize(("sent", "given"), JSON_PAYLOADS.values(), ids=list(JSON_PAYLOADS))
+def test_any_json_payload_reaches_the_handler_as_its_compact_encoding(
+    sent: object, given: bytes
+) -> None:
+    payloads = Payloads()
+    with JobQueue(payloads) as q:
+        app = create_app(q)
+
+        async def steps(c: httpx.AsyncClient) -> None:
+            answer = await c.post("/jobs", json={"payload": sent, "priority": "low"})
+            assert answer.status_code == 201, answer.text
+            assert payloads.of(answer.json()["id"]) == given
+
+        drive(app)(steps)
+
+
+def test_a_payload_number_json_cannot_encode_is_a_422() -> None:
+    with JobQueue(Payloads()) as q:
+        app = create_app(q)
+
+        async def steps(c: httpx.AsyncClient) -> None:
+            answer = await c.post(
+                "/jobs",
+                content=b'{"payload": {"big": 1e400}, "priority": "low"}',
+                headers={"Content-Type": "application/json"},
+            )
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["detail"][0]["loc"] == ["payload"]
+
+        drive(app)(steps)
+
+
+def test_the_document_says_a_payload_may_be_any_json_value() -> None:
+    with JobQueue(Payloads()) as q:
+        document = create_app(q).openapi()
+    body = document["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    payload = body["schema"]["properties"]["payload"]
+    assert "type" not in payload and "$ref" not in payload  # any value, no dangling $ref
+    assert "compact" in payload["description"] and "compact" in document["info"]["description"]
+
+
+# -- the names on the wire ------------------------------------------------------------------
+
+
+def test_the_names_of_priorities_and_statuses_come_from_the_enums() -> None:
+    from final.jobs import Status
+
+    with JobQueue(Payloads()) as q:
+        schemas = create_app(q).openapi()["components"]["schemas"]
+    view = schemas["JobView"]["properties"]
+    assert view["priority"]["enum"] == [p.name.lower() for p in Priority]
+    status = schemas[view["status"]["$ref"].rsplit("/", 1)[1]]
+    assert status["enum"] == [s.value for s in Status]
+
+
+# -- a store that fails ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def held_queue(tmp_path: Path) -> Iterator[tuple[JobQueue, HttpState, Recorder]]:
+    """A queue on disk behind an instrumented handler, its one worker held on a gate job
+    so that nothing it runs writes to the file while a test fills the disk."""
+    registry = CollectorRegistry()
+    state = HttpState(registry)
+    recorder = Recorder(hold=lambda job: job.id == "gate")
+    q = JobQueue(instrument(recorder, state), workers=1, path=tmp_path / "jobs.db")
+    try:
+        q.enqueue(Job(id="gate", priority=Priority.HIGH))
+        recorder.wait_started(1)
+        yield q, state, recorder
+    finally:
+        recorder.release()
+        q.close(timeout=PATIENCE)
+
+
+def test_a_full_disk_is_a_503_naming_it_and_acknowledges_nothing(
+    held_queue: tuple[JobQueue, HttpState, Recorder],
+) -> None:
+    q, state, _ = held_queue
+    registry = CollectorRegistry()
+    app = create_app(q, state=state, registry=registry)
+    fill_the_disk(q, room=3)  # a few jobs fit, then none
+    body = {"payload": PAYLOAD.decode(), "priority": "low"}
+
+    async def steps(c: httpx.AsyncClient) -> None:
+        created: list[str] = []
+        for _ in range(100):
+            answer = await c.post("/jobs", json=body)
+            if answer.status_code != 201:
+                break
+            created.append(answer.json()["id"])
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["retry-after"] == "1"
+        assert "database or disk is full" in answer.json()["detail"]
+        assert "Traceback" not in answer.text
+        # Only the jobs answered with 201 wait for their first attempt to be timed.
+        assert sorted(state.acknowledged) == sorted(created)
+
+    drive(app)(steps)
+
+
+class BrokenStore(JobQueue):
+    """A queue whose every call that reads or writes its store fails, as a disk does."""
+
+    def enqueue(self, job: Job, timeout: float | None = None) -> None:
+        raise StoreError("jobs.db: cannot write: database or disk is full")
+
+    def info(self, job_id: str) -> JobInfo | None:
+        raise StoreError("jobs.db: cannot read: disk I/O error")
+
+    def dead_letters(self) -> list[Job]:
+        raise StoreError("jobs.db: cannot read: disk I/O error")
+
+    def retry_dead(self, job_id: str) -> None:
+        raise StoreError("jobs.db: cannot write: database or disk is full")
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "problem"),
+    [
+        ("POST", "/jobs", "database or disk is full"),
+        ("GET", "/jobs/abc", "disk I/O error"),
+        ("GET", "/dlq", "disk I/O error"),
+        ("POST", "/dlq/abc/retry", "database or disk is full"),
+    ],
+)
+def test_a_failing_store_is_a_503_on_every_endpoint(method: str, url: str, problem: str) -> None:
+    registry = CollectorRegistry()
+    state = HttpState(registry)
+    with BrokenStore(lambda job: None) as q:
+        app = create_app(q, state=state, registry=registry)
+
+        async def steps(c: httpx.AsyncClient) -> None:
+            answer = await c.request(method, url, json={"payload": "x", "priority": "low"})
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"] == "1"
+            assert problem in answer.json()["detail"]
+            assert state.acknowledged == {}
+
+        drive(app)(steps)
+    responses = app.openapi()["paths"]
+    operation = {"POST /jobs": ("/jobs", "post"), "GET /jobs/abc": ("/jobs/{job_id}", "get")}
+    operation |= {
+        "GET /dlq": ("/dlq", "get"),
+        "POST /dlq/abc/retry": ("/dlq/{job_id}/retry", "post"),
+    }
+    path, verb = operation[f"{method} {url}"]
+    assert "503" in responses[path][verb]["responses"]  # and the document says so
