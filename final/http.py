@@ -590,9 +590,11 @@ def _dead_letter_routes(queue: JobQueue, state: HttpState, auth: list[Any]) -> A
         limit: Annotated[int, Query(ge=1, le=1000, description="most jobs listed")] = 100,
     ) -> DeadLetters:
         dead = queue.dead_letters()
+        # One read of the store for every job's details, not one per job listed.
+        infos = {info.id: info for info in queue.dead_letter_info()}
         listed: list[DeadJob] = []
         for job in dead[:limit]:
-            info = queue.info(job.id)
+            info = infos.get(job.id)
             listed.append(
                 DeadJob(
                     id=job.id,

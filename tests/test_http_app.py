@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from final import Job, JobQueue, Priority
 from final.http import HttpState, create_app, instrument
 from final.jobs import JobInfo
+from final.sqlite_store import SQLiteStore
 from final.store import StoreError
 from tests.support import PATIENCE, Recorder
 from tests.test_final_disk_errors import PAYLOAD, fill_the_disk
@@ -136,29 +137,30 @@ def test_the_names_of_priorities_and_statuses_come_from_the_enums() -> None:
 
 
 @pytest.fixture
-def held_queue(tmp_path: Path) -> Iterator[tuple[JobQueue, HttpState, Recorder]]:
+def held_queue(tmp_path: Path) -> Iterator[tuple[JobQueue, HttpState, Recorder, SQLiteStore]]:
     """A queue on disk behind an instrumented handler, its one worker held on a gate job
     so that nothing it runs writes to the file while a test fills the disk."""
     registry = CollectorRegistry()
     state = HttpState(registry)
     recorder = Recorder(hold=lambda job: job.id == "gate")
-    q = JobQueue(instrument(recorder, state), workers=1, path=tmp_path / "jobs.db")
+    store = SQLiteStore(str(tmp_path / "jobs.db"))
+    q = JobQueue(instrument(recorder, state), workers=1, store=store)
     try:
         q.enqueue(Job(id="gate", priority=Priority.HIGH))
         recorder.wait_started(1)
-        yield q, state, recorder
+        yield q, state, recorder, store
     finally:
         recorder.release()
         q.close(timeout=PATIENCE)
 
 
 def test_a_full_disk_is_a_503_naming_it_and_acknowledges_nothing(
-    held_queue: tuple[JobQueue, HttpState, Recorder],
+    held_queue: tuple[JobQueue, HttpState, Recorder, SQLiteStore],
 ) -> None:
-    q, state, _ = held_queue
+    q, state, _, store = held_queue
     registry = CollectorRegistry()
     app = create_app(q, state=state, registry=registry)
-    fill_the_disk(q, room=3)  # a few jobs fit, then none
+    fill_the_disk(store, room=3)  # a few jobs fit, then none
     body = {"payload": PAYLOAD.decode(), "priority": "low"}
 
     async def steps(c: httpx.AsyncClient) -> None:
@@ -225,3 +227,37 @@ def test_a_failing_store_is_a_503_on_every_endpoint(method: str, url: str, probl
     }
     path, verb = operation[f"{method} {url}"]
     assert "503" in responses[path][verb]["responses"]  # and the document says so
+
+
+# -- the dead letters ------------------------------------------------------------------------
+
+
+class CountingLookups(JobQueue):
+    """A queue that counts the lookups of one job by id: each may be a read of the disk."""
+
+    lookups = 0
+
+    def info(self, job_id: str) -> JobInfo | None:
+        self.lookups += 1
+        return super().info(job_id)
+
+
+def test_the_dead_letters_are_listed_without_a_lookup_per_job(tmp_path: Path) -> None:
+    def fail(job: Job) -> None:
+        raise RuntimeError("no")
+
+    q = CountingLookups(fail, path=tmp_path / "q.db", max_retries=0)
+    with q:
+        q.enqueue_many(Job(id=f"dead-{n}") for n in range(5))
+        assert q.join(timeout=PATIENCE)
+        app = create_app(q)
+
+        async def steps(c: httpx.AsyncClient) -> None:
+            answer = await c.get("/dlq")
+            assert answer.status_code == 200, answer.text
+            listed = answer.json()["jobs"]
+            assert sorted(job["id"] for job in listed) == [f"dead-{n}" for n in range(5)]
+            assert all(job["attempts"] == 1 and "no" in job["last_error"] for job in listed)
+
+        drive(app)(steps)
+        assert q.lookups == 0
