@@ -2,7 +2,10 @@
 
 A ```python fence is run as a script of its own: a fresh interpreter, an empty temporary
 directory as its working directory (a snippet may write files there), the repository
-first on ``PYTHONPATH``, and a timeout. It must exit with status 0.
+first on ``PYTHONPATH``, and a timeout. It must exit with status 0, and nothing on its
+stderr may be an error that says the code itself is stale (a ``NameError``, an
+``AttributeError``...): a queue only logs its handler's exceptions, so a snippet whose
+handler calls a name that has gone would still exit with 0.
 
 An HTML comment on the line just above a fence, hidden when the page is rendered, says
 when a fence is not a script:
@@ -38,6 +41,11 @@ FENCE = re.compile(
 )
 MARK = re.compile(r"^\s*<!--\s*(?P<kind>excerpt|not run):\s*(?P<what>.*?)\s*-->\s*$")
 ANY_MARK = re.compile(r"<!--\s*(?:excerpt|not run)\b")
+# What a handler's traceback ends with when the snippet, not the job, is wrong.
+STALE = re.compile(
+    r"^(?:NameError|AttributeError|TypeError|ImportError|ModuleNotFoundError|SyntaxError)\b.*",
+    re.MULTILINE,
+)
 TRAILING_COMMENT = re.compile(r"\s{2,}#.*$")  # ruff format puts two spaces before one
 
 SECONDS = 100  # below pytest's own timeout, so that a slow snippet says which it is
@@ -138,6 +146,7 @@ def test_the_snippet_runs(snippet: Snippet, tmp_path: Path) -> None:
     except subprocess.TimeoutExpired:
         pytest.fail(f"{snippet}: still running after {SECONDS} s")
     assert done.returncode == 0, f"{snippet} exited {done.returncode}:\n{done.stderr}"
+    assert STALE.findall(done.stderr) == [], f"{snippet} logged:\n{done.stderr}"
 
 
 @pytest.mark.parametrize("snippet", of_kind("excerpt"), ids=str)
