@@ -1,14 +1,16 @@
 # Every target sets itself up: it makes .venv on first use, and reinstalls
-# when pyproject.toml changes (the stamp file is older than it).
+# when pyproject.toml changes (the stamp file is older than it). `make demo`
+# installs only the tour's extra; every other target the development stack.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 DEV    := $(VENV)/.installed-dev
+TOUR   := $(VENV)/.installed-tour
 
 .PHONY: demo test lint typecheck bench bench-full notebooks crash-test matrix clean
 
 # The tour: the same six scenarios on every tier, then a table side by side.
-demo: $(DEV)
+demo: $(TOUR)
 	$(PY) -m benchmarks.tour
 
 test: lint typecheck
@@ -55,11 +57,17 @@ matrix: $(DEV)
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed; set PYTHON=/path/to/python3.11")'
 	$(PYTHON) -m venv $(VENV)
-
-$(DEV): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+
+# The tiers and what the tour draws with: a first `make demo` fetches no more.
+$(TOUR): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[tour]'
 	touch $@
+
+# dev includes the tour's extra, so a `make test` makes `make demo` ready too.
+$(DEV): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@ $(TOUR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks *.egg-info

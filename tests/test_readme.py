@@ -1,5 +1,6 @@
-"""The README is the course: its matrix is current, its links resolve, and its lessons
-are the ones the tiers' own files open with, in the same order.
+"""The README is the course: its matrix is current, its links resolve, its lessons are
+the ones the tiers' own files open with, in the same order, and it links the lab report
+(benchmarks/README.md) once. Its Python snippets are run by test_readme_snippets.py.
 
 These read files and run nothing: they run once, whatever ``--tier`` says.
 """
@@ -18,7 +19,8 @@ from tests.support import TIERS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-COURSE_PAGES = [README, ROOT / "notebooks" / "README.md"]
+LAB_REPORT = ROOT / "benchmarks" / "README.md"
+COURSE_PAGES = [README, ROOT / "notebooks" / "README.md", LAB_REPORT]
 
 FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
@@ -112,6 +114,13 @@ def test_every_anchor_leads_to_a_heading_or_a_line_that_exists(page: Path) -> No
         else:
             broken.append(target)  # an anchor this test cannot check: make it one it can
     assert broken == [], f"{page.relative_to(ROOT)}: anchors that lead nowhere: {broken}"
+
+
+def test_the_readme_links_the_lab_report_once() -> None:
+    # The course quotes figures; how each was measured, and the targets, live in the
+    # report. One link, where the README says what the report holds.
+    lab_report = [t for t in relative_links(README) if (ROOT / t).resolve() == LAB_REPORT]
+    assert len(lab_report) == 1
 
 
 def docstring_lessons(tier: str) -> list[tuple[str, str]]:
