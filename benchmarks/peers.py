@@ -33,18 +33,14 @@ import huey
 import litequeue
 import persistqueue
 
-from benchmarks.scenarios import Handler, Session, System
-
-
-def _noop(_: object) -> None:
-    pass
+from benchmarks.session import Handler, Session, System, noop
 
 
 class _Counted:
     """Counts handled jobs so that ``drain()`` can wait for the count to reach the submitted."""
 
     def __init__(self, handler: Handler | None) -> None:
-        self._handler: Callable[[Any], None] = _noop if handler is None else handler
+        self._handler: Callable[[Any], None] = noop if handler is None else handler
         self._cond = threading.Condition()
         self.submitted = 0
         self._done = 0

@@ -1,10 +1,11 @@
 """The workloads, defined once: the benchmark suite and the notebooks both call these.
 
-Every system is opened as a ``Session``: ``submit(i)`` hands it job number ``i``,
-``drain()`` returns once every job submitted has run, and leaving the ``with`` block
-shuts it down. The handler receives the job's number, so that a workload can record
-when job ``i`` started; ``handler=None`` means a no-op job, passed to the system as
-directly as it allows (no per-job conversion), for the throughput figures.
+Every system is opened as a ``Session`` (``benchmarks/session.py``): ``submit(i)``
+hands it job number ``i``, ``drain()`` returns once every job submitted has run, and
+leaving the ``with`` block shuts it down. The handler receives the job's number, so
+that a workload can record when job ``i`` started; ``handler=None`` means a no-op job,
+passed to the system as directly as it allows (no per-job conversion), for the
+throughput figures.
 
 The systems are the three tiers, the final tier on SQLite, the standard library's
 ``ThreadPoolExecutor``, and, when the ``peers`` extra is installed, the durable and
@@ -29,34 +30,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any
 
 import final
 import improved
 import naive
+from benchmarks.session import Handler, Session, System, noop
 
 WORKERS = 4  # the workers of every figure that does not vary them
 BATCH = 1000  # jobs per enqueue_many call
-
-Handler = Callable[[int], None]
-
-
-class Session(Protocol):
-    """One open system: a queue and its workers."""
-
-    def submit(self, i: int) -> None: ...
-
-    def submit_many(self, ids: Sequence[int]) -> None: ...
-
-    def drain(self) -> None: ...
-
-
-# Opens a system: (handler or None for no-op jobs, workers, a scratch directory).
-System = Callable[[Handler | None, int, Path], contextlib.AbstractContextManager[Session]]
-
-
-def _noop(_: object) -> None:
-    pass
 
 
 class TierSession:
@@ -87,7 +69,7 @@ def tier_system(module: ModuleType, *, on_disk: bool = False, **options: Any) ->
     def open_tier(handler: Handler | None, workers: int, workdir: Path) -> Iterator[Session]:
         run: Callable[[Any], None]
         if handler is None:
-            run = _noop
+            run = noop
         else:
             h = handler
 
@@ -106,7 +88,7 @@ def tier_system(module: ModuleType, *, on_disk: bool = False, **options: Any) ->
 class PoolSession:
     def __init__(self, pool: ThreadPoolExecutor, handler: Handler | None) -> None:
         self._pool = pool
-        self._handler: Callable[[Any], None] = _noop if handler is None else handler
+        self._handler: Callable[[Any], None] = noop if handler is None else handler
         self._futures: list[Future[None]] = []
 
     def submit(self, i: int) -> None:
@@ -580,7 +562,7 @@ def persistence(durability: str | None, how: str, jobs: int, workers: int = WORK
         if durability is not None:
             options = {"path": Path(tmp) / "q.db", "durability": durability}
         begun = time.perf_counter()
-        with final.JobQueue(_noop, workers=workers, **options) as q:
+        with final.JobQueue(noop, workers=workers, **options) as q:
             if how == "enqueue_many":
                 TierSession(final, q).submit_many(range(jobs))
             elif how == "1 producer":
