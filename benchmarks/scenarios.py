@@ -85,6 +85,9 @@ def tier_system(module: ModuleType, *, on_disk: bool = False, **options: Any) ->
     return open_tier
 
 
+POOL_DRIVEN = "a submit loop closed by shutdown(wait=True)"  # how the baseline is measured
+
+
 class PoolSession:
     """``ThreadPoolExecutor`` driven as its users drive it: ``submit`` in a loop, then
     ``shutdown(wait=True)`` (what leaving its ``with`` block does).
@@ -709,6 +712,7 @@ def machine() -> dict[str, Any]:
 
 __all__ = [
     "IN_MEMORY",
+    "POOL_DRIVEN",
     "PRODUCE",
     "SYSTEMS",
     "TIERS",
