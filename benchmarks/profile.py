@@ -43,6 +43,7 @@ class Case:
 
 
 CASES = {
+    "improved": Case(scenarios.throughput, ("improved", 100_000)),
     "final": Case(scenarios.throughput, ("final", 100_000)),
     "final-sqlite": Case(scenarios.throughput, ("final-sqlite", 4_000)),
     "final-sqlite-enqueue_many": Case(scenarios.throughput, ("final-sqlite", 60_000), batch=True),
