@@ -15,6 +15,7 @@ same way:
   whether any acknowledged job was lost, whether anything ran that was never
   enqueued, and how many runs were repeats, against the bound derived below.
 
+The children are the programs of ``benchmarks/crash_child.py``, run with ``-m``.
 ``python -m benchmarks.crash --kills 1000`` (``make crash-test``) prints the tally.
 """
 
@@ -29,44 +30,19 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmarks.crash_child import MIN_RUN, WORKERS
 from final.sqlite_store import LAG
 
 ROOT = Path(__file__).resolve().parents[1]
 TIERS = ("naive", "improved", "final")
 
 # -- one kill, any tier -------------------------------------------------------------------
-
-# argv: tier, path (or ""), ledger, jobs, mode ("run": accept and run, wait to be
-# killed; "drain": reopen the path and run what is left).
-MID_RUN_CHILD = textwrap.dedent(
-    """
-    import os, sys, threading, time
-    tier, path, ledger, jobs, mode = sys.argv[1:6]
-    module = __import__(tier)
-    out = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    def handler(job):
-        os.write(out, (job.id + "\\n").encode())
-        time.sleep(0.002)
-    options = {"path": path} if path else {}
-    q = module.JobQueue(handler, workers=2, **options)
-    if mode == "drain":
-        q.close()
-        print("drained", flush=True)
-        sys.exit(0)
-    for i in range(int(jobs)):
-        q.enqueue(module.Job(id=str(i)))
-        print(i, flush=True)
-    print("accepted", flush=True)
-    threading.Event().wait()
-    """
-)
 
 
 @dataclass(frozen=True)
@@ -93,7 +69,7 @@ def kill_mid_run(tier: str, workdir: Path, jobs: int = 200, seed: int = 0) -> Ki
     ledger.touch()
     threshold = max(1, jobs // 4 + random.Random(seed).randrange(max(1, jobs // 8)))
     acked: set[str] = set()
-    with _child(MID_RUN_CHILD, tier, path, str(ledger), str(jobs), "run") as child:
+    with _child("mid-run", tier, path, str(ledger), str(jobs), "run") as child:
         assert child.stdout is not None
         for line in child.stdout:
             if line.strip() == "accepted":
@@ -104,7 +80,7 @@ def kill_mid_run(tier: str, workdir: Path, jobs: int = 200, seed: int = 0) -> Ki
             time.sleep(0.001)  # a harness, not a test: polling a file is fine here
         child.kill()
     if path:
-        with _child(MID_RUN_CHILD, tier, path, str(ledger), str(jobs), "drain") as child:
+        with _child("mid-run", tier, path, str(ledger), str(jobs), "drain") as child:
             assert child.stdout is not None
             if child.stdout.read().split()[-1:] != ["drained"]:
                 raise RuntimeError(f"{tier}: the restarted child did not drain {path}")
@@ -119,37 +95,6 @@ def kill_mid_run(tier: str, workdir: Path, jobs: int = 200, seed: int = 0) -> Ki
 
 
 # -- many kills, the final tier on disk ------------------------------------------------
-
-WORKERS = 4
-MIN_RUN = 0.002  # seconds a handler runs at least: the duplicate bound rests on it
-# argv: path, ledger, first id, last id. Ids below `first` were enqueued by earlier
-# children; this one adds [first, last) and then drains everything.
-HAMMER_CHILD = textwrap.dedent(
-    f"""
-    import os, random, sys, time
-    from final import DuplicateJob, Job, JobQueue, current_attempt
-    path, ledger, first, last = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    out = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    def handler(job):
-        attempt = current_attempt().number
-        os.write(out, f"{{job.id}} {{attempt}}\\n".encode())
-        time.sleep(random.uniform({MIN_RUN}, 0.02))
-        if attempt == 1 and int(job.id) % 10 == 0:
-            raise RuntimeError("flaky: fails its first attempt")
-    q = JobQueue(
-        handler, workers={WORKERS}, path=path, max_retries=5, backoff=0.01, max_backoff=0.05
-    )
-    for i in range(first, last):
-        try:
-            q.enqueue(Job(id=str(i)))
-        except DuplicateJob:
-            pass  # stored before the last kill, but its acknowledgement never arrived
-        print(i, flush=True)
-    q.join()
-    print("drained", flush=True)
-    q.close()
-    """
-)
 
 
 @dataclass(frozen=True)
@@ -206,7 +151,7 @@ def kill_repeatedly(
     while True:
         draining = done_kills >= kills  # the last child adds nothing, and is not killed
         last = next_id if draining else next_id + batch
-        with _child(HAMMER_CHILD, path, str(ledger), str(next_id), str(last)) as child:
+        with _child("hammer", path, str(ledger), str(next_id), str(last)) as child:
             assert child.stdout is not None
             timer = None
             if not draining:
@@ -257,9 +202,10 @@ def kill_repeatedly(
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _child(script: str, *args: str) -> subprocess.Popen[str]:
+def _child(command: str, *args: str) -> subprocess.Popen[str]:
+    """Start ``python -m benchmarks.crash_child command args...``, its stdout piped."""
     return subprocess.Popen(
-        [sys.executable, "-c", script, *args],
+        [sys.executable, "-m", "benchmarks.crash_child", command, *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,  # the flaky failures' tracebacks

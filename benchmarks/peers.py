@@ -1,13 +1,16 @@
-"""The Python queues a user would otherwise pick, as sessions of ``benchmarks/scenarios.py``.
+"""The Python queues a user would otherwise pick, as sessions (``benchmarks/session.py``).
 
-Each adapter gives its queue the same workload as the tiers: one producer puts job
-number ``i``, ``workers`` threads take jobs, run the handler and acknowledge, and
-``drain()`` returns once every job submitted has run. Each runs with its library's
+Each adapter drives its queue the way the library's documentation shows, and gives it
+the same workload as the tiers: one producer puts job number ``i``, ``workers``
+threads take jobs, run the handler and acknowledge, and ``drain()`` returns once
+every job submitted has run. Each runs with its library's
 defaults, which are also its promise about durability:
 
 - ``persistqueue``: ``persistqueue.SQLiteAckQueue`` (rollback journal, SQLite's default
   ``synchronous=FULL``: a ``put`` survives power loss), one connection shared by the
-  threads (``multithreading=True``); workers ``get``, run, ``ack``.
+  threads (``multithreading=True``, as its multi-threading example has it); workers
+  ``get``, run, ``ack``. They get ``raw=True`` items and ack by ``id``: ``ack(item)``,
+  the README's spelling, would look the item up among the unacknowledged by value.
 - ``litequeue``: ``litequeue.LiteQueue`` (WAL, ``synchronous=NORMAL``: a ``put``
   survives the process dying, not the machine), one instance per thread as its
   documentation suggests; workers ``pop``, run, ``done``. It has no blocking ``pop``,
@@ -33,18 +36,14 @@ import huey
 import litequeue
 import persistqueue
 
-from benchmarks.scenarios import Handler, Session, System
-
-
-def _noop(_: object) -> None:
-    pass
+from benchmarks.session import Handler, Session, System, noop
 
 
 class _Counted:
     """Counts handled jobs so that ``drain()`` can wait for the count to reach the submitted."""
 
     def __init__(self, handler: Handler | None) -> None:
-        self._handler: Callable[[Any], None] = _noop if handler is None else handler
+        self._handler: Callable[[Any], None] = noop if handler is None else handler
         self._cond = threading.Condition()
         self.submitted = 0
         self._done = 0

@@ -18,15 +18,37 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-# name -> the scenario call to profile, run in a fresh interpreter.
+from benchmarks import scenarios
+
+
+@dataclass(frozen=True)
+class Case:
+    """A call of a function of ``benchmarks/scenarios.py``, to profile."""
+
+    scenario: Callable[..., object]
+    args: tuple[object, ...]
+    batch: bool = False  # throughput's keyword: one enqueue_many per thousand jobs
+
+    def __str__(self) -> str:
+        args = ", ".join([repr(a) for a in self.args] + (["batch=True"] if self.batch else []))
+        return f"scenarios.{self.scenario.__name__}({args})"
+
+    def run(self) -> object:
+        call = self.scenario
+        return call(*self.args, batch=True) if self.batch else call(*self.args)
+
+
 CASES = {
-    "final": "scenarios.throughput('final', 100_000)",
-    "final-sqlite": "scenarios.throughput('final-sqlite', 4_000)",
-    "final-sqlite-enqueue_many": "scenarios.throughput('final-sqlite', 60_000, batch=True)",
-    "final-sqlite-latency": "scenarios.latency('final-sqlite', 2_000, 2.0)",
-    "ThreadPoolExecutor": "scenarios.throughput('ThreadPoolExecutor', 100_000)",
+    "improved": Case(scenarios.throughput, ("improved", 100_000)),
+    "final": Case(scenarios.throughput, ("final", 100_000)),
+    "final-sqlite": Case(scenarios.throughput, ("final-sqlite", 4_000)),
+    "final-sqlite-enqueue_many": Case(scenarios.throughput, ("final-sqlite", 60_000), batch=True),
+    "final-sqlite-latency": Case(scenarios.latency, ("final-sqlite", 2_000, 2.0)),
+    "ThreadPoolExecutor": Case(scenarios.throughput, ("ThreadPoolExecutor", 100_000)),
 }
 OURS = re.compile(r"\((final|improved|naive|benchmarks)/")
 FRAME = re.compile(r"^(.*) \((.*)\)$")
@@ -37,10 +59,10 @@ def record(case: str, rate: int = 250) -> Path:
     if not Path(spy).exists():
         raise SystemExit("py-spy is not installed: pip install -e '.[profile]'")
     out = Path(tempfile.mkdtemp(prefix="jobq-profile-")) / "raw.txt"
-    code = f"from benchmarks import scenarios; print({CASES[case]})"
     options = ["--idle", "--rate", str(rate), "--format", "raw", "-o", str(out)]
+    child = [sys.executable, "-m", "benchmarks.profile", case, "--here"]
     subprocess.run(
-        [spy, "record", *options, "--", sys.executable, "-c", code],
+        [spy, "record", *options, "--", *child],
         check=True,
         capture_output=True,
     )
@@ -103,7 +125,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("case", choices=list(CASES))
     parser.add_argument("--out", type=Path, help="also write the summary here")
+    parser.add_argument(
+        "--here",
+        action="store_true",
+        help="run the case in this process, unprofiled: py-spy's child",
+    )
     args = parser.parse_args(argv)
+    if args.here:
+        print(CASES[args.case].run())
+        return
     text = f"$ python -m benchmarks.profile {args.case}\n{CASES[args.case]}\n{_commit()}\n\n"
     text += summarize(record(args.case))
     print(text)

@@ -1,7 +1,8 @@
 """The headline figures and the targets, from a results file: ``python -m benchmarks.report``.
 
 It prints Markdown (the README's table is pasted from it): throughput at 4 workers
-beside ``ThreadPoolExecutor``, p99 latency at the loads the targets name, and each
+beside ``ThreadPoolExecutor`` (driven as its users drive it: ``submit`` in a loop, then
+``shutdown(wait=True)``), p99 latency at the loads the targets name, and each
 target with the figure measured and whether it was met. ``make bench`` runs it
 after the suite.
 """
@@ -77,16 +78,19 @@ def targets(run: Run) -> list[Target]:
     base = tp.get(BASE)
     found: list[Target] = []
 
-    def ratio(goal: str, system: str, at_least: float) -> None:
+    def ratio(goal: str, system: str, at_least: float, floor: float | None = None) -> None:
         if base is None or system not in tp:
             found.append(Target(goal, "not measured", None))
             return
         x = tp[system] / base
         measured = f"{x:.2f}x ({tp[system]:,.0f} vs {base:,.0f} jobs/s)"
+        if floor is not None and x < at_least:
+            measured += f"; {'above' if x >= floor else 'below'} the {floor:g}x floor"
         found.append(Target(goal, measured, x >= at_least))
 
-    ratio("improved >= 3x ThreadPoolExecutor's throughput", "improved", 3)
-    ratio("final in memory >= 2x", "final", 2)
+    # Against the pool as its users drive it: a submit loop closed by shutdown(wait=True).
+    ratio("improved >= 5x ThreadPoolExecutor's throughput", "improved", 5)
+    ratio("final in memory >= 2.5x (2x at the least)", "final", 2.5, floor=2)
     ratio("final with SQLite and enqueue_many >= 1x", "final-sqlite enqueue_many", 1)
     # The interleaved persistence rounds measure all five figures, or none.
     disk = persistence_at(run)
@@ -160,6 +164,15 @@ def markdown(run: Run) -> str:
         "curves.",
         "",
     ]
+    if top is not None:
+        if "pool" in top:
+            lines[0] += f" ThreadPoolExecutor is driven as its users drive it: {top['pool']}."
+        else:
+            lines[0] += (
+                " **This run measured ThreadPoolExecutor with concurrent.futures.wait() over "
+                "every future, slower than its users see it: each ratio to the pool is too "
+                "high. Run `make bench` again.**"
+            )
     tp = throughput_at(run)
     base = tp.get(BASE)
     at5k = latency_at(run, 5000)

@@ -1,10 +1,11 @@
 """The workloads, defined once: the benchmark suite and the notebooks both call these.
 
-Every system is opened as a ``Session``: ``submit(i)`` hands it job number ``i``,
-``drain()`` returns once every job submitted has run, and leaving the ``with`` block
-shuts it down. The handler receives the job's number, so that a workload can record
-when job ``i`` started; ``handler=None`` means a no-op job, passed to the system as
-directly as it allows (no per-job conversion), for the throughput figures.
+Every system is opened as a ``Session`` (``benchmarks/session.py``): ``submit(i)``
+hands it job number ``i``, ``drain()`` returns once every job submitted has run, and
+leaving the ``with`` block shuts it down. Each system is driven the way its users call
+it. The handler receives the job's number, so that a workload can record when job
+``i`` started; ``handler=None`` means a no-op job, passed to the system as directly as
+it allows (no per-job conversion), for the throughput figures.
 
 The systems are the three tiers, the final tier on SQLite, the standard library's
 ``ThreadPoolExecutor``, and, when the ``peers`` extra is installed, the durable and
@@ -24,39 +25,20 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any
 
 import final
 import improved
 import naive
+from benchmarks.session import Handler, Session, System, noop
 
 WORKERS = 4  # the workers of every figure that does not vary them
 BATCH = 1000  # jobs per enqueue_many call
-
-Handler = Callable[[int], None]
-
-
-class Session(Protocol):
-    """One open system: a queue and its workers."""
-
-    def submit(self, i: int) -> None: ...
-
-    def submit_many(self, ids: Sequence[int]) -> None: ...
-
-    def drain(self) -> None: ...
-
-
-# Opens a system: (handler or None for no-op jobs, workers, a scratch directory).
-System = Callable[[Handler | None, int, Path], contextlib.AbstractContextManager[Session]]
-
-
-def _noop(_: object) -> None:
-    pass
 
 
 class TierSession:
@@ -87,7 +69,7 @@ def tier_system(module: ModuleType, *, on_disk: bool = False, **options: Any) ->
     def open_tier(handler: Handler | None, workers: int, workdir: Path) -> Iterator[Session]:
         run: Callable[[Any], None]
         if handler is None:
-            run = _noop
+            run = noop
         else:
             h = handler
 
@@ -103,22 +85,33 @@ def tier_system(module: ModuleType, *, on_disk: bool = False, **options: Any) ->
     return open_tier
 
 
+POOL_DRIVEN = "a submit loop closed by shutdown(wait=True)"  # how the baseline is measured
+
+
 class PoolSession:
+    """``ThreadPoolExecutor`` driven as its users drive it: ``submit`` in a loop, then
+    ``shutdown(wait=True)`` (what leaving its ``with`` block does).
+
+    No future is kept: a caller that wants every job done waits on the pool, not on a
+    list of futures, and ``concurrent.futures.wait`` over every future would cost the
+    pool about half its throughput, a price its users do not pay. So ``drain()``
+    shuts the pool down: a pool session is drained once, at its end.
+    """
+
     def __init__(self, pool: ThreadPoolExecutor, handler: Handler | None) -> None:
         self._pool = pool
-        self._handler: Callable[[Any], None] = _noop if handler is None else handler
-        self._futures: list[Future[None]] = []
+        self._handler: Callable[[Any], None] = noop if handler is None else handler
 
     def submit(self, i: int) -> None:
-        self._futures.append(self._pool.submit(self._handler, i))
+        self._pool.submit(self._handler, i)
 
     def submit_many(self, ids: Sequence[int]) -> None:
         submit, h = self._pool.submit, self._handler
-        self._futures.extend([submit(h, i) for i in ids])
+        for i in ids:
+            submit(h, i)
 
     def drain(self) -> None:
-        wait(self._futures)
-        self._futures.clear()
+        self._pool.shutdown(wait=True)
 
     def abandon(self) -> None:
         """Cancel what has not started, so that closing does not wait for a backlog."""
@@ -166,12 +159,22 @@ def is_durable(name: str) -> bool:
     return name not in IN_MEMORY and name != "huey-memory"
 
 
+def opened(
+    name: str, handler: Handler | None = None, workers: int = WORKERS
+) -> contextlib.AbstractContextManager[Session]:
+    """Open system ``name`` with a scratch directory of its own, removed afterwards.
+
+    The system is looked up now, and opened on entering the ``with`` block: a clock
+    started in between times the opening, not the first import of the peers.
+    """
+    return _in_scratch(systems()[name], handler, workers)
+
+
 @contextlib.contextmanager
-def opened(name: str, handler: Handler | None = None, workers: int = WORKERS) -> Iterator[Session]:
-    """Open system ``name`` with a scratch directory of its own, removed afterwards."""
+def _in_scratch(system: System, handler: Handler | None, workers: int) -> Iterator[Session]:
     with (
         tempfile.TemporaryDirectory(prefix="jobq-bench-") as tmp,
-        systems()[name](handler, workers, Path(tmp)) as session,
+        system(handler, workers, Path(tmp)) as session,
     ):
         yield session
 
@@ -186,8 +189,9 @@ def throughput(name: str, jobs: int, workers: int = WORKERS, *, batch: bool = Fa
     system's start-up and shutdown (threads, files) are part of its price.
     """
     ids = range(jobs)
+    system = opened(name, None, workers)
     begun = time.perf_counter()
-    with opened(name, None, workers) as s:
+    with system as s:
         if batch:
             s.submit_many(ids)
         else:
@@ -334,12 +338,14 @@ def work_throughput(name: str, kind: str, workers: int, jobs: int) -> float:
 
     else:
         raise ValueError(f"kind must be 'io' or 'cpu', got {kind!r}")
-    begun = time.perf_counter()
     if name == "direct":  # the baseline: the handler called in a loop, no queue, one thread
+        begun = time.perf_counter()
         for i in range(jobs):
             handler(i)
         return jobs / (time.perf_counter() - begun)
-    with opened(name, handler, workers) as s:
+    system = opened(name, handler, workers)
+    begun = time.perf_counter()
+    with system as s:
         for i in range(jobs):
             s.submit(i)
         s.drain()
@@ -580,7 +586,7 @@ def persistence(durability: str | None, how: str, jobs: int, workers: int = WORK
         if durability is not None:
             options = {"path": Path(tmp) / "q.db", "durability": durability}
         begun = time.perf_counter()
-        with final.JobQueue(_noop, workers=workers, **options) as q:
+        with final.JobQueue(noop, workers=workers, **options) as q:
             if how == "enqueue_many":
                 TierSession(final, q).submit_many(range(jobs))
             elif how == "1 producer":
@@ -706,6 +712,7 @@ def machine() -> dict[str, Any]:
 
 __all__ = [
     "IN_MEMORY",
+    "POOL_DRIVEN",
     "PRODUCE",
     "SYSTEMS",
     "TIERS",

@@ -40,9 +40,11 @@ def rounds(
     figure: str,
     rates: dict[str, list[float]],
     one_round: Callable[[], None],
+    **info: str,
 ) -> None:
-    """Run ``one_round`` (which appends to ``rates``) at least 5 times; record the medians."""
-    measure(benchmark, "0 headline", max(mode.rounds, 5), one_round)
+    """Run ``one_round`` (which appends to ``rates``) at least 5 times; record the medians,
+    and ``info``."""
+    measure(benchmark, "0 headline", max(mode.rounds, 5), one_round, **info)
     benchmark.extra_info.update(
         figure=figure,
         workers=scenarios.WORKERS,
@@ -63,7 +65,7 @@ def test_headline_throughput(benchmark: Benchmark, mode: Mode) -> None:
                 jobs = mode.fast_jobs if system in scenarios.IN_MEMORY else mode.slow_jobs
             rates[name].append(scenarios.throughput(system, jobs, batch=batch))
 
-    rounds(benchmark, mode, "throughput", rates, one_round)
+    rounds(benchmark, mode, "throughput", rates, one_round, pool=scenarios.POOL_DRIVEN)
 
 
 def test_headline_latency(benchmark: Benchmark, mode: Mode) -> None:

@@ -36,14 +36,14 @@ import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from benchmarks.crash import kill_mid_run
+from benchmarks.tour_table import TIERS, Row, Scenario
 
-TIERS = ("naive", "improved", "final")
 PRIORITY_LETTER = {"HIGH": "H", "MEDIUM": "M", "LOW": "L"}
 
 
@@ -78,32 +78,6 @@ QUICK = Size(
 
 # Small enough that a lane fills within the fast producer's first milliseconds.
 QUEUE_SIZE = 500
-
-
-@dataclass(slots=True)
-class Row:
-    """One line of the table: a label and a cell per tier, with the figures behind it."""
-
-    label: str
-    cells: dict[str, str] = field(default_factory=dict)
-    values: dict[str, Any] = field(default_factory=dict)
-
-    def put(self, tier: str, cell: str, value: Any = None) -> None:
-        self.cells[tier] = cell
-        self.values[tier] = value
-
-
-@dataclass(slots=True)
-class Scenario:
-    """One scenario: its title, its rows, and what its picture plots, per tier."""
-
-    number: int
-    title: str
-    rows: list[Row]
-    plot: dict[str, Any] = field(default_factory=dict)
-
-    def row(self, label: str) -> Row:
-        return next(r for r in self.rows if r.label == label)
 
 
 def _module(tier: str) -> ModuleType:

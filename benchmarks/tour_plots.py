@@ -14,7 +14,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
-from benchmarks.tour import TIERS, Scenario
+from benchmarks.tour_table import TIERS, Scenario
 
 COLOURS = {"naive": "tab:red", "improved": "tab:blue", "final": "tab:green"}
 ROW_OF = {"H": 2, "M": 1, "L": 0}

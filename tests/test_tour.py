@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from benchmarks import tour
+from benchmarks.tour_table import Scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 TIERS = ("naive", "improved", "final")
@@ -25,7 +26,7 @@ TIERS = ("naive", "improved", "final")
 
 @dataclass(frozen=True)
 class Tour:
-    scenarios: dict[int, tour.Scenario]
+    scenarios: dict[int, Scenario]
     printed: str
     plots: Path
 
