@@ -177,6 +177,18 @@ class Attempt:
 _current = threading.local()
 
 
+def _refuse_from_handler(queue: object, method: str) -> None:
+    """Raise ``RuntimeError`` when a handler of ``queue`` calls ``method`` (join, close).
+
+    Waiting for the queue to settle from one of its handlers waits for the handler's
+    own job: the worker never returns, and neither does the exit hook that closes the
+    queue. The mark is on the thread (see ``_worker``), not in ``_threads``, so that a
+    thread whose attempt timed out, and that left ``_threads``, is refused too.
+    """
+    if getattr(_current, "queue", None) is queue:
+        raise RuntimeError(f"{method}() from a handler would wait for its own job")
+
+
 def current_attempt() -> Attempt:
     """The attempt the calling handler is running; ``RuntimeError`` outside a handler."""
     attempt: Attempt | None = getattr(_current, "attempt", None)
@@ -424,7 +436,11 @@ class JobQueue:
                 raise error
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until every accepted job has settled; ``False`` if ``timeout`` passed first."""
+        """Wait until every accepted job has settled; ``False`` if ``timeout`` passed first.
+
+        Calling it from a handler is a ``RuntimeError``: it would wait for its own job.
+        """
+        _refuse_from_handler(self, "join")
         with self._mutex:
             return self._all_settled.wait_for(lambda: self._unsettled == 0, timeout)
 
@@ -440,8 +456,7 @@ class JobQueue:
         ``timeout`` waits for all of that; calling it from a handler is a
         ``RuntimeError`` (it would wait for itself).
         """
-        if threading.current_thread() in self._threads:
-            raise RuntimeError("close() from a handler would wait for its own job")
+        _refuse_from_handler(self, "close")
         endtime = None if timeout is None else time.monotonic() + timeout
         with self._mutex:
             self._closing = True
@@ -759,6 +774,7 @@ class JobQueue:
             self._not_empty.notify()
 
     def _worker(self) -> None:
+        _current.queue = self  # for _refuse_from_handler: this thread runs our handlers
         me = threading.current_thread()
         with self._mutex:
             attempt = self._take_locked(me)
