@@ -869,6 +869,18 @@ class JobQueue:
                 return self._take_locked(me) if self._rejoin(me) else None
             self._running.discard(record)
             self._busy += finished - (record.started or finished)
+            if attempt.deadline is not None and finished >= attempt.deadline:
+                # It ended past its deadline, before the scheduler got to it: timed out
+                # all the same, as ``expired`` told the handler. The verdict is the
+                # deadline's, not that of whichever thread took the lock first.
+                self._counts[record.job.priority]["timed_out"] += 1
+                logger.warning(
+                    "job %s attempt %d timed out after %ss",
+                    attempt.job.id,
+                    attempt.number,
+                    self._job_timeout,
+                )
+                error = f"timed out after {self._job_timeout}s"
             if error is not None:
                 self._fail(record, error)
             else:

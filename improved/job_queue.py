@@ -19,7 +19,9 @@ What it fixes from naive, lesson by lesson:
    runs more than ``2 * workers`` worker threads in all, instead of growing them
    without bound. ``metrics().abandoned`` shows how many are abandoned now. A
    handler can cooperate: ``current_attempt()`` returns the running ``Attempt``,
-   whose ``expired`` and ``time_left()`` say when to give up.
+   whose ``expired`` and ``time_left()`` say when to give up. An attempt that ends
+   after its deadline is timed out, even when it returned before the scheduler
+   noticed: the deadline decides, not which thread gets to the lock first.
 5. Graceful shutdown. ``close()`` stops accepting, runs what is queued, in flight
    and waiting to retry, and returns with no thread of the queue left running but
    the abandoned ones (lesson 4: nothing can end them).
@@ -416,10 +418,23 @@ class JobQueue:
             failed = False
         finally:
             _current.attempt = None
+        finished = time.monotonic()
         with self._mutex:
             if attempt.abandoned:
                 return self._rejoin()
             self._running.discard(attempt)
+            if attempt.deadline is not None and finished >= attempt.deadline:
+                # It ended past its deadline, before the scheduler got to it: timed out
+                # all the same, as ``expired`` told the handler. The verdict is the
+                # deadline's, not that of whichever thread took the lock first.
+                self._counts["timed_out"] += 1
+                logger.warning(
+                    "job %s attempt %d timed out after %ss",
+                    attempt.job.id,
+                    attempt.number,
+                    self._job_timeout,
+                )
+                failed = True
             if failed:
                 self._fail(attempt)
             else:

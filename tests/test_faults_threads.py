@@ -5,12 +5,15 @@ Each test names the kind of fault it guards against; they use the public API onl
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
 import pytest
 
-from tests.support import PATIENCE, Tier
+from tests.support import PATIENCE, Boom, Tier
+
+FAST = {"backoff": 0.001, "max_backoff": 0.01}
 
 pytestmark = pytest.mark.tiers("improved", "final")
 
@@ -53,3 +56,37 @@ def test_join_from_a_handler_that_timed_out_is_refused_too(tier: Tier) -> None:
     q.enqueue(tier.Job())
     assert abandoned.wait(PATIENCE)
     assert len(errors) == 1 and "own job" in str(errors[0])
+
+
+# -- an attempt that ends after its deadline is judged by the deadline -------------------
+
+
+@pytest.fixture
+def scheduler_starved() -> Any:
+    """Let a spinning handler keep the GIL until it blocks: the queue's scheduler,
+    woken at the deadline, cannot run before the worker has settled the attempt.
+    This makes the race between the worker and the scheduler go the worker's way."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(5.0)
+    yield
+    sys.setswitchinterval(before)
+
+
+@pytest.mark.usefixtures("scheduler_starved")
+@pytest.mark.parametrize("raises", [False, True], ids=["returns", "raises"])
+def test_an_attempt_that_ends_after_its_deadline_is_timed_out_whoever_sees_it_first(
+    tier: Tier, raises: bool
+) -> None:
+    def handler(job: Any) -> None:
+        attempt = tier.module.current_attempt()
+        while not attempt.expired:  # spins: never lets go of the GIL
+            pass
+        if raises:
+            raise Boom("too late")
+
+    q = tier.queue(handler, workers=1, job_timeout=0.02, max_retries=1, **FAST)
+    for _ in range(3):
+        q.enqueue(tier.Job())
+    assert q.join(timeout=PATIENCE)
+    m = q.metrics()
+    assert (m.completed, m.failed, m.timed_out, m.retried) == (0, 3, 6, 3)
