@@ -213,6 +213,30 @@ def backoff_delay(
     return ceiling / 2 + rand() * ceiling / 2
 
 
+# The late end of an attempt that timed out: its one record was the timeout's.
+_LATE = "job %s attempt %d ended after it had timed out; its result (%r) is ignored"
+
+
+def _log_failure(
+    job_id: str, number: int, reason: str, error: BaseException | None, last: bool
+) -> None:
+    """Log the one record of a failed attempt, timed out or raised.
+
+    An attempt that leaves the job a retry is one WARNING line without a traceback:
+    a failing dependency fails every attempt of every job, and a traceback each
+    buried the one that matters. The attempt that ends the job for good is an ERROR
+    that names the job, its attempts and the error, with its traceback if it raised.
+    Called under the queue's lock, so that the record is out before ``join()``
+    returns; a logging handler must therefore not call back into the queue.
+    """
+    if last:
+        logger.error(
+            "job %s failed for good after %d attempts: %s", job_id, number, reason, exc_info=error
+        )
+    else:
+        logger.warning("job %s attempt %d failed: %s", job_id, number, reason)
+
+
 Handler = Callable[[Job], object]
 _T = TypeVar("_T")
 _Retry = tuple[float, int, Record]  # (due, tie-breaker, record)
@@ -852,44 +876,42 @@ class JobQueue:
                 self._forget(record)
                 return self._take_locked(me)
         _current.attempt = attempt
-        error: str | None = None
+        error: BaseException | None = None
         try:
             self._handler(attempt.job)
         except BaseException as exc:  # SystemExit too: it must not take the worker along
-            late = " after it had timed out; the result is ignored" if attempt.abandoned else ""
-            logger.warning(
-                "job %s attempt %d failed%s", attempt.job.id, attempt.number, late, exc_info=True
-            )
-            error = f"{type(exc).__name__}: {exc}"
+            error = exc
         finally:
             _current.attempt = None
         finished = time.monotonic()
         with self._mutex:
             if record.token != token:  # timed out and abandoned while it ran
+                # The scheduler logged its one record when it timed the attempt out.
+                logger.debug(_LATE, attempt.job.id, attempt.number, error)
                 return self._take_locked(me) if self._rejoin(me) else None
             self._running.discard(record)
             self._busy += finished - (record.started or finished)
+            reason = None if error is None else f"{type(error).__name__}: {error}"
             if attempt.deadline is not None and finished >= attempt.deadline:
                 # It ended past its deadline, before the scheduler got to it: timed out
                 # all the same, as ``expired`` told the handler. The verdict is the
                 # deadline's, not that of whichever thread took the lock first.
                 self._counts[record.job.priority]["timed_out"] += 1
-                logger.warning(
-                    "job %s attempt %d timed out after %ss",
-                    attempt.job.id,
-                    attempt.number,
-                    self._job_timeout,
-                )
-                error = f"timed out after {self._job_timeout}s"
-            if error is not None:
-                self._fail(record, error)
-            else:
+                reason, error = f"timed out after {self._job_timeout}s", None
+            if reason is None:
                 self._counts[record.job.priority]["completed"] += 1
                 self._settle(record, Status.COMPLETED, finished)
+                return self._take_locked(me)
+            last = self._fail(record, reason)
+            # Under the lock, so that the record is written before join() returns.
+            _log_failure(attempt.job.id, attempt.number, reason, error, last)
             return self._take_locked(me)
 
-    def _fail(self, record: Record, error: str) -> None:
-        """Retry the job after a backoff, or settle it as failed. Holds the lock."""
+    def _fail(self, record: Record, error: str) -> bool:
+        """Retry the job after a backoff, or settle it as failed. Holds the lock.
+
+        Returns True when the job failed for good: it went to the dead letters.
+        """
         record.last_error = error
         counts = self._counts[record.job.priority]
         if record.attempts > record.max_retries:
@@ -897,7 +919,8 @@ class JobQueue:
             # spent, and a retry left on disk would run it once too many.
             counts["failed"] += 1
             self._settle(record, Status.FAILED, time.monotonic())
-        elif self._stopping:
+            return True
+        if self._stopping:
             # close(timeout) has passed: nobody here will retry it. On disk it waits
             # for the next start; in memory it is lost, and counted so.
             self._store.retrying(record, 0.0)
@@ -914,6 +937,7 @@ class JobQueue:
             if due < self._next_wake:
                 self._timer_changed.notify()
             self._store.retrying(record, delay)
+        return False
 
     def _settle(self, record: Record, status: Status, now: float) -> None:
         """One accepted job is done with: remembered, within the history. Holds the lock."""
@@ -1004,13 +1028,9 @@ class JobQueue:
         self._busy += self._job_timeout or 0.0
         self._abandoned += 1
         self._live_workers -= 1
-        logger.warning(
-            "job %s attempt %d timed out after %ss; its thread is abandoned",
-            record.job.id,
-            record.attempts,
-            self._job_timeout,
-        )
-        self._fail(record, f"timed out after {self._job_timeout}s")
+        reason = f"timed out after {self._job_timeout}s"
+        last = self._fail(record, reason)
+        _log_failure(record.job.id, record.attempts, reason, None, last)
         if self._abandoned <= self._workers:
             self._start_worker()
 

@@ -177,6 +177,30 @@ def backoff_delay(
     return ceiling / 2 + rand() * ceiling / 2
 
 
+# The late end of an attempt that timed out: its one record was the timeout's.
+_LATE = "job %s attempt %d ended after it had timed out; its result (%r) is ignored"
+
+
+def _log_failure(
+    job_id: str, number: int, reason: str, error: BaseException | None, last: bool
+) -> None:
+    """Log the one record of a failed attempt, timed out or raised.
+
+    An attempt that leaves the job a retry is one WARNING line without a traceback:
+    a failing dependency fails every attempt of every job, and a traceback each
+    buried the one that matters. The attempt that ends the job for good is an ERROR
+    that names the job, its attempts and the error, with its traceback if it raised.
+    Called under the queue's lock, so that the record is out before ``join()``
+    returns; a logging handler must therefore not call back into the queue.
+    """
+    if last:
+        logger.error(
+            "job %s failed for good after %d attempts: %s", job_id, number, reason, exc_info=error
+        )
+    else:
+        logger.warning("job %s attempt %d failed: %s", job_id, number, reason)
+
+
 Handler = Callable[[Job], object]
 _Retry = tuple[float, int, Job, int]  # (due, tie-breaker, job, attempts made)
 
@@ -406,48 +430,46 @@ class JobQueue:
     def _run(self, attempt: Attempt) -> bool:
         """Run one attempt; False when this thread should leave the pool."""
         _current.attempt = attempt
+        error: BaseException | None = None
         try:
             self._handler(attempt.job)
-        except BaseException:  # SystemExit too: it must not take the worker along
-            late = " after it had timed out; the result is ignored" if attempt.abandoned else ""
-            logger.warning(
-                "job %s attempt %d failed%s", attempt.job.id, attempt.number, late, exc_info=True
-            )
-            failed = True
-        else:
-            failed = False
+        except BaseException as exc:  # SystemExit too: it must not take the worker along
+            error = exc
         finally:
             _current.attempt = None
         finished = time.monotonic()
         with self._mutex:
             if attempt.abandoned:
+                # The scheduler logged its one record when it timed the attempt out.
+                logger.debug(_LATE, attempt.job.id, attempt.number, error)
                 return self._rejoin()
             self._running.discard(attempt)
+            reason = None if error is None else f"{type(error).__name__}: {error}"
             if attempt.deadline is not None and finished >= attempt.deadline:
                 # It ended past its deadline, before the scheduler got to it: timed out
                 # all the same, as ``expired`` told the handler. The verdict is the
                 # deadline's, not that of whichever thread took the lock first.
                 self._counts["timed_out"] += 1
-                logger.warning(
-                    "job %s attempt %d timed out after %ss",
-                    attempt.job.id,
-                    attempt.number,
-                    self._job_timeout,
-                )
-                failed = True
-            if failed:
-                self._fail(attempt)
-            else:
+                reason, error = f"timed out after {self._job_timeout}s", None
+            if reason is None:
                 self._counts["completed"] += 1
                 self._settle()
+                return True
+            last = self._fail(attempt)
+            # Under the lock, so that the record is written before join() returns.
+            _log_failure(attempt.job.id, attempt.number, reason, error, last)
             return True
 
-    def _fail(self, attempt: Attempt) -> None:
-        """Retry the job after a backoff, or settle it as failed. Holds the lock."""
+    def _fail(self, attempt: Attempt) -> bool:
+        """Retry the job after a backoff, or settle it as failed. Holds the lock.
+
+        Returns True when the job failed for good: this was its last attempt.
+        """
         if attempt.number > self._max_retries:
             self._counts["failed"] += 1  # its budget is spent, close() or not
             self._settle()
-        elif self._stopping:
+            return True
+        if self._stopping:
             self._counts["lost"] += 1  # close(timeout) has passed: nobody will retry it
             self._settle()
         else:
@@ -457,6 +479,7 @@ class JobQueue:
             self._counts["retried"] += 1
             if due < self._next_wake:
                 self._timer_changed.notify()
+        return False
 
     def _settle(self) -> None:
         """One accepted job is done with. Holds the lock."""
@@ -502,13 +525,9 @@ class JobQueue:
         self._counts["timed_out"] += 1
         self._abandoned += 1
         self._live_workers -= 1
-        logger.warning(
-            "job %s attempt %d timed out after %ss; its thread is abandoned",
-            attempt.job.id,
-            attempt.number,
-            self._job_timeout,
-        )
-        self._fail(attempt)
+        last = self._fail(attempt)
+        reason = f"timed out after {self._job_timeout}s"
+        _log_failure(attempt.job.id, attempt.number, reason, None, last)
         if self._abandoned <= self._workers:
             self._start_worker()
 

@@ -5,6 +5,7 @@ Each test names the kind of fault it guards against; they use the public API onl
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.support import PATIENCE, Boom, Tier
+from tests.test_improved_and_final import wait_for_metrics
 
 FAST = {"backoff": 0.001, "max_backoff": 0.01}
 
@@ -90,3 +92,76 @@ def test_an_attempt_that_ends_after_its_deadline_is_timed_out_whoever_sees_it_fi
     assert q.join(timeout=PATIENCE)
     m = q.metrics()
     assert (m.completed, m.failed, m.timed_out, m.retried) == (0, 3, 6, 3)
+
+
+# -- logs: one record per failed attempt, the last one at ERROR ------------------------
+
+
+def records_about(caplog: pytest.LogCaptureFixture, job_id: str) -> list[tuple[int, str, bool]]:
+    """(level, message, has a traceback) of every record at WARNING or above naming the job."""
+    return [
+        (r.levelno, r.getMessage(), bool(r.exc_info))
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and f"job {job_id} " in r.getMessage()
+    ]
+
+
+def test_a_job_failing_every_attempt_logs_one_line_each_and_one_traceback(
+    tier: Tier, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=tier.name)
+    jobs = 200
+
+    def handler(job: Any) -> None:
+        raise ConnectionError(f"{job.id}: the service is down")
+
+    q = tier.queue(handler, workers=2, max_retries=3, **FAST)
+    for i in range(jobs):
+        q.enqueue(tier.Job(id=f"job-{i}"))
+    assert q.join(timeout=PATIENCE)
+    ours = [r for r in caplog.records if r.name.startswith(tier.name)]
+    assert len(ours) == jobs * 4  # one record per failed attempt, no more
+    assert [r for r in ours if r.exc_info] == [r for r in ours if r.levelno == logging.ERROR]
+    assert sum(r.levelno == logging.ERROR for r in ours) == jobs
+    assert records_about(caplog, "job-7") == [
+        (
+            logging.WARNING,
+            f"job job-7 attempt {n} failed: ConnectionError: job-7: the service is down",
+            False,
+        )
+        for n in (1, 2, 3)
+    ] + [
+        (
+            logging.ERROR,
+            "job job-7 failed for good after 4 attempts: "
+            "ConnectionError: job-7: the service is down",
+            True,
+        )
+    ]
+
+
+def test_a_timed_out_attempt_is_logged_once_even_when_its_handler_fails_late(
+    tier: Tier, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=tier.name)
+    late = threading.Semaphore(0)
+
+    def handler(job: Any) -> None:
+        attempt = tier.module.current_attempt()
+        while not attempt.abandoned:
+            threading.Event().wait(0.005)
+        try:
+            raise Boom("too late to matter")
+        finally:
+            late.release()
+
+    q = tier.queue(handler, workers=1, job_timeout=0.05, max_retries=1, **FAST)
+    q.enqueue(tier.Job(id="slow"))
+    assert q.join(timeout=PATIENCE)
+    for _ in range(2):
+        assert late.acquire(timeout=PATIENCE)
+    wait_for_metrics(q, lambda m: m.abandoned == 0, "the abandoned threads to return")
+    assert records_about(caplog, "slow") == [
+        (logging.WARNING, "job slow attempt 1 failed: timed out after 0.05s", False),
+        (logging.ERROR, "job slow failed for good after 2 attempts: timed out after 0.05s", False),
+    ]
