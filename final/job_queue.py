@@ -78,7 +78,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
 
-from final.errors import DuplicateJob, QueueClosed, QueueFull
+from final.errors import DuplicateJob, NotADeadLetter, QueueClosed, QueueFull
 from final.fairness import FairPicker
 from final.jobs import Job, JobInfo, Priority, Record, Status
 from final.rate_limit import TokenBucket
@@ -98,6 +98,7 @@ __all__ = [
     "QueueClosed",
     "QueueFull",
     "Status",
+    "StoreError",  # raised to users: a path that is not a queue, a full disk
     "backoff_delay",
     "current_attempt",
 ]
@@ -597,7 +598,7 @@ class JobQueue:
             ):
                 record = self._records[job_id] = on_disk
             if record is None:
-                raise KeyError(f"{job_id!r} is not in the dead letters")
+                raise NotADeadLetter(job_id)
             record.settled = 0  # its entry in the settle order is stale now
         # On disk before it can run, as an enqueue is: a worker that took it first
         # could settle it before the replay landed, and the replay would then undo

@@ -90,13 +90,17 @@ CREATE UNIQUE INDEX jobs_key ON jobs (idempotency_key) WHERE idempotency_key IS 
 # it back, and with a dozen threads busy that wait, not SQLite, was most of a
 # commit's time.
 INSERT = "INSERT INTO jobs VALUES "
+# RETRYING and SETTLED carry the attempt's start: the journal that recorded it is
+# emptied at the next start, and without it info() of a job settled in an earlier run
+# had no started_at.
 ASSIGNMENTS = {
     Write.RETRYING: (
-        "status = 'retrying', attempts = v.column2, last_error = v.column3, due_at = v.column4"
+        "status = 'retrying', attempts = v.column2, last_error = v.column3, due_at = v.column4,"
+        " started_at = v.column5"
     ),
     Write.SETTLED: (
         "attempts = v.column2, status = v.column3, last_error = v.column4,"
-        " finished_at = v.column5, due_at = NULL"
+        " finished_at = v.column5, due_at = NULL, started_at = v.column6"
     ),
     Write.REVIVED: "status = 'queued', attempts = 0, finished_at = NULL",
 }
@@ -165,7 +169,13 @@ class SQLiteStore:
     # -- writes that may lag: they ride in the next commit --------------------------------
 
     def retrying(self, record: Record, due_in: float) -> None:
-        values = (record.job.id, record.attempts, record.last_error, time.time() + due_in)
+        values = (
+            record.job.id,
+            record.attempts,
+            record.last_error,
+            time.time() + due_in,
+            _wall(record.started),
+        )
         self._commits.later(Write.RETRYING, values)
 
     def settled(self, record: Record) -> None:
@@ -175,6 +185,7 @@ class SQLiteStore:
             record.status.value,
             record.last_error,
             _wall(record.finished),
+            _wall(record.started),
         )
         self._commits.later(Write.SETTLED, values)
 

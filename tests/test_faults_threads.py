@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -165,3 +166,55 @@ def test_a_timed_out_attempt_is_logged_once_even_when_its_handler_fails_late(
         (logging.WARNING, "job slow attempt 1 failed: timed out after 0.05s", False),
         (logging.ERROR, "job slow failed for good after 2 attempts: timed out after 0.05s", False),
     ]
+
+
+# -- what users see: names, messages, times after a restart (final) ---------------------
+
+
+@pytest.mark.tiers("final")
+def test_the_store_error_users_catch_is_exported_by_the_tier(tier: Tier, tmp_path: Path) -> None:
+    assert "StoreError" in tier.module.__all__
+    not_a_queue = tmp_path / "notes.txt"
+    not_a_queue.write_text("not a database")
+    with pytest.raises(tier.module.StoreError, match="not"):
+        tier.module.JobQueue(lambda job: None, path=not_a_queue)
+
+
+@pytest.mark.tiers("final")
+def test_retry_dead_key_error_reads_as_a_sentence(tier: Tier) -> None:
+    q = tier.queue(lambda job: None, workers=1)
+    q.enqueue(tier.Job(id="fine"))
+    assert q.join(timeout=PATIENCE)
+    for job_id in ("fine", "never-seen"):
+        with pytest.raises(KeyError) as caught:
+            q.retry_dead(job_id)
+        # KeyError's own str() quotes its argument: a sentence in double quotes.
+        assert str(caught.value) == f"job {job_id!r} is not in the dead letters"
+        assert caught.value.args[0] == job_id  # the missing key, as KeyError carries it
+
+
+@pytest.mark.tiers("final")
+def test_info_after_a_restart_keeps_when_the_last_attempt_started(
+    tier: Tier, tmp_path: Path
+) -> None:
+    path = tmp_path / "queue.db"
+
+    def handler(job: Any) -> None:
+        if job.id == "doomed":
+            raise Boom("no")
+
+    q = tier.module.JobQueue(handler, workers=1, max_retries=0, path=path)
+    q.enqueue(tier.Job(id="done"))
+    q.enqueue(tier.Job(id="doomed"))
+    assert q.join(timeout=PATIENCE)
+    before = {job_id: q.info(job_id) for job_id in ("done", "doomed")}
+    q.close()
+
+    q = tier.queue(handler, workers=1, path=path)
+    for job_id, seen in before.items():
+        after = q.info(job_id)
+        assert after is not None and seen is not None
+        assert after.status is seen.status
+        assert after.started_at is not None and seen.started_at is not None
+        assert after.started_at == pytest.approx(seen.started_at, abs=0.05)
+        assert after.enqueued_at <= after.started_at <= after.finished_at
