@@ -358,6 +358,7 @@ class JobQueue:
         self._live_workers = 0  # worker threads not running an abandoned attempt
         self._threads: set[threading.Thread] = set()  # what close() joins
         self._thread_names = itertools.count()
+        self._forked = False  # this is the child of an os.fork(): see _after_fork
 
     def _start_threads(self) -> None:
         """The workers, the scheduler, and a hook that closes the queue at exit."""
@@ -381,6 +382,7 @@ class JobQueue:
 
         self._atexit_hook = close_at_exit
         atexit.register(close_at_exit)
+        _queues.add(self)  # see _after_fork
 
     # -- the contract ------------------------------------------------------------------
 
@@ -393,6 +395,8 @@ class JobQueue:
         remembers, ``QueueClosed`` once ``close()`` has begun (a blocked producer is
         woken to raise it), and ``TypeError`` or ``ValueError`` for a malformed job.
         """
+        if self._forked:
+            raise _forked()
         check_job(job)
         check_timeout(timeout)
         record = self._record(job)  # built before the lock, to keep the lock short
@@ -414,6 +418,8 @@ class JobQueue:
         they are. On disk, a batch is one commit, or one per half lane when it is
         larger than that: a failed commit takes all of its jobs with it.
         """
+        if self._forked:
+            raise _forked()
         jobs = list(jobs)
         for job in jobs:
             check_job(job)
@@ -465,6 +471,8 @@ class JobQueue:
 
         Calling it from a handler is a ``RuntimeError``: it would wait for its own job.
         """
+        if self._forked:
+            raise _forked()
         _refuse_from_handler(self, "join")
         with self._mutex:
             return self._all_settled.wait_for(lambda: self._unsettled == 0, timeout)
@@ -481,6 +489,8 @@ class JobQueue:
         ``timeout`` waits for all of that; calling it from a handler is a
         ``RuntimeError`` (it would wait for itself).
         """
+        if self._forked:
+            return  # the parent's to close: see _after_fork
         _refuse_from_handler(self, "close")
         endtime = None if timeout is None else time.monotonic() + timeout
         with self._mutex:
@@ -513,6 +523,8 @@ class JobQueue:
 
     def metrics(self) -> Metrics:
         """A snapshot of the counters and gauges, all read under one lock."""
+        if self._forked:
+            raise _forked()
         with self._mutex:
             now = time.monotonic()
             lanes: dict[Priority, LaneMetrics] = {}
@@ -549,6 +561,8 @@ class JobQueue:
 
     def info(self, job_id: str) -> JobInfo | None:
         """Status, attempts, last error and times of a job; ``None`` if unknown."""
+        if self._forked:
+            raise _forked()
         with self._mutex:
             record = self._records.get(job_id)
             if record is not None:
@@ -570,6 +584,8 @@ class JobQueue:
 
     def _dead_letters(self, view: Callable[[Record], _T]) -> list[_T]:
         """``view`` of each dead letter, taken under the lock, oldest first."""
+        if self._forked:
+            raise _forked()
         on_disk = self._store.dead()  # one read, outside the lock
         with self._mutex:
             # What memory knows of a job is newer than what the disk says; a dead job
@@ -585,6 +601,8 @@ class JobQueue:
         Raises ``KeyError`` for an id that is not in the dead letters, and
         ``QueueClosed`` once ``close()`` has begun.
         """
+        if self._forked:
+            raise _forked()
         on_disk = self._store.find(job_id)  # a dead job memory has let go of
         with self._mutex:
             if self._closing:
@@ -636,6 +654,19 @@ class JobQueue:
         for thread in threads:
             thread.join()
         self._store.close()
+
+    def _after_fork(self) -> None:
+        """In the child of an ``os.fork()``: the queue is the parent's, not the child's.
+
+        None of its threads exist in the child, so the exit hook would wait for ever
+        for jobs that nobody there runs, and its lock may have been held by one of
+        them at the fork. The parent runs its jobs; the child lets them be: no exit
+        hook, and every method but ``close()`` (a no-op, so that a ``with`` block
+        still ends) raises ``QueueClosed`` before it touches the lock. Runs alone:
+        the child has one thread, and it is here.
+        """
+        self._forked = True
+        atexit.unregister(self._atexit_hook)
 
     def __enter__(self) -> JobQueue:
         return self
@@ -1070,6 +1101,30 @@ class JobQueue:
             self._forget(record)
         self._not_empty.notify_all()
         self._timer_changed.notify_all()
+
+
+# Every queue of this process, for the child of an ``os.fork()`` to disown.
+_queues: weakref.WeakSet[JobQueue] = weakref.WeakSet()
+
+
+def _disown_after_fork() -> None:
+    for queue in list(_queues):
+        queue._after_fork()
+
+
+def _forked() -> QueueClosed:
+    """What a queue's methods raise in the child of an ``os.fork()`` (see ``_after_fork``).
+
+    Each method tests ``_forked`` itself: an attribute test costs the hot path less
+    than a call.
+    """
+    return QueueClosed(
+        "this queue belongs to the process that forked this one; "
+        "after os.fork() the child must create a JobQueue of its own"
+    )
+
+
+os.register_at_fork(after_in_child=_disown_after_fork)
 
 
 def _open_store(path: str | os.PathLike[str] | None, durability: str, store: Store | None) -> Store:

@@ -28,6 +28,9 @@ What it fixes from naive, lesson by lesson:
    ``close(timeout)`` returns when the timeout passes and counts the jobs it left
    unrun as ``lost``; it never abandons an attempt that has started. A queue
    nobody closed is closed at interpreter exit, before its daemon workers die.
+   The child of an ``os.fork()`` has none of the queue's threads: it leaves the
+   parent's jobs to the parent, exits without waiting for them, and gets
+   ``QueueClosed`` if it uses the queue.
 6. Metrics. ``metrics()`` returns a ``Metrics`` snapshot taken under the one lock,
    so its counters always agree with each other.
 
@@ -49,6 +52,7 @@ import heapq
 import itertools
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -277,6 +281,7 @@ class JobQueue:
         self._live_workers = 0  # worker threads not running an abandoned attempt
         self._threads: set[threading.Thread] = set()  # what close() joins
         self._thread_names = itertools.count()
+        self._forked = False  # this is the child of an os.fork(): see _after_fork
 
     def _start_threads(self) -> None:
         """The workers, the scheduler, and a hook that closes the queue at exit."""
@@ -300,6 +305,7 @@ class JobQueue:
 
         self._atexit_hook = close_at_exit
         atexit.register(close_at_exit)
+        _queues.add(self)  # see _after_fork
 
     # -- the contract ------------------------------------------------------------------
 
@@ -312,6 +318,8 @@ class JobQueue:
         raise it), and ``TypeError`` for anything that is not a ``Job`` with a
         ``Priority``.
         """
+        if self._forked:
+            raise _forked()
         check_job(job)
         check_timeout(timeout)
         with self._mutex:
@@ -341,6 +349,8 @@ class JobQueue:
 
         Calling it from a handler is a ``RuntimeError``: it would wait for its own job.
         """
+        if self._forked:
+            raise _forked()
         _refuse_from_handler(self, "join")
         with self._mutex:
             return self._all_settled.wait_for(lambda: self._unsettled == 0, timeout)
@@ -355,6 +365,8 @@ class JobQueue:
         own threads. Safe to call twice; calling it from a handler is a
         ``RuntimeError`` (it would wait for itself).
         """
+        if self._forked:
+            return  # the parent's to close: see _after_fork
         _refuse_from_handler(self, "close")
         endtime = None if timeout is None else time.monotonic() + timeout
         with self._mutex:
@@ -371,6 +383,8 @@ class JobQueue:
 
     def metrics(self) -> Metrics:
         """A snapshot of the counters and gauges, all read under one lock."""
+        if self._forked:
+            raise _forked()
         with self._mutex:
             return Metrics(
                 **self._counts,
@@ -379,6 +393,19 @@ class JobQueue:
                 in_flight=len(self._running),
                 abandoned=self._abandoned,
             )
+
+    def _after_fork(self) -> None:
+        """In the child of an ``os.fork()``: the queue is the parent's, not the child's.
+
+        None of its threads exist in the child, so the exit hook would wait for ever
+        for jobs that nobody there runs, and its lock may have been held by one of
+        them at the fork. The parent runs its jobs; the child lets them be: no exit
+        hook, and every method but ``close()`` (a no-op, so that a ``with`` block
+        still ends) raises ``QueueClosed`` before it touches the lock. Runs alone:
+        the child has one thread, and it is here.
+        """
+        self._forked = True
+        atexit.unregister(self._atexit_hook)
 
     def __enter__(self) -> JobQueue:
         return self
@@ -565,6 +592,30 @@ class JobQueue:
             self._all_settled.notify_all()
         self._not_empty.notify_all()
         self._timer_changed.notify_all()
+
+
+# Every queue of this process, for the child of an ``os.fork()`` to disown.
+_queues: weakref.WeakSet[JobQueue] = weakref.WeakSet()
+
+
+def _disown_after_fork() -> None:
+    for queue in list(_queues):
+        queue._after_fork()
+
+
+def _forked() -> QueueClosed:
+    """What a queue's methods raise in the child of an ``os.fork()`` (see ``_after_fork``).
+
+    Each method tests ``_forked`` itself: an attribute test costs the hot path less
+    than a call.
+    """
+    return QueueClosed(
+        "this queue belongs to the process that forked this one; "
+        "after os.fork() the child must create a JobQueue of its own"
+    )
+
+
+os.register_at_fork(after_in_child=_disown_after_fork)
 
 
 def check_int(name: str, value: object, *, minimum: int) -> None:

@@ -6,6 +6,8 @@ Each test names the kind of fault it guards against; they use the public API onl
 from __future__ import annotations
 
 import logging
+import sqlite3
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 from tests.support import PATIENCE, Boom, Tier
 from tests.test_improved_and_final import wait_for_metrics
 
+ROOT = Path(__file__).resolve().parents[1]
 FAST = {"backoff": 0.001, "max_backoff": 0.01}
 
 pytestmark = pytest.mark.tiers("improved", "final")
@@ -218,3 +221,83 @@ def test_info_after_a_restart_keeps_when_the_last_attempt_started(
         assert after.started_at is not None and seen.started_at is not None
         assert after.started_at == pytest.approx(seen.started_at, abs=0.05)
         assert after.enqueued_at <= after.started_at <= after.finished_at
+
+
+# -- os.fork(): the child disowns the parent's queue --------------------------------------
+
+FORK_SCRIPT = """
+import os, select, signal, sys, threading
+from {tier} import Job, JobQueue, QueueClosed
+
+release = threading.Event()
+
+def handler(job):
+    print("ran", job.id, os.getpid(), flush=True)
+    release.wait()  # the parent's jobs are unsettled when it forks
+
+q = JobQueue(handler, workers=1, **{options})
+for i in range(3):
+    q.enqueue(Job(id=str(i)))
+parent = os.getpid()
+pid = os.fork()
+if pid == 0:
+    for use in (lambda: q.enqueue(Job(id="child")), lambda: q.join(0.1)):
+        try:
+            use()
+        except QueueClosed as exc:
+            print("child refused:", exc, flush=True)
+    sys.exit(0)  # through the interpreter's exit and its hooks, as a child ends
+pidfd = os.pidfd_open(pid)
+if not select.select([pidfd], [], [], {patience})[0]:
+    os.kill(pid, signal.SIGKILL)
+    print("child hung at exit", flush=True)
+print("child exit code", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+release.set()
+q.enqueue(Job(id="after"))
+assert q.join({patience})
+q.close()
+print("parent done", q.metrics().completed, flush=True)
+"""
+
+
+def run_fork_scenario(tier: Tier, options: dict[str, Any]) -> list[str]:
+    script = (
+        FORK_SCRIPT.replace("{tier}", tier.name)
+        .replace("{options}", repr(options))
+        .replace("{patience}", str(PATIENCE / 2))
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE * 2,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def check_fork_output(lines: list[str]) -> None:
+    refusals = [line for line in lines if line.startswith("child refused:")]
+    assert len(refusals) == 2 and all("fork" in line for line in refusals)
+    assert "child exit code 0" in lines
+    assert "child hung at exit" not in lines
+    assert lines[-1] == "parent done 4"
+    runners = {line.split()[2] for line in lines if line.startswith("ran ")}
+    assert len(runners) == 1  # the parent ran every job; the child none
+
+
+def test_a_forked_child_exits_promptly_and_leaves_the_parents_jobs_alone(tier: Tier) -> None:
+    check_fork_output(run_fork_scenario(tier, {}))
+
+
+@pytest.mark.tiers("final")
+def test_a_forked_child_leaves_the_parents_file_alone(tier: Tier, tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    check_fork_output(run_fork_scenario(tier, {"path": str(path)}))
+    # Every job completed once, and the file the child inherited is sound.
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        rows = db.execute("SELECT id, status, attempts FROM jobs ORDER BY id").fetchall()
+    assert rows == [(i, "completed", 1) for i in ("0", "1", "2", "after")]
