@@ -916,6 +916,10 @@ class JobQueue:
         finally:
             _current.attempt = None
         finished = time.monotonic()
+        if self._forked:
+            # The handler forked, and this is the child's copy of the worker: the job
+            # and the queue are the parent's, so this thread leaves, touching neither.
+            return None
         with self._mutex:
             if record.token != token:  # timed out and abandoned while it ran
                 # The scheduler logged its one record when it timed the attempt out.

@@ -465,6 +465,10 @@ class JobQueue:
         finally:
             _current.attempt = None
         finished = time.monotonic()
+        if self._forked:
+            # The handler forked, and this is the child's copy of the worker: the job
+            # and the queue are the parent's, so this thread leaves, touching neither.
+            return False
         with self._mutex:
             if attempt.abandoned:
                 # The scheduler logged its one record when it timed the attempt out.

@@ -229,16 +229,17 @@ FORK_SCRIPT = """
 import os, select, signal, sys, threading
 from {tier} import Job, JobQueue, QueueClosed
 
-release = threading.Event()
+release, waiting = threading.Event(), threading.Event()
 
 def handler(job):
     print("ran", job.id, os.getpid(), flush=True)
+    waiting.set()
     release.wait()  # the parent's jobs are unsettled when it forks
 
 q = JobQueue(handler, workers=1, **{options})
 for i in range(3):
     q.enqueue(Job(id=str(i)))
-parent = os.getpid()
+waiting.wait()  # no thread is in the middle of a print at the fork
 pid = os.fork()
 if pid == 0:
     for use in (lambda: q.enqueue(Job(id="child")), lambda: q.join(0.1)):
@@ -301,3 +302,58 @@ def test_a_forked_child_leaves_the_parents_file_alone(tier: Tier, tmp_path: Path
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         rows = db.execute("SELECT id, status, attempts FROM jobs ORDER BY id").fetchall()
     assert rows == [(i, "completed", 1) for i in ("0", "1", "2", "after")]
+
+
+FORK_IN_HANDLER_SCRIPT = """
+import os, select, signal, sys
+from {tier} import Job, JobQueue
+
+children = []
+
+def handler(job):
+    print("ran", job.id, os.getpid(), flush=True)
+    if job.id == "forks":
+        pid = os.fork()
+        if pid:
+            children.append(pid)
+        # Both return from the handler: the child into its copy of the worker.
+
+q = JobQueue(handler, workers=1, **{options})
+for job_id in ("forks", "a", "b"):
+    q.enqueue(Job(id=job_id))
+assert q.join({patience})
+pidfd = os.pidfd_open(children[0])
+if not select.select([pidfd], [], [], {patience})[0]:
+    os.kill(children[0], signal.SIGKILL)
+    print("child hung", flush=True)
+os.waitpid(children[0], 0)
+q.close()
+print("parent", os.getpid(), q.metrics().completed, flush=True)
+"""
+
+
+@pytest.mark.parametrize("on_disk", [False, True], ids=["memory", "disk"])
+def test_a_child_forked_by_a_handler_runs_none_of_the_parents_jobs(
+    tier: Tier, tmp_path: Path, on_disk: bool
+) -> None:
+    options = {"path": str(tmp_path / "queue.db")} if on_disk and tier.supports("path") else {}
+    script = (
+        FORK_IN_HANDLER_SCRIPT.replace("{tier}", tier.name)
+        .replace("{options}", repr(options))
+        .replace("{patience}", str(PATIENCE / 2))
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE * 2,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    parent = lines[-1].split()[1]
+    assert lines[-1] == f"parent {parent} 3"
+    assert [line for line in lines if line.startswith("ran")] == [
+        f"ran {job_id} {parent}" for job_id in ("forks", "a", "b")
+    ]
+    assert "child hung" not in lines
