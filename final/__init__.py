@@ -12,6 +12,7 @@ from final.job_queue import (
     QueueClosed,
     QueueFull,
     Status,
+    StoreError,
     backoff_delay,
     current_attempt,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "QueueClosed",
     "QueueFull",
     "Status",
+    "StoreError",
     "backoff_delay",
     "current_attempt",
 ]

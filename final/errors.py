@@ -5,7 +5,7 @@ A leaf, like ``final/jobs.py``: every layer may raise or catch these.
 
 from __future__ import annotations
 
-__all__ = ["DuplicateJob", "QueueClosed", "QueueFull"]
+__all__ = ["DuplicateJob", "NotADeadLetter", "QueueClosed", "QueueFull"]
 
 
 class QueueFull(Exception):
@@ -28,3 +28,16 @@ class DuplicateJob(Exception):
     def __init__(self, job_id: str, message: str) -> None:
         super().__init__(message)
         self.job_id = job_id
+
+
+class NotADeadLetter(KeyError):
+    """``retry_dead`` of an id that is not in the dead letters: ``args[0]`` is the id."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        # KeyError's own str() is the repr of its argument, right for a bare key but
+        # not for a sentence: that printed in double quotes, the id quoted inside.
+        return f"job {self.job_id!r} is not in the dead letters"

@@ -78,7 +78,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
 
-from final.errors import DuplicateJob, QueueClosed, QueueFull
+from final.errors import DuplicateJob, NotADeadLetter, QueueClosed, QueueFull
 from final.fairness import FairPicker
 from final.jobs import Job, JobInfo, Priority, Record, Status
 from final.rate_limit import TokenBucket
@@ -98,6 +98,7 @@ __all__ = [
     "QueueClosed",
     "QueueFull",
     "Status",
+    "StoreError",  # raised to users: a path that is not a queue, a full disk
     "backoff_delay",
     "current_attempt",
 ]
@@ -177,6 +178,18 @@ class Attempt:
 _current = threading.local()
 
 
+def _refuse_from_handler(queue: object, method: str) -> None:
+    """Raise ``RuntimeError`` when a handler of ``queue`` calls ``method`` (join, close).
+
+    Waiting for the queue to settle from one of its handlers waits for the handler's
+    own job: the worker never returns, and neither does the exit hook that closes the
+    queue. The mark is on the thread (see ``_worker``), not in ``_threads``, so that a
+    thread whose attempt timed out, and that left ``_threads``, is refused too.
+    """
+    if getattr(_current, "queue", None) is queue:
+        raise RuntimeError(f"{method}() from a handler would wait for its own job")
+
+
 def current_attempt() -> Attempt:
     """The attempt the calling handler is running; ``RuntimeError`` outside a handler."""
     attempt: Attempt | None = getattr(_current, "attempt", None)
@@ -199,6 +212,30 @@ def backoff_delay(
     """
     ceiling = min(max_backoff, backoff * 2.0 ** min(retry - 1, 64))
     return ceiling / 2 + rand() * ceiling / 2
+
+
+# The late end of an attempt that timed out: its one record was the timeout's.
+_LATE = "job %s attempt %d ended after it had timed out; its result (%r) is ignored"
+
+
+def _log_failure(
+    job_id: str, number: int, reason: str, error: BaseException | None, last: bool
+) -> None:
+    """Log the one record of a failed attempt, timed out or raised.
+
+    An attempt that leaves the job a retry is one WARNING line without a traceback:
+    a failing dependency fails every attempt of every job, and a traceback each
+    buried the one that matters. The attempt that ends the job for good is an ERROR
+    that names the job, its attempts and the error, with its traceback if it raised.
+    Called under the queue's lock, so that the record is out before ``join()``
+    returns; a logging handler must therefore not call back into the queue.
+    """
+    if last:
+        logger.error(
+            "job %s failed for good after %d attempts: %s", job_id, number, reason, exc_info=error
+        )
+    else:
+        logger.warning("job %s attempt %d failed: %s", job_id, number, reason)
 
 
 Handler = Callable[[Job], object]
@@ -321,6 +358,7 @@ class JobQueue:
         self._live_workers = 0  # worker threads not running an abandoned attempt
         self._threads: set[threading.Thread] = set()  # what close() joins
         self._thread_names = itertools.count()
+        self._forked = False  # this is the child of an os.fork(): see _after_fork
 
     def _start_threads(self) -> None:
         """The workers, the scheduler, and a hook that closes the queue at exit."""
@@ -344,6 +382,7 @@ class JobQueue:
 
         self._atexit_hook = close_at_exit
         atexit.register(close_at_exit)
+        _queues.add(self)  # see _after_fork
 
     # -- the contract ------------------------------------------------------------------
 
@@ -356,6 +395,8 @@ class JobQueue:
         remembers, ``QueueClosed`` once ``close()`` has begun (a blocked producer is
         woken to raise it), and ``TypeError`` or ``ValueError`` for a malformed job.
         """
+        if self._forked:
+            raise _forked()
         check_job(job)
         check_timeout(timeout)
         record = self._record(job)  # built before the lock, to keep the lock short
@@ -377,6 +418,8 @@ class JobQueue:
         they are. On disk, a batch is one commit, or one per half lane when it is
         larger than that: a failed commit takes all of its jobs with it.
         """
+        if self._forked:
+            raise _forked()
         jobs = list(jobs)
         for job in jobs:
             check_job(job)
@@ -424,7 +467,13 @@ class JobQueue:
                 raise error
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until every accepted job has settled; ``False`` if ``timeout`` passed first."""
+        """Wait until every accepted job has settled; ``False`` if ``timeout`` passed first.
+
+        Calling it from a handler is a ``RuntimeError``: it would wait for its own job.
+        """
+        if self._forked:
+            raise _forked()
+        _refuse_from_handler(self, "join")
         with self._mutex:
             return self._all_settled.wait_for(lambda: self._unsettled == 0, timeout)
 
@@ -440,8 +489,9 @@ class JobQueue:
         ``timeout`` waits for all of that; calling it from a handler is a
         ``RuntimeError`` (it would wait for itself).
         """
-        if threading.current_thread() in self._threads:
-            raise RuntimeError("close() from a handler would wait for its own job")
+        if self._forked:
+            return  # the parent's to close: see _after_fork
+        _refuse_from_handler(self, "close")
         endtime = None if timeout is None else time.monotonic() + timeout
         with self._mutex:
             self._closing = True
@@ -473,6 +523,8 @@ class JobQueue:
 
     def metrics(self) -> Metrics:
         """A snapshot of the counters and gauges, all read under one lock."""
+        if self._forked:
+            raise _forked()
         with self._mutex:
             now = time.monotonic()
             lanes: dict[Priority, LaneMetrics] = {}
@@ -509,6 +561,8 @@ class JobQueue:
 
     def info(self, job_id: str) -> JobInfo | None:
         """Status, attempts, last error and times of a job; ``None`` if unknown."""
+        if self._forked:
+            raise _forked()
         with self._mutex:
             record = self._records.get(job_id)
             if record is not None:
@@ -530,6 +584,8 @@ class JobQueue:
 
     def _dead_letters(self, view: Callable[[Record], _T]) -> list[_T]:
         """``view`` of each dead letter, taken under the lock, oldest first."""
+        if self._forked:
+            raise _forked()
         on_disk = self._store.dead()  # one read, outside the lock
         with self._mutex:
             # What memory knows of a job is newer than what the disk says; a dead job
@@ -545,6 +601,8 @@ class JobQueue:
         Raises ``KeyError`` for an id that is not in the dead letters, and
         ``QueueClosed`` once ``close()`` has begun.
         """
+        if self._forked:
+            raise _forked()
         on_disk = self._store.find(job_id)  # a dead job memory has let go of
         with self._mutex:
             if self._closing:
@@ -558,7 +616,7 @@ class JobQueue:
             ):
                 record = self._records[job_id] = on_disk
             if record is None:
-                raise KeyError(f"{job_id!r} is not in the dead letters")
+                raise NotADeadLetter(job_id)
             record.settled = 0  # its entry in the settle order is stale now
         # On disk before it can run, as an enqueue is: a worker that took it first
         # could settle it before the replay landed, and the replay would then undo
@@ -596,6 +654,19 @@ class JobQueue:
         for thread in threads:
             thread.join()
         self._store.close()
+
+    def _after_fork(self) -> None:
+        """In the child of an ``os.fork()``: the queue is the parent's, not the child's.
+
+        None of its threads exist in the child, so the exit hook would wait for ever
+        for jobs that nobody there runs, and its lock may have been held by one of
+        them at the fork. The parent runs its jobs; the child lets them be: no exit
+        hook, and every method but ``close()`` (a no-op, so that a ``with`` block
+        still ends) raises ``QueueClosed`` before it touches the lock. Runs alone:
+        the child has one thread, and it is here.
+        """
+        self._forked = True
+        atexit.unregister(self._atexit_hook)
 
     def __enter__(self) -> JobQueue:
         return self
@@ -759,6 +830,7 @@ class JobQueue:
             self._not_empty.notify()
 
     def _worker(self) -> None:
+        _current.queue = self  # for _refuse_from_handler: this thread runs our handlers
         me = threading.current_thread()
         with self._mutex:
             attempt = self._take_locked(me)
@@ -836,32 +908,46 @@ class JobQueue:
                 self._forget(record)
                 return self._take_locked(me)
         _current.attempt = attempt
-        error: str | None = None
+        error: BaseException | None = None
         try:
             self._handler(attempt.job)
         except BaseException as exc:  # SystemExit too: it must not take the worker along
-            late = " after it had timed out; the result is ignored" if attempt.abandoned else ""
-            logger.warning(
-                "job %s attempt %d failed%s", attempt.job.id, attempt.number, late, exc_info=True
-            )
-            error = f"{type(exc).__name__}: {exc}"
+            error = exc
         finally:
             _current.attempt = None
         finished = time.monotonic()
+        if self._forked:
+            # The handler forked, and this is the child's copy of the worker: the job
+            # and the queue are the parent's, so this thread leaves, touching neither.
+            return None
         with self._mutex:
             if record.token != token:  # timed out and abandoned while it ran
+                # The scheduler logged its one record when it timed the attempt out.
+                logger.debug(_LATE, attempt.job.id, attempt.number, error)
                 return self._take_locked(me) if self._rejoin(me) else None
             self._running.discard(record)
             self._busy += finished - (record.started or finished)
-            if error is not None:
-                self._fail(record, error)
-            else:
+            reason = None if error is None else f"{type(error).__name__}: {error}"
+            if attempt.deadline is not None and finished >= attempt.deadline:
+                # It ended past its deadline, before the scheduler got to it: timed out
+                # all the same, as ``expired`` told the handler. The verdict is the
+                # deadline's, not that of whichever thread took the lock first.
+                self._counts[record.job.priority]["timed_out"] += 1
+                reason, error = f"timed out after {self._job_timeout}s", None
+            if reason is None:
                 self._counts[record.job.priority]["completed"] += 1
                 self._settle(record, Status.COMPLETED, finished)
+                return self._take_locked(me)
+            last = self._fail(record, reason)
+            # Under the lock, so that the record is written before join() returns.
+            _log_failure(attempt.job.id, attempt.number, reason, error, last)
             return self._take_locked(me)
 
-    def _fail(self, record: Record, error: str) -> None:
-        """Retry the job after a backoff, or settle it as failed. Holds the lock."""
+    def _fail(self, record: Record, error: str) -> bool:
+        """Retry the job after a backoff, or settle it as failed. Holds the lock.
+
+        Returns True when the job failed for good: it went to the dead letters.
+        """
         record.last_error = error
         counts = self._counts[record.job.priority]
         if record.attempts > record.max_retries:
@@ -869,7 +955,8 @@ class JobQueue:
             # spent, and a retry left on disk would run it once too many.
             counts["failed"] += 1
             self._settle(record, Status.FAILED, time.monotonic())
-        elif self._stopping:
+            return True
+        if self._stopping:
             # close(timeout) has passed: nobody here will retry it. On disk it waits
             # for the next start; in memory it is lost, and counted so.
             self._store.retrying(record, 0.0)
@@ -886,6 +973,7 @@ class JobQueue:
             if due < self._next_wake:
                 self._timer_changed.notify()
             self._store.retrying(record, delay)
+        return False
 
     def _settle(self, record: Record, status: Status, now: float) -> None:
         """One accepted job is done with: remembered, within the history. Holds the lock."""
@@ -976,13 +1064,9 @@ class JobQueue:
         self._busy += self._job_timeout or 0.0
         self._abandoned += 1
         self._live_workers -= 1
-        logger.warning(
-            "job %s attempt %d timed out after %ss; its thread is abandoned",
-            record.job.id,
-            record.attempts,
-            self._job_timeout,
-        )
-        self._fail(record, f"timed out after {self._job_timeout}s")
+        reason = f"timed out after {self._job_timeout}s"
+        last = self._fail(record, reason)
+        _log_failure(record.job.id, record.attempts, reason, None, last)
         if self._abandoned <= self._workers:
             self._start_worker()
 
@@ -1021,6 +1105,30 @@ class JobQueue:
             self._forget(record)
         self._not_empty.notify_all()
         self._timer_changed.notify_all()
+
+
+# Every queue of this process, for the child of an ``os.fork()`` to disown.
+_queues: weakref.WeakSet[JobQueue] = weakref.WeakSet()
+
+
+def _disown_after_fork() -> None:
+    for queue in list(_queues):
+        queue._after_fork()
+
+
+def _forked() -> QueueClosed:
+    """What a queue's methods raise in the child of an ``os.fork()`` (see ``_after_fork``).
+
+    Each method tests ``_forked`` itself: an attribute test costs the hot path less
+    than a call.
+    """
+    return QueueClosed(
+        "this queue belongs to the process that forked this one; "
+        "after os.fork() the child must create a JobQueue of its own"
+    )
+
+
+os.register_at_fork(after_in_child=_disown_after_fork)
 
 
 def _open_store(path: str | os.PathLike[str] | None, durability: str, store: Store | None) -> Store:

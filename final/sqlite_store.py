@@ -36,6 +36,7 @@ first is open; reading it (``inspect``) needs no lock.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import functools
 import logging
@@ -43,6 +44,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TextIO
@@ -90,13 +92,17 @@ CREATE UNIQUE INDEX jobs_key ON jobs (idempotency_key) WHERE idempotency_key IS 
 # it back, and with a dozen threads busy that wait, not SQLite, was most of a
 # commit's time.
 INSERT = "INSERT INTO jobs VALUES "
+# RETRYING and SETTLED carry the attempt's start: the journal that recorded it is
+# emptied at the next start, and without it info() of a job settled in an earlier run
+# had no started_at.
 ASSIGNMENTS = {
     Write.RETRYING: (
-        "status = 'retrying', attempts = v.column2, last_error = v.column3, due_at = v.column4"
+        "status = 'retrying', attempts = v.column2, last_error = v.column3, due_at = v.column4,"
+        " started_at = v.column5"
     ),
     Write.SETTLED: (
         "attempts = v.column2, status = v.column3, last_error = v.column4,"
-        " finished_at = v.column5, due_at = NULL"
+        " finished_at = v.column5, due_at = NULL, started_at = v.column6"
     ),
     Write.REVIVED: "status = 'queued', attempts = 0, finished_at = NULL",
 }
@@ -144,6 +150,8 @@ class SQLiteStore:
         self._closing = threading.Lock()  # held by the first close() until it is done
         self._closed = False
         self._commits = GroupCommit(path, self._transaction, self._ended)
+        self._forked = False  # this is the child of an os.fork(): see _disown_after_fork
+        _stores.add(self)
 
     # -- writes: acknowledgements wait for their commit -----------------------------------
 
@@ -165,7 +173,13 @@ class SQLiteStore:
     # -- writes that may lag: they ride in the next commit --------------------------------
 
     def retrying(self, record: Record, due_in: float) -> None:
-        values = (record.job.id, record.attempts, record.last_error, time.time() + due_in)
+        values = (
+            record.job.id,
+            record.attempts,
+            record.last_error,
+            time.time() + due_in,
+            _wall(record.started),
+        )
         self._commits.later(Write.RETRYING, values)
 
     def settled(self, record: Record) -> None:
@@ -175,6 +189,7 @@ class SQLiteStore:
             record.status.value,
             record.last_error,
             _wall(record.finished),
+            _wall(record.started),
         )
         self._commits.later(Write.SETTLED, values)
 
@@ -216,6 +231,8 @@ class SQLiteStore:
     def close(self) -> None:
         """Commit what is pending, and let go of the files. Safe from any thread, twice:
         a second call returns once the first has finished."""
+        if self._forked:
+            return  # the parent's files: see _disown_after_fork
         with self._closing:
             if self._closed:
                 return
@@ -327,6 +344,35 @@ class SQLiteStore:
                 db.execute("COMMIT")
         if savepoint:
             db.execute("RELEASE adds")
+
+
+# Every open store of this process, for the child of an ``os.fork()`` to disown.
+_stores: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+
+
+def _disown_after_fork() -> None:
+    """In the child of an ``os.fork()``: never close, nor write through, the parent's files.
+
+    The child inherits what the store holds, and all of it is the parent's: the two
+    SQLite connections and the lock file (here), the mapped attempts journal
+    (``final/journal.py``) and the group commit's lock (``final/group_commit.py``).
+    SQLite's documentation says a connection must not be carried across a fork;
+    closing one is using it (a close may checkpoint the WAL, and writes to the shared
+    memory index that the parent maps too); closing the journal zeroes the mapping
+    that the parent writes to; and the child's copy of the group commit's lock may be
+    held by a thread that does not exist here. The store reaches the journal and the
+    group commit only through ``close()``, so the hook is the store's: in the child
+    ``close()`` is a no-op, and the store is never freed: one reference too many,
+    never given back, keeps the interpreter's exit from closing the connections; the
+    operating system closes the descriptors when the child ends, which leaves the
+    parent's locks and files as they were.
+    """
+    for store in list(_stores):
+        store._forked = True
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(store))
+
+
+os.register_at_fork(after_in_child=_disown_after_fork)
 
 
 def _insert_one_by_one(db: sqlite3.Connection, adds: list[Pending]) -> None:

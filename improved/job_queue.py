@@ -19,13 +19,18 @@ What it fixes from naive, lesson by lesson:
    runs more than ``2 * workers`` worker threads in all, instead of growing them
    without bound. ``metrics().abandoned`` shows how many are abandoned now. A
    handler can cooperate: ``current_attempt()`` returns the running ``Attempt``,
-   whose ``expired`` and ``time_left()`` say when to give up.
+   whose ``expired`` and ``time_left()`` say when to give up. An attempt that ends
+   after its deadline is timed out, even when it returned before the scheduler
+   noticed: the deadline decides, not which thread gets to the lock first.
 5. Graceful shutdown. ``close()`` stops accepting, runs what is queued, in flight
    and waiting to retry, and returns with no thread of the queue left running but
    the abandoned ones (lesson 4: nothing can end them).
    ``close(timeout)`` returns when the timeout passes and counts the jobs it left
    unrun as ``lost``; it never abandons an attempt that has started. A queue
    nobody closed is closed at interpreter exit, before its daemon workers die.
+   The child of an ``os.fork()`` has none of the queue's threads: it leaves the
+   parent's jobs to the parent, exits without waiting for them, and gets
+   ``QueueClosed`` if it uses the queue.
 6. Metrics. ``metrics()`` returns a ``Metrics`` snapshot taken under the one lock,
    so its counters always agree with each other.
 
@@ -47,6 +52,7 @@ import heapq
 import itertools
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -139,6 +145,18 @@ class Attempt:
 _current = threading.local()
 
 
+def _refuse_from_handler(queue: object, method: str) -> None:
+    """Raise ``RuntimeError`` when a handler of ``queue`` calls ``method`` (join, close).
+
+    Waiting for the queue to settle from one of its handlers waits for the handler's
+    own job: the worker never returns, and neither does the exit hook that closes the
+    queue. The mark is on the thread (see ``_worker``), not in ``_threads``, so that a
+    thread whose attempt timed out, and that left ``_threads``, is refused too.
+    """
+    if getattr(_current, "queue", None) is queue:
+        raise RuntimeError(f"{method}() from a handler would wait for its own job")
+
+
 def current_attempt() -> Attempt:
     """The attempt the calling handler is running; ``RuntimeError`` outside a handler."""
     attempt: Attempt | None = getattr(_current, "attempt", None)
@@ -161,6 +179,30 @@ def backoff_delay(
     """
     ceiling = min(max_backoff, backoff * 2.0 ** min(retry - 1, 64))
     return ceiling / 2 + rand() * ceiling / 2
+
+
+# The late end of an attempt that timed out: its one record was the timeout's.
+_LATE = "job %s attempt %d ended after it had timed out; its result (%r) is ignored"
+
+
+def _log_failure(
+    job_id: str, number: int, reason: str, error: BaseException | None, last: bool
+) -> None:
+    """Log the one record of a failed attempt, timed out or raised.
+
+    An attempt that leaves the job a retry is one WARNING line without a traceback:
+    a failing dependency fails every attempt of every job, and a traceback each
+    buried the one that matters. The attempt that ends the job for good is an ERROR
+    that names the job, its attempts and the error, with its traceback if it raised.
+    Called under the queue's lock, so that the record is out before ``join()``
+    returns; a logging handler must therefore not call back into the queue.
+    """
+    if last:
+        logger.error(
+            "job %s failed for good after %d attempts: %s", job_id, number, reason, exc_info=error
+        )
+    else:
+        logger.warning("job %s attempt %d failed: %s", job_id, number, reason)
 
 
 Handler = Callable[[Job], object]
@@ -239,6 +281,7 @@ class JobQueue:
         self._live_workers = 0  # worker threads not running an abandoned attempt
         self._threads: set[threading.Thread] = set()  # what close() joins
         self._thread_names = itertools.count()
+        self._forked = False  # this is the child of an os.fork(): see _after_fork
 
     def _start_threads(self) -> None:
         """The workers, the scheduler, and a hook that closes the queue at exit."""
@@ -262,6 +305,7 @@ class JobQueue:
 
         self._atexit_hook = close_at_exit
         atexit.register(close_at_exit)
+        _queues.add(self)  # see _after_fork
 
     # -- the contract ------------------------------------------------------------------
 
@@ -274,6 +318,8 @@ class JobQueue:
         raise it), and ``TypeError`` for anything that is not a ``Job`` with a
         ``Priority``.
         """
+        if self._forked:
+            raise _forked()
         check_job(job)
         check_timeout(timeout)
         with self._mutex:
@@ -299,7 +345,13 @@ class JobQueue:
             self._not_empty.notify()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until every accepted job has settled; ``False`` if ``timeout`` passed first."""
+        """Wait until every accepted job has settled; ``False`` if ``timeout`` passed first.
+
+        Calling it from a handler is a ``RuntimeError``: it would wait for its own job.
+        """
+        if self._forked:
+            raise _forked()
+        _refuse_from_handler(self, "join")
         with self._mutex:
             return self._all_settled.wait_for(lambda: self._unsettled == 0, timeout)
 
@@ -313,8 +365,9 @@ class JobQueue:
         own threads. Safe to call twice; calling it from a handler is a
         ``RuntimeError`` (it would wait for itself).
         """
-        if threading.current_thread() in self._threads:
-            raise RuntimeError("close() from a handler would wait for its own job")
+        if self._forked:
+            return  # the parent's to close: see _after_fork
+        _refuse_from_handler(self, "close")
         endtime = None if timeout is None else time.monotonic() + timeout
         with self._mutex:
             self._closing = True
@@ -330,6 +383,8 @@ class JobQueue:
 
     def metrics(self) -> Metrics:
         """A snapshot of the counters and gauges, all read under one lock."""
+        if self._forked:
+            raise _forked()
         with self._mutex:
             return Metrics(
                 **self._counts,
@@ -338,6 +393,19 @@ class JobQueue:
                 in_flight=len(self._running),
                 abandoned=self._abandoned,
             )
+
+    def _after_fork(self) -> None:
+        """In the child of an ``os.fork()``: the queue is the parent's, not the child's.
+
+        None of its threads exist in the child, so the exit hook would wait for ever
+        for jobs that nobody there runs, and its lock may have been held by one of
+        them at the fork. The parent runs its jobs; the child lets them be: no exit
+        hook, and every method but ``close()`` (a no-op, so that a ``with`` block
+        still ends) raises ``QueueClosed`` before it touches the lock. Runs alone:
+        the child has one thread, and it is here.
+        """
+        self._forked = True
+        atexit.unregister(self._atexit_hook)
 
     def __enter__(self) -> JobQueue:
         return self
@@ -353,6 +421,7 @@ class JobQueue:
     # -- the life of one job: taken, run, settled or retried ---------------------------
 
     def _worker(self) -> None:
+        _current.queue = self  # for _refuse_from_handler: this thread runs our handlers
         while (attempt := self._take()) is not None:
             if not self._run(attempt):
                 return  # this thread was abandoned, and the pool no longer needs it
@@ -388,35 +457,50 @@ class JobQueue:
     def _run(self, attempt: Attempt) -> bool:
         """Run one attempt; False when this thread should leave the pool."""
         _current.attempt = attempt
+        error: BaseException | None = None
         try:
             self._handler(attempt.job)
-        except BaseException:  # SystemExit too: it must not take the worker along
-            late = " after it had timed out; the result is ignored" if attempt.abandoned else ""
-            logger.warning(
-                "job %s attempt %d failed%s", attempt.job.id, attempt.number, late, exc_info=True
-            )
-            failed = True
-        else:
-            failed = False
+        except BaseException as exc:  # SystemExit too: it must not take the worker along
+            error = exc
         finally:
             _current.attempt = None
+        finished = time.monotonic()
+        if self._forked:
+            # The handler forked, and this is the child's copy of the worker: the job
+            # and the queue are the parent's, so this thread leaves, touching neither.
+            return False
         with self._mutex:
             if attempt.abandoned:
+                # The scheduler logged its one record when it timed the attempt out.
+                logger.debug(_LATE, attempt.job.id, attempt.number, error)
                 return self._rejoin()
             self._running.discard(attempt)
-            if failed:
-                self._fail(attempt)
-            else:
+            reason = None if error is None else f"{type(error).__name__}: {error}"
+            if attempt.deadline is not None and finished >= attempt.deadline:
+                # It ended past its deadline, before the scheduler got to it: timed out
+                # all the same, as ``expired`` told the handler. The verdict is the
+                # deadline's, not that of whichever thread took the lock first.
+                self._counts["timed_out"] += 1
+                reason, error = f"timed out after {self._job_timeout}s", None
+            if reason is None:
                 self._counts["completed"] += 1
                 self._settle()
+                return True
+            last = self._fail(attempt)
+            # Under the lock, so that the record is written before join() returns.
+            _log_failure(attempt.job.id, attempt.number, reason, error, last)
             return True
 
-    def _fail(self, attempt: Attempt) -> None:
-        """Retry the job after a backoff, or settle it as failed. Holds the lock."""
+    def _fail(self, attempt: Attempt) -> bool:
+        """Retry the job after a backoff, or settle it as failed. Holds the lock.
+
+        Returns True when the job failed for good: this was its last attempt.
+        """
         if attempt.number > self._max_retries:
             self._counts["failed"] += 1  # its budget is spent, close() or not
             self._settle()
-        elif self._stopping:
+            return True
+        if self._stopping:
             self._counts["lost"] += 1  # close(timeout) has passed: nobody will retry it
             self._settle()
         else:
@@ -426,6 +510,7 @@ class JobQueue:
             self._counts["retried"] += 1
             if due < self._next_wake:
                 self._timer_changed.notify()
+        return False
 
     def _settle(self) -> None:
         """One accepted job is done with. Holds the lock."""
@@ -471,13 +556,9 @@ class JobQueue:
         self._counts["timed_out"] += 1
         self._abandoned += 1
         self._live_workers -= 1
-        logger.warning(
-            "job %s attempt %d timed out after %ss; its thread is abandoned",
-            attempt.job.id,
-            attempt.number,
-            self._job_timeout,
-        )
-        self._fail(attempt)
+        last = self._fail(attempt)
+        reason = f"timed out after {self._job_timeout}s"
+        _log_failure(attempt.job.id, attempt.number, reason, None, last)
         if self._abandoned <= self._workers:
             self._start_worker()
 
@@ -515,6 +596,30 @@ class JobQueue:
             self._all_settled.notify_all()
         self._not_empty.notify_all()
         self._timer_changed.notify_all()
+
+
+# Every queue of this process, for the child of an ``os.fork()`` to disown.
+_queues: weakref.WeakSet[JobQueue] = weakref.WeakSet()
+
+
+def _disown_after_fork() -> None:
+    for queue in list(_queues):
+        queue._after_fork()
+
+
+def _forked() -> QueueClosed:
+    """What a queue's methods raise in the child of an ``os.fork()`` (see ``_after_fork``).
+
+    Each method tests ``_forked`` itself: an attribute test costs the hot path less
+    than a call.
+    """
+    return QueueClosed(
+        "this queue belongs to the process that forked this one; "
+        "after os.fork() the child must create a JobQueue of its own"
+    )
+
+
+os.register_at_fork(after_in_child=_disown_after_fork)
 
 
 def check_int(name: str, value: object, *, minimum: int) -> None:

@@ -190,7 +190,7 @@ def test_without_a_timeout_attempts_have_no_deadline(tier: Tier, queues: Any) ->
 # -- failures are logged, once per attempt ---------------------------------------------
 
 
-def test_every_failed_attempt_is_logged_with_its_traceback(
+def test_every_failed_attempt_is_logged_once_and_the_last_with_its_traceback(
     tier: Tier, queues: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger=tier.name)
@@ -199,9 +199,13 @@ def test_every_failed_attempt_is_logged_with_its_traceback(
     assert q.join(timeout=PATIENCE)
     records = [r for r in caplog.records if "doomed" in r.getMessage()]
     assert [r.getMessage() for r in records] == [
-        f"job doomed attempt {n} failed" for n in (1, 2, 3)
+        "job doomed attempt 1 failed: Boom: doomed attempt 1",
+        "job doomed attempt 2 failed: Boom: doomed attempt 2",
+        "job doomed failed for good after 3 attempts: Boom: doomed attempt 3",
     ]
-    assert all(r.exc_info and r.exc_info[0] is Boom for r in records)
+    assert [r.levelno for r in records] == [logging.WARNING, logging.WARNING, logging.ERROR]
+    assert [bool(r.exc_info) for r in records] == [False, False, True]
+    assert records[-1].exc_info and records[-1].exc_info[0] is Boom
 
 
 # -- metrics under concurrency -----------------------------------------------------------
