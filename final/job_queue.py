@@ -312,6 +312,7 @@ class JobQueue:
         self._seq = 0
         self._unsettled = 0  # accepted and not yet settled
         self._closing = False  # close() has begun: enqueue refuses
+        self._close_store_when_idle = False  # close(timeout) left attempts running
         self._stopping = False  # workers and scheduler leave; what is left is lost (or on disk)
         self._counts = {p: dict.fromkeys(_COUNTERS, 0) for p in Priority}
         self._waits: deque[float] = deque(maxlen=_WAIT_WINDOW)
@@ -457,18 +458,17 @@ class JobQueue:
         atexit.unregister(self._atexit_hook)
         for thread in threads:
             thread.join(None if endtime is None else max(0.0, endtime - time.monotonic()))
-        if any(thread.is_alive() for thread in threads):
+        with self._mutex:
             # Attempts still running will settle on their own threads; the store (and
             # the lock on its file) must outlive them, or a second queue could open
-            # the file and run the same jobs at the same time.
-            closer = threading.Thread(
-                target=self._close_store_after,
-                args=(threads,),
-                name=f"{__package__}-closer",
-                daemon=True,
-            )
-            closer.start()
-        else:
+            # the file and run the same jobs at the same time. The last of them closes
+            # it (see _take_locked). A thread that runs no attempt is only on its way
+            # out: waiting for it is not waiting for the timeout, and the file must be
+            # free once close() returns with nothing running.
+            hand_off = self._close_store_when_idle = bool(self._running)
+        if not hand_off:
+            for thread in threads:
+                thread.join()
             self._store.close()
 
     def metrics(self) -> Metrics:
@@ -591,11 +591,6 @@ class JobQueue:
             self._counts[record.job.priority]["submitted"] += 1
             self._unsettled += 1
             self._not_empty.notify()
-
-    def _close_store_after(self, threads: list[threading.Thread]) -> None:
-        for thread in threads:
-            thread.join()
-        self._store.close()
 
     def __enter__(self) -> JobQueue:
         return self
@@ -805,6 +800,12 @@ class JobQueue:
             self._running.add(record)
             self._counts[priority]["started"] += 1
             return Attempt(record.job, record.attempts, record.deadline, record, record.token)
+        if self._close_store_when_idle and not self._running:
+            # The last attempt close(timeout) left running has settled: let go of the
+            # file now, under the lock, so that once status() shows the attempt ended
+            # a new queue can open the file.
+            self._close_store_when_idle = False
+            self._store.close()
         return None
 
     def _wait_for_work(self, timeout: float | None) -> None:
