@@ -565,11 +565,14 @@ class JobQueue:
         # that end on disk, and run the job again at the next start.
         try:
             self._store.revived(record)
-        except BaseException:
+        except BaseException as exc:
             with self._mutex:  # still dead: back in the dead letters
                 record.settled = next(self._settle_numbers)
                 self._settled.append((record.settled, record))
                 self._dead[job_id] = record
+                closing = self._closing
+            if closing and isinstance(exc, StoreError):  # close() shut the store meanwhile
+                raise QueueClosed("the queue closed while the job was being replayed") from exc
             raise
         with self._mutex:
             if self._stopping and self._durable:

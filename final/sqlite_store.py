@@ -180,14 +180,21 @@ class SQLiteStore:
 
     # -- reads ------------------------------------------------------------------------------
 
+    # After close, a read finds nothing on disk: the queue then answers from its memory
+    # alone, as a queue without a path does, rather than reach a closed connection.
+
     def find(self, job_id: str) -> Record | None:
         with self._reader_lock:
+            if self._closed:
+                return None
             row = self._reader_db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _record(row)
 
     def load(self) -> list[tuple[Record, float]]:
         """Every unsettled job, in the order accepted, with seconds left of its backoff."""
         with self._reader_lock:
+            if self._closed:
+                return []
             rows = self._reader_db.execute(
                 "SELECT * FROM jobs WHERE status IN ('queued', 'processing', 'retrying')"
                 " ORDER BY rowid"
@@ -197,6 +204,8 @@ class SQLiteStore:
 
     def dead(self) -> list[Record]:
         with self._reader_lock:
+            if self._closed:
+                return []
             rows = self._reader_db.execute(
                 "SELECT * FROM jobs WHERE status = 'failed' ORDER BY finished_at"
             ).fetchall()
@@ -222,9 +231,10 @@ class SQLiteStore:
             self._commits.close()  # no write is taken from now on, and the last is made
             self._journal.close()
             self._writer_db.close()
-            self._reader_db.close()
+            with self._reader_lock:  # a read under way finishes first; later ones see _closed
+                self._reader_db.close()
+                self._closed = True
             self._lockfile.close()
-            self._closed = True
 
     # -- what one commit writes -------------------------------------------------------------
 

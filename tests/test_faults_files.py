@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from final import Job, JobQueue, Status
+from final import Job, JobQueue, QueueClosed, Status
 from final.store import StoreError
 from tests.support import PATIENCE, Boom, Recorder
 
@@ -79,3 +79,38 @@ def test_close_with_a_timeout_frees_the_file_once_the_running_attempt_ends(
     # Once status() says the attempt has ended, the file is free: no window between.
     wait_for_status(q, "gate", Status.COMPLETED)
     opened.append(JobQueue(Recorder(), path=path))
+
+
+def failing(job: Job) -> None:
+    raise Boom(f"{job.id} fails")
+
+
+# -- a method called after close reaches a closed resource -------------------------------------
+
+
+@pytest.mark.parametrize("on_disk", [False, True], ids=["memory", "disk"])
+def test_every_method_after_close_answers_as_the_memory_queue_does(
+    path: str, on_disk: bool
+) -> None:
+    q = JobQueue(failing, path=path if on_disk else None, workers=1, max_retries=0)
+    q.enqueue(Job(id="doomed", idempotency_key="k"))
+    assert q.join(timeout=PATIENCE)
+    q.close()
+    assert q.status("nope") is None
+    assert q.info("nope") is None
+    assert q.status("doomed") is Status.FAILED
+    info = q.info("doomed")
+    assert info is not None and info.last_error == "Boom: doomed fails"
+    assert [job.id for job in q.dead_letters()] == ["doomed"]
+    with pytest.raises(QueueClosed):
+        q.retry_dead("doomed")
+    with pytest.raises(QueueClosed):
+        q.retry_dead("nope")
+    assert q.metrics().failed == 1
+    assert q.join(timeout=0) is True
+    with pytest.raises(QueueClosed):
+        q.enqueue(Job(id="late"))
+    with pytest.raises(QueueClosed):
+        q.enqueue_many([Job(id="later")])
+    q.close()
+    q.close(timeout=0)
