@@ -7,18 +7,28 @@ carry. Only the public API is used, and child processes run small script files.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from final import Job, JobQueue, QueueClosed, Status
 from final.store import StoreError
 from tests.support import PATIENCE, Boom, Recorder
 
 pytestmark = pytest.mark.tiers("final")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -114,3 +124,129 @@ def test_every_method_after_close_answers_as_the_memory_queue_does(
         q.enqueue_many([Job(id="later")])
     q.close()
     q.close(timeout=0)
+
+
+# -- a value the store's encoding cannot carry -------------------------------------------------
+
+# Run as a script file by the tests below: ``kill`` starts every job of the JSON file
+# at once and kills the process with SIGKILL once all their attempts have begun;
+# ``check`` opens the queue again and prints what it says of each job.
+CHILD = """
+import json, os, signal, sys, threading
+from final import DuplicateJob, Job, JobQueue
+
+mode, path, spec = sys.argv[1:]
+with open(spec) as f:
+    pairs = json.load(f)
+if mode == "kill":
+    started, lock, never = [], threading.Lock(), threading.Event()
+
+    def handler(job):
+        with lock:
+            started.append(job.id)
+            if len(started) == len(pairs):
+                os.kill(os.getpid(), signal.SIGKILL)
+        never.wait()
+
+    q = JobQueue(handler, path=path, workers=len(pairs), max_retries=0)
+    q.enqueue_many(Job(id=job_id, idempotency_key=key) for job_id, key in pairs)
+    never.wait()
+else:
+    ran = []
+    q = JobQueue(lambda job: ran.append(job.id), path=path, max_retries=0)
+    q.join()
+    seen = []
+    for job_id, key in pairs:
+        info = q.info(job_id)
+        try:
+            q.enqueue(Job(id="again-" + str(len(seen)), idempotency_key=key))
+            refused_by = None
+        except DuplicateJob as exc:
+            refused_by = exc.job_id
+        seen.append([info.status.value, info.attempts, info.last_error, info.idempotency_key,
+                     refused_by])
+    dead = sorted(job.id for job in q.dead_letters())
+    q.close()
+    print(json.dumps({"ran": ran, "seen": seen, "dead": dead}))
+"""
+
+
+def crash_and_restart(tmp_path: Path, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Start every job, kill -9 the process during their attempts, and restart it."""
+    script, spec = tmp_path / "child.py", tmp_path / "jobs.json"
+    script.write_text(CHILD)
+    spec.write_text(json.dumps(pairs))
+    path = str(tmp_path / "crash.db")
+    for leftover in tmp_path.glob("crash.db*"):
+        leftover.unlink()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    killed = subprocess.run(
+        [sys.executable, str(script), "kill", path, str(spec)], env=env, timeout=60
+    )
+    assert killed.returncode == -signal.SIGKILL
+    checked = subprocess.run(
+        [sys.executable, str(script), "check", path, str(spec)],
+        env=env,
+        timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(checked.stdout)
+    return result
+
+
+def assert_each_attempt_was_counted(result: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
+    """Every job died in its one attempt: in the dead letters, never run again."""
+    assert result["ran"] == []
+    assert result["dead"] == sorted(job_id for job_id, _ in pairs)
+    for (job_id, key), seen in zip(pairs, result["seen"], strict=True):
+        assert seen == ["failed", 1, "the process died during attempt 1", key, job_id], job_id
+
+
+ODD_IDS = [
+    "a\x00b",  # NUL: where the journal's unused zeros begin
+    "\x00",
+    "line\nbreak",
+    "carriage\rreturn",
+    "tab\there",
+    "escape\x1b[0m",
+    "delete\x7f",
+    "separator\u2028and\x85next",
+    "no\u00a0break",
+    "emoji \U0001f600",
+    "12 3",  # looks like an attempt count and an id
+    '7j"quoted"',  # looks like the journal's quoted form
+    "\\u0000",
+    " ",
+    "é" * 1024,  # the longest id, two bytes a character
+    "\U0001f600" * 1024,  # the longest, four bytes a character
+]
+
+
+def test_ids_and_keys_of_any_character_survive_a_kill_during_their_attempt(
+    tmp_path: Path,
+) -> None:
+    pairs = [(job_id, job_id[::-1]) for job_id in ODD_IDS]  # keys as odd as the ids
+    pairs.append(("plain", "plain key"))  # an ordinary job beside them
+    assert_each_attempt_was_counted(crash_and_restart(tmp_path, pairs), pairs)
+
+
+# Any text that can be written to a file (a lone surrogate cannot, and is refused),
+# with the characters the journal's format gives a meaning to drawn more often.
+TRICKY = st.sampled_from('\x00\n\r\x1b\x7f\u2028 j0123456789"\\')
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    ids=st.lists(
+        st.text(st.one_of(TRICKY, st.characters(codec="utf-8")), min_size=1, max_size=30),
+        min_size=1,
+        max_size=5,
+        unique=True,
+    )
+)
+@example(ids=["a\x00b", "after"])  # the first id cut the journal short at its NUL
+def test_any_accepted_id_survives_a_kill_during_its_attempt(tmp_path: Path, ids: list[str]) -> None:
+    pairs = [(job_id, job_id[::-1]) for job_id in ids]
+    assert_each_attempt_was_counted(crash_and_restart(tmp_path, pairs), pairs)
