@@ -262,8 +262,12 @@ class JobQueue:
         self._store = _open_store(path, durability, store)
         self._durable = self._store.durable  # asked once: the hot path reads it
         self._init_state(fairness, rate_limit)
-        self._recover()
-        self._start_threads()
+        try:
+            self._recover()
+            self._start_threads()
+        except BaseException:
+            self._undo_start()
+            raise
 
     def _init_state(self, fairness: int, rate_limit: float | None) -> None:
         """The lock, its conditions, and what they guard. Runs before any thread."""
@@ -345,6 +349,16 @@ class JobQueue:
 
         self._atexit_hook = close_at_exit
         atexit.register(close_at_exit)
+
+    def _undo_start(self) -> None:
+        """A constructor that fails leaves nothing running and nothing locked: nobody
+        could close a queue they never got."""
+        with self._mutex:
+            self._stop()
+        for thread in self._threads:
+            if thread.is_alive():  # a thread whose start failed was never alive
+                thread.join()
+        self._store.close()
 
     # -- the contract ------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -126,6 +127,119 @@ def test_every_method_after_close_answers_as_the_memory_queue_does(
     q.close(timeout=0)
 
 
+# -- two names, one file -----------------------------------------------------------------------
+
+
+def other_names(tmp_path: Path, path: str) -> dict[str, str]:
+    """Every other kind of name for the file at ``path``."""
+    (tmp_path / "sub").mkdir()
+    os.symlink(path, tmp_path / "symlink.db")
+    os.symlink(tmp_path / "symlink.db", tmp_path / "chain.db")
+    os.link(path, tmp_path / "hardlink.db")
+    os.symlink(tmp_path, tmp_path / "dirlink")
+    return {
+        "symlink": str(tmp_path / "symlink.db"),
+        "symlink to a symlink": str(tmp_path / "chain.db"),
+        "hard link": str(tmp_path / "hardlink.db"),
+        "through a linked directory": str(tmp_path / "dirlink" / "jobs.db"),
+        "with ..": str(tmp_path / "sub" / ".." / "jobs.db"),
+        "relative": os.path.relpath(path),
+    }
+
+
+def live_threads() -> set[str]:
+    return {thread.name for thread in threading.enumerate() if thread.name.startswith("final")}
+
+
+def test_a_second_name_for_a_file_open_in_this_process_is_refused(
+    tmp_path: Path, path: str, opened: list[JobQueue]
+) -> None:
+    opened.append(JobQueue(Recorder(), path=path))
+    threads = live_threads()
+    for kind, name in other_names(tmp_path, path).items():
+        files = sorted(os.listdir(tmp_path))
+        with pytest.raises(StoreError, match="already open") as refused:
+            JobQueue(Recorder(), path=name)
+        assert path in str(refused.value), kind  # it names the file already open
+        assert sorted(os.listdir(tmp_path)) == files, kind  # nothing created
+        assert live_threads() == threads, kind  # no thread left running
+
+
+HOLDER = """
+import sys
+from final import JobQueue
+
+q = JobQueue(lambda job: None, path=sys.argv[1])
+print("open", flush=True)
+sys.stdin.read()  # until the test closes the pipe
+q.close()
+"""
+
+
+def test_a_second_name_for_a_file_open_in_another_process_is_refused(
+    tmp_path: Path, path: str
+) -> None:
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen(
+        [sys.executable, str(script), path],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        names = other_names(tmp_path, path)
+        files = sorted(os.listdir(tmp_path))
+        for kind, name in names.items():
+            with pytest.raises(StoreError, match="already open"):
+                JobQueue(Recorder(), path=name)
+            assert sorted(os.listdir(tmp_path)) == files, kind  # nothing created
+    finally:
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.close()
+        assert holder.wait(timeout=60) == 0
+        holder.stdout.close()
+    JobQueue(Recorder(), path=str(tmp_path / "symlink.db")).close()  # free once closed
+
+
+def test_a_restart_by_another_symlink_counts_the_attempt_that_killed_the_process(
+    tmp_path: Path,
+) -> None:
+    # The attempts journal follows the file, not the name it was opened by.
+    os.symlink(tmp_path / "crash.db", tmp_path / "link.db")
+    pairs = [("deadly", "deadly key")]
+    result = crash_and_restart(
+        tmp_path, pairs, killed_as=str(tmp_path / "link.db"), checked_as=str(tmp_path / "crash.db")
+    )
+    assert_each_attempt_was_counted(result, pairs)
+
+
+def test_a_store_that_fails_to_open_leaves_no_thread_and_no_file(tmp_path: Path, path: str) -> None:
+    os.mkdir(f"{path}.attempts")  # where the attempts journal must go
+    threads = live_threads()
+    with pytest.raises(StoreError, match="cannot create the queue there"):
+        JobQueue(Recorder(), path=path)
+    assert sorted(os.listdir(tmp_path)) == ["jobs.db.attempts"]
+    assert live_threads() == threads
+
+
+def test_a_queue_that_fails_to_recover_leaves_no_thread_and_the_file_free(path: str) -> None:
+    with JobQueue(Recorder(), path=path) as q:
+        q.enqueue(Job(id="odd"))
+    db = sqlite3.connect(path)
+    with db:  # a row this code cannot read: a priority it does not know
+        db.execute("UPDATE jobs SET status = 'queued', priority = 99")
+    db.close()
+    threads = live_threads()
+    for _ in range(2):  # the second meets the same fault, not a file still held
+        with pytest.raises(ValueError, match="99"):
+            JobQueue(Recorder(), path=path)
+        assert live_threads() == threads
+
+
 # -- a value the store's encoding cannot carry -------------------------------------------------
 
 # Run as a script file by the tests below: ``kill`` starts every job of the JSON file
@@ -171,21 +285,25 @@ else:
 """
 
 
-def crash_and_restart(tmp_path: Path, pairs: list[tuple[str, str]]) -> dict[str, Any]:
-    """Start every job, kill -9 the process during their attempts, and restart it."""
+def crash_and_restart(
+    tmp_path: Path, pairs: list[tuple[str, str]], killed_as: str = "", checked_as: str = ""
+) -> dict[str, Any]:
+    """Start every job, kill -9 the process during their attempts, and restart it;
+    by default both on ``crash.db``, else by the names given."""
     script, spec = tmp_path / "child.py", tmp_path / "jobs.json"
     script.write_text(CHILD)
     spec.write_text(json.dumps(pairs))
     path = str(tmp_path / "crash.db")
-    for leftover in tmp_path.glob("crash.db*"):
-        leftover.unlink()
+    if not killed_as:
+        for leftover in tmp_path.glob("crash.db*"):
+            leftover.unlink()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     killed = subprocess.run(
-        [sys.executable, str(script), "kill", path, str(spec)], env=env, timeout=60
+        [sys.executable, str(script), "kill", killed_as or path, str(spec)], env=env, timeout=60
     )
     assert killed.returncode == -signal.SIGKILL
     checked = subprocess.run(
-        [sys.executable, str(script), "check", path, str(spec)],
+        [sys.executable, str(script), "check", checked_as or path, str(spec)],
         env=env,
         timeout=60,
         capture_output=True,
