@@ -463,7 +463,6 @@ def _unlock(fd: int, identity: tuple[int, int]) -> None:
 
 def _open(path: str, durability: str) -> sqlite3.Connection:
     """Open (or create) the file, refusing what is not ours before writing anything."""
-    existed = os.path.exists(path) and os.path.getsize(path) > 0
     db: sqlite3.Connection | None = None
     try:
         # Statements of up to EXACT_ROWS rows and of powers of two, for 4 kinds of write.
@@ -479,7 +478,10 @@ def _open(path: str, durability: str) -> sqlite3.Connection:
         if isinstance(exc, sqlite3.OperationalError):  # read-only: no -shm can be made
             raise StoreError(f"{path}: cannot create the queue there ({exc})") from exc
         raise StoreError(f"{path} is not an SQLite database ({exc}); it was left as it is") from exc
-    if existed and (app_id != APPLICATION_ID or tables == 0):
+    # Nothing in it: a new file, or one whose creation a crash cut short (read after
+    # SQLite has rolled back what that crash left half written). Nothing to lose.
+    fresh = app_id == 0 and version == 0 and tables == 0
+    if not fresh and (app_id != APPLICATION_ID or tables == 0):
         db.close()
         raise StoreError(f"{path} is not a job queue of ours; it was left as it is")
     if version > SCHEMA_VERSION:
@@ -487,6 +489,16 @@ def _open(path: str, durability: str) -> sqlite3.Connection:
         raise StoreError(
             f"{path} has schema version {version}, newer than this code's {SCHEMA_VERSION}; "
             "upgrade the code, the file was left as it is"
+        )
+    if fresh:
+        # The schema and the marks first, in one transaction of the default rollback
+        # journal, and only then WAL: switching to WAL writes the file's first page,
+        # and a crash between that and the schema left a file with no tables, which
+        # every later start refused as not ours. Now a crash leaves an empty file, or
+        # a hot journal SQLite rolls back to one, or a whole queue.
+        db.executescript(
+            f"BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID};"
+            f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
         )
     pragma, expected = DURABILITY[durability]
     try:
@@ -500,11 +512,6 @@ def _open(path: str, durability: str) -> sqlite3.Connection:
         db.close()
         raise StoreError(
             f"{path}: asked for WAL and synchronous={pragma}, got {mode} and {synchronous}"
-        )
-    if not existed or tables == 0:
-        db.executescript(
-            f"BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID};"
-            f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
         )
     return db
 

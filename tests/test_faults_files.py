@@ -240,6 +240,66 @@ def test_a_queue_that_fails_to_recover_leaves_no_thread_and_the_file_free(path: 
         assert live_threads() == threads
 
 
+# Kills the process after the Nth statement SQLite is given while the queue opens a
+# new file: a crash at every step of a file's creation.
+CREATOR = """
+import os, signal, sqlite3, sys
+from final import JobQueue
+
+path, deadly = sys.argv[1], int(sys.argv[2])
+statements = 0
+
+class Dying(sqlite3.Connection):
+    def execute(self, *args, **kwargs):
+        cursor = super().execute(*args, **kwargs)
+        self.counted()
+        return cursor
+
+    def executescript(self, *args, **kwargs):
+        cursor = super().executescript(*args, **kwargs)
+        self.counted()
+        return cursor
+
+    def counted(self):
+        global statements
+        statements += 1
+        if statements == deadly:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+connect = sqlite3.connect
+sqlite3.connect = lambda *args, **kwargs: connect(*args, factory=Dying, **kwargs)
+JobQueue(lambda job: None, path=path).close()
+print("created", flush=True)
+"""
+
+
+def test_a_crash_at_any_step_of_creating_the_file_leaves_a_file_a_queue_can_open(
+    tmp_path: Path, path: str
+) -> None:
+    script = tmp_path / "creator.py"
+    script.write_text(CREATOR)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for deadly in range(1, 50):
+        for leftover in tmp_path.glob("jobs.db*"):
+            leftover.unlink()
+        run = subprocess.run(
+            [sys.executable, str(script), path, str(deadly)],
+            env=env,
+            timeout=60,
+            capture_output=True,
+            text=True,
+        )
+        if run.stdout == "created\n":
+            break  # no statement left to die after
+        assert run.returncode == -signal.SIGKILL, run.stderr
+        recorder = Recorder()
+        with JobQueue(recorder, path=path) as q:  # not "not a job queue of ours"
+            q.enqueue(Job(id="first"))
+        assert recorder.attempts["first"] == 1, deadly
+    else:
+        raise AssertionError("the queue never finished creating its file")
+
+
 # -- a value the store's encoding cannot carry -------------------------------------------------
 
 # Run as a script file by the tests below: ``kill`` starts every job of the JSON file
