@@ -1,17 +1,19 @@
 """Look into a queue's SQLite file without touching it: ``python -m final inspect``.
 
-The file is opened read-only (an SQLite ``mode=ro`` URI) and the queue's lock file is
-not taken, so this works while a server runs on the file: in WAL mode a reader sees
+The file is opened read-only (an SQLite ``mode=ro`` URI) and the queue's lock on it
+is not taken, so this works while a server runs on the file: in WAL mode a reader sees
 the last committed state and never blocks the writer. The attempts journal beside it
-(``<path>.attempts``) is read too: a job with an attempt there that the database does
-not know of is counted as processing, with that attempt. What it shows may lag the
-running queue by a few milliseconds for the writes allowed to lag (a retry scheduled,
-a job settled); accepted jobs and started attempts are always there.
+(``<path>.attempts``, named after the resolved path) is read too: a job with an
+attempt there that the database does not know of is counted as processing, with that
+attempt. What it shows may lag the running queue by a few milliseconds for the writes
+allowed to lag (a retry scheduled, a job settled); accepted jobs and started attempts
+are always there.
 (This module is not called ``inspect``: that would shadow the standard library's.)
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,7 +58,7 @@ def read(path: str | Path, *, limit: int = 20) -> Snapshot:
     try:
         # Read before the database: an attempt started after this read shows as not
         # started, never the other way round.
-        started = read_journal(f"{path}.attempts")
+        started = read_journal(f"{os.path.realpath(path)}.attempts")  # as the store names it
         # One read transaction, so the counts and the dead letters agree.
         db.execute("BEGIN")
         counts = _counts(db, started)

@@ -299,8 +299,12 @@ class JobQueue:
         self._store = _open_store(path, durability, store)
         self._durable = self._store.durable  # asked once: the hot path reads it
         self._init_state(fairness, rate_limit)
-        self._recover()
-        self._start_threads()
+        try:
+            self._recover()
+            self._start_threads()
+        except BaseException:
+            self._undo_start()
+            raise
 
     def _init_state(self, fairness: int, rate_limit: float | None) -> None:
         """The lock, its conditions, and what they guard. Runs before any thread."""
@@ -349,6 +353,7 @@ class JobQueue:
         self._seq = 0
         self._unsettled = 0  # accepted and not yet settled
         self._closing = False  # close() has begun: enqueue refuses
+        self._close_store_when_idle = False  # close(timeout) left attempts running
         self._stopping = False  # workers and scheduler leave; what is left is lost (or on disk)
         self._counts = {p: dict.fromkeys(_COUNTERS, 0) for p in Priority}
         self._waits: deque[float] = deque(maxlen=_WAIT_WINDOW)
@@ -383,6 +388,16 @@ class JobQueue:
         self._atexit_hook = close_at_exit
         atexit.register(close_at_exit)
         _queues.add(self)  # see _after_fork
+
+    def _undo_start(self) -> None:
+        """A constructor that fails leaves nothing running and nothing locked: nobody
+        could close a queue they never got."""
+        with self._mutex:
+            self._stop()
+        for thread in self._threads:
+            if thread.is_alive():  # a thread whose start failed was never alive
+                thread.join()
+        self._store.close()
 
     # -- the contract ------------------------------------------------------------------
 
@@ -507,18 +522,17 @@ class JobQueue:
         atexit.unregister(self._atexit_hook)
         for thread in threads:
             thread.join(None if endtime is None else max(0.0, endtime - time.monotonic()))
-        if any(thread.is_alive() for thread in threads):
+        with self._mutex:
             # Attempts still running will settle on their own threads; the store (and
             # the lock on its file) must outlive them, or a second queue could open
-            # the file and run the same jobs at the same time.
-            closer = threading.Thread(
-                target=self._close_store_after,
-                args=(threads,),
-                name=f"{__package__}-closer",
-                daemon=True,
-            )
-            closer.start()
-        else:
+            # the file and run the same jobs at the same time. The last of them closes
+            # it (see _take_locked). A thread that runs no attempt is only on its way
+            # out: waiting for it is not waiting for the timeout, and the file must be
+            # free once close() returns with nothing running.
+            hand_off = self._close_store_when_idle = bool(self._running)
+        if not hand_off:
+            for thread in threads:
+                thread.join()
             self._store.close()
 
     def metrics(self) -> Metrics:
@@ -623,11 +637,14 @@ class JobQueue:
         # that end on disk, and run the job again at the next start.
         try:
             self._store.revived(record)
-        except BaseException:
+        except BaseException as exc:
             with self._mutex:  # still dead: back in the dead letters
                 record.settled = next(self._settle_numbers)
                 self._settled.append((record.settled, record))
                 self._dead[job_id] = record
+                closing = self._closing
+            if closing and isinstance(exc, StoreError):  # close() shut the store meanwhile
+                raise QueueClosed("the queue closed while the job was being replayed") from exc
             raise
         with self._mutex:
             if self._stopping and self._durable:
@@ -649,11 +666,6 @@ class JobQueue:
             self._counts[record.job.priority]["submitted"] += 1
             self._unsettled += 1
             self._not_empty.notify()
-
-    def _close_store_after(self, threads: list[threading.Thread]) -> None:
-        for thread in threads:
-            thread.join()
-        self._store.close()
 
     def _after_fork(self) -> None:
         """In the child of an ``os.fork()``: the queue is the parent's, not the child's.
@@ -877,6 +889,12 @@ class JobQueue:
             self._running.add(record)
             self._counts[priority]["started"] += 1
             return Attempt(record.job, record.attempts, record.deadline, record, record.token)
+        if self._close_store_when_idle and not self._running:
+            # The last attempt close(timeout) left running has settled: let go of the
+            # file now, under the lock, so that once status() shows the attempt ended
+            # a new queue can open the file.
+            self._close_store_when_idle = False
+            self._store.close()
         return None
 
     def _wait_for_work(self, timeout: float | None) -> None:

@@ -8,11 +8,12 @@ no system call, and no letting go of the GIL, where an SQLite commit per attempt
 (even without fsync) measured ten times the cost and was the wall of the whole
 queue, and a ``write()`` per attempt made every worker hand the GIL round.
 
-A line is ``<attempt> <id>``, or ``<attempt>j<id as JSON>`` for an id holding a
-newline; per job, its last line counts. At open, the database store folds the lines
-of the last run into the database (``read_journal``) and the file starts again
-empty; while running, it starts again with just the attempts still open whenever
-it is full. An attempt is open from its line until the database has its end.
+A line is ``<attempt> <id>``, or ``<attempt>j<id as JSON>`` for an id that is not
+all printable characters (a newline would end its line, a NUL the whole file); per
+job, its last line counts. At open, the database store folds the lines of the last
+run into the database (``read_journal``) and the file starts again empty; while
+running, it starts again with just the attempts still open whenever it is full. An
+attempt is open from its line until the database has its end.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def read_journal(journal: str) -> dict[str, int]:
         return {}
     latest: dict[str, int] = {}
     text = text.split("\0", 1)[0]  # the unused rest of the file is zeros
-    lines = text.split("\n")  # ids may hold other line breaks, never "\n" unquoted
+    lines = text.split("\n")  # an id holds neither unquoted (see _line)
     for line in lines[:-1]:  # the last is empty, or unfinished
         digits = len(line) - len(line.lstrip("0123456789"))
         try:
@@ -142,7 +143,14 @@ def _map(path: str, minimum: int = 0) -> mmap.mmap:
 
 
 def _line(job_id: str, attempt: int) -> bytes:
-    """``<attempt> <id>``, or ``<attempt>j<id as JSON>`` for an id holding a newline."""
-    if "\n" in job_id:
-        return f"{attempt}j{json.dumps(job_id)}\n".encode()
-    return f"{attempt} {job_id}\n".encode()
+    """``<attempt> <id>``, or ``<attempt>j<id as JSON>`` for an id that is not all
+    printable characters.
+
+    Any id the queue accepts must come back whole, or a handler that kills the
+    process is never counted: a line ends at a newline, and the file's unused rest
+    is zeros, so a NUL would end the whole journal there. JSON writes every control
+    character (and every other non-printable one) as an escape.
+    """
+    if job_id.isprintable():
+        return f"{attempt} {job_id}\n".encode()
+    return f"{attempt}j{json.dumps(job_id)}\n".encode()

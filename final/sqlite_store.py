@@ -29,9 +29,13 @@ commit carries, many rows to a statement.
 
 The file is ours and versioned: ``PRAGMA application_id`` marks it, ``PRAGMA
 user_version`` says its schema version; a file that is not one of our queues, or is of
-a newer version, is refused before anything is written to it. A lock file beside it
-(``<path>.lock``, ``fcntl.flock``) refuses a second queue on the same path while the
-first is open; reading it (``inspect``) needs no lock.
+a newer version, is refused before anything is written to it. A lock on the file
+itself (``fcntl.flock``) refuses a second queue on it while the first is open, under
+whatever name, a symbolic or a hard link included; reading it (``inspect``) needs no
+lock. The attempts journal is named after the file's resolved path, as SQLite names
+its write-ahead log, so that a restart by another symbolic link finds both. A hard
+link has no resolved name of its own: reopen a queue that crashed under the name it
+had.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, TextIO
+from typing import Any
 
 from final.group_commit import LAG, GroupCommit, Pending, Write
 from final.jobs import Job, Priority, Record, Status
@@ -64,6 +68,13 @@ DURABILITY = {"power": ("FULL", 2), "process": ("NORMAL", 1)}
 
 # Up to this many rows go to one statement of their exact size (see _parts).
 EXACT_ROWS = 32
+
+# The database files open in this process, by (device, inode), with the name each was
+# opened by: a second name is refused before a descriptor is opened on the file,
+# because closing one (when its flock fails) would drop the POSIX locks that SQLite's
+# own connections to that file hold for this process.
+_open_files: dict[tuple[int, int], str] = {}
+_open_files_lock = threading.Lock()
 
 SCHEMA = """
 CREATE TABLE jobs (
@@ -132,14 +143,30 @@ class SQLiteStore:
         if durability not in DURABILITY:
             raise ValueError(f"durability must be 'power' or 'process', got {durability!r}")
         self.path = path
-        self._lockfile = _lock(path)
+        real = os.path.realpath(path)
+        journal = f"{real}.attempts"
+        companions = [f"{real}-wal", f"{real}-shm", journal]
+        existed = {name for name in companions if os.path.lexists(name)}
+        self._lock_fd, self._identity, created = _lock(path)
+        opened: list[sqlite3.Connection | AttemptsJournal] = []
         try:
             self._writer_db = _open(path, durability)
-            _fold(self._writer_db, f"{path}.attempts")
-            self._journal = AttemptsJournal(f"{path}.attempts")
+            opened.append(self._writer_db)
+            _fold(self._writer_db, journal)
+            self._journal = AttemptsJournal(journal)
+            opened.append(self._journal)
             self._reader_db = sqlite3.connect(path, check_same_thread=False)
-        except BaseException:
-            self._lockfile.close()
+        except BaseException as exc:
+            # A constructor that fails leaves nothing behind: no descriptor, no lock,
+            # and no file it created (a database it created is removed whole).
+            for resource in reversed(opened):
+                resource.close()
+            for name in companions + ([path] if created else []):
+                if name not in existed and os.path.lexists(name):
+                    os.unlink(name)
+            _unlock(self._lock_fd, self._identity)
+            if isinstance(exc, OSError):  # the journal: a directory there, no room
+                raise StoreError(f"{path}: cannot create the queue there ({exc})") from exc
             raise
         self._reader_lock = threading.Lock()
         self._power = durability == "power"
@@ -195,14 +222,21 @@ class SQLiteStore:
 
     # -- reads ------------------------------------------------------------------------------
 
+    # After close, a read finds nothing on disk: the queue then answers from its memory
+    # alone, as a queue without a path does, rather than reach a closed connection.
+
     def find(self, job_id: str) -> Record | None:
         with self._reader_lock:
+            if self._closed:
+                return None
             row = self._reader_db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _record(row)
 
     def load(self) -> list[tuple[Record, float]]:
         """Every unsettled job, in the order accepted, with seconds left of its backoff."""
         with self._reader_lock:
+            if self._closed:
+                return []
             rows = self._reader_db.execute(
                 "SELECT * FROM jobs WHERE status IN ('queued', 'processing', 'retrying')"
                 " ORDER BY rowid"
@@ -212,6 +246,8 @@ class SQLiteStore:
 
     def dead(self) -> list[Record]:
         with self._reader_lock:
+            if self._closed:
+                return []
             rows = self._reader_db.execute(
                 "SELECT * FROM jobs WHERE status = 'failed' ORDER BY finished_at"
             ).fetchall()
@@ -239,9 +275,10 @@ class SQLiteStore:
             self._commits.close()  # no write is taken from now on, and the last is made
             self._journal.close()
             self._writer_db.close()
-            self._reader_db.close()
-            self._lockfile.close()
-            self._closed = True
+            with self._reader_lock:  # a read under way finishes first; later ones see _closed
+                self._reader_db.close()
+                self._closed = True
+            _unlock(self._lock_fd, self._identity)
 
     # -- what one commit writes -------------------------------------------------------------
 
@@ -419,25 +456,60 @@ def _fold(db: sqlite3.Connection, journal: str) -> None:
     logger.info("%s: the attempts of the last run are folded in", journal)
 
 
-def _lock(path: str) -> TextIO:
-    try:
-        lockfile = open(f"{path}.lock", "a+")  # noqa: SIM115 - held until close()
-    except OSError as exc:  # no such directory, no permission
-        raise StoreError(f"{path}: cannot create the queue there ({exc.strerror})") from exc
-    try:
-        fcntl.flock(lockfile.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lockfile.close()
-        raise StoreError(
-            f"{path} is already open in another JobQueue (it holds {path}.lock); "
-            "close that one first"
-        ) from None
-    return lockfile
+def _lock(path: str) -> tuple[int, tuple[int, int], bool]:
+    """Open (or create) the database file and lock it, whatever name it is given.
+
+    Returns the locked descriptor, the file's (device, inode), and whether this call
+    created the file. The lock is ``flock`` on the file itself, not on a file named
+    after ``path``: a symbolic or a hard link is another name for the same file, and
+    must find it locked. SQLite locks with ``fcntl`` byte ranges, which ``flock``
+    leaves alone on local file systems.
+    """
+    with _open_files_lock:  # one constructor between the check and the registration
+        try:
+            known = os.stat(path)
+        except OSError:
+            known = None
+        if known is not None and (other := _open_files.get((known.st_dev, known.st_ino))):
+            raise StoreError(
+                f"{path} is already open in another JobQueue of this process, as {other}; "
+                "close that one first"
+            )
+        created = False
+        try:
+            # For writing, though flock needs no more than reading: a queue writes
+            # its file, and one it may not write is refused here, before any other.
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                created = True
+            except FileExistsError:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # no such directory, no permission
+            raise StoreError(f"{path}: cannot create the queue there ({exc.strerror})") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # held by another process: no lock of this one is dropped
+            raise StoreError(
+                f"{path} is already open in another JobQueue, in another process (under "
+                "this name or another: the lock is on the file); close that one first"
+            ) from None
+        stat = os.fstat(fd)
+        identity = (stat.st_dev, stat.st_ino)
+        _open_files[identity] = path
+    return fd, identity, created
+
+
+def _unlock(fd: int, identity: tuple[int, int]) -> None:
+    """Let go of the file ``_lock`` locked. Its SQLite connections must be closed."""
+    with _open_files_lock:
+        os.close(fd)
+        del _open_files[identity]
 
 
 def _open(path: str, durability: str) -> sqlite3.Connection:
     """Open (or create) the file, refusing what is not ours before writing anything."""
-    existed = os.path.exists(path) and os.path.getsize(path) > 0
+    db: sqlite3.Connection | None = None
     try:
         # Statements of up to EXACT_ROWS rows and of powers of two, for 4 kinds of write.
         db = sqlite3.connect(
@@ -447,8 +519,15 @@ def _open(path: str, durability: str) -> sqlite3.Connection:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
     except sqlite3.DatabaseError as exc:
+        if db is not None:
+            db.close()  # or its descriptor, and the -wal it may have made, stay behind
+        if isinstance(exc, sqlite3.OperationalError):  # read-only: no -shm can be made
+            raise StoreError(f"{path}: cannot create the queue there ({exc})") from exc
         raise StoreError(f"{path} is not an SQLite database ({exc}); it was left as it is") from exc
-    if existed and (app_id != APPLICATION_ID or tables == 0):
+    # Nothing in it: a new file, or one whose creation a crash cut short (read after
+    # SQLite has rolled back what that crash left half written). Nothing to lose.
+    fresh = app_id == 0 and version == 0 and tables == 0
+    if not fresh and (app_id != APPLICATION_ID or tables == 0):
         db.close()
         raise StoreError(f"{path} is not a job queue of ours; it was left as it is")
     if version > SCHEMA_VERSION:
@@ -457,19 +536,28 @@ def _open(path: str, durability: str) -> sqlite3.Connection:
             f"{path} has schema version {version}, newer than this code's {SCHEMA_VERSION}; "
             "upgrade the code, the file was left as it is"
         )
+    if fresh:
+        # The schema and the marks first, in one transaction of the default rollback
+        # journal, and only then WAL: switching to WAL writes the file's first page,
+        # and a crash between that and the schema left a file with no tables, which
+        # every later start refused as not ours. Now a crash leaves an empty file, or
+        # a hot journal SQLite rolls back to one, or a whole queue.
+        db.executescript(
+            f"BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID};"
+            f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        )
     pragma, expected = DURABILITY[durability]
-    mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    db.execute(f"PRAGMA synchronous = {pragma}")
-    synchronous = db.execute("PRAGMA synchronous").fetchone()[0]
+    try:
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        db.execute(f"PRAGMA synchronous = {pragma}")
+        synchronous = db.execute("PRAGMA synchronous").fetchone()[0]
+    except sqlite3.OperationalError as exc:  # no -wal file can be made beside it
+        db.close()
+        raise StoreError(f"{path}: cannot create the queue there ({exc})") from exc
     if mode != "wal" or synchronous != expected:
         db.close()
         raise StoreError(
             f"{path}: asked for WAL and synchronous={pragma}, got {mode} and {synchronous}"
-        )
-    if not existed or tables == 0:
-        db.executescript(
-            f"BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID};"
-            f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
         )
     return db
 

@@ -136,7 +136,7 @@ class FinalOnDisk(RuleBasedStateMachine):
     def teardown(self) -> None:
         self.handler.release()
         try:
-            self.queue.close()  # releases the lock file
+            self.queue.close()  # releases the lock on its file
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
             final.job_queue.backoff_delay = backoff_delay
