@@ -13,7 +13,10 @@ Rules every statement here keeps:
   another process, or given back). Every way out of ``'processing'`` clears ``claim``.
 - ``FOR UPDATE SKIP LOCKED`` sits in a ``MATERIALIZED`` CTE: the planner must run the
   ``LIMIT`` subquery once, not again for each row of a join, which could lock and
-  return more rows than asked for.
+  return more rows than asked for. The outer statement then finds those rows by
+  ``id = ANY (ARRAY(SELECT id FROM cte))``, a primary-key lookup whatever the planner
+  guesses of the CTE's size (a join on the CTE turned into a scan of the whole table
+  once the guess was large).
 - A statement that makes jobs claimable notifies the queue's channel with an empty
   payload; PostgreSQL folds identical notifications of one transaction into one, so a
   transaction wakes the listeners once however many statements it ran.
@@ -98,7 +101,7 @@ LIMIT 1
 # process still counts. The rows come back in no order: the caller sorts them.
 CLAIM = """
 WITH picked AS MATERIALIZED (
-    SELECT queue, id FROM jobq_jobs
+    SELECT id FROM jobq_jobs
     WHERE queue = %(queue)s
       AND status IN ('queued', 'scheduled', 'retrying')
       AND ready_at <= now()
@@ -113,8 +116,7 @@ SET status = 'processing',
     process_id = %(process)s,
     claim = nextval('jobq_claims'),
     deadline = now() + make_interval(secs => %(timeout)s::float8)
-FROM picked
-WHERE j.queue = picked.queue AND j.id = picked.id
+WHERE j.queue = %(queue)s AND j.id = ANY (ARRAY(SELECT id FROM picked))
 RETURNING j.id, j.claim, j.payload, j.priority, j.idempotency_key, j.max_retries,
           j.attempts, j.enqueued_at, j.ready_at, j.seq, j.deadline
 """
@@ -183,12 +185,7 @@ SELECT pg_try_advisory_xact_lock(
 # not stuck, and the next round looks again.
 RESCUE = """
 WITH lost AS MATERIALIZED (
-    SELECT j.queue, j.id,
-           CASE WHEN p.id IS NULL OR p.heartbeat_at < now() - p.lease
-                THEN 'lost: the process running it stopped heartbeating'
-                ELSE 'lost: the attempt passed its deadline'
-           END AS reason
-    FROM jobq_jobs AS j
+    SELECT j.id FROM jobq_jobs AS j
     LEFT JOIN jobq_processes AS p ON p.id = j.process_id
     WHERE j.queue = %(queue)s AND j.status = 'processing'
       AND (p.id IS NULL OR p.heartbeat_at < now() - p.lease OR j.deadline < now())
@@ -197,10 +194,16 @@ WITH lost AS MATERIALIZED (
 UPDATE jobq_jobs AS j
 SET status = CASE WHEN j.attempts > j.max_retries THEN 'failed' ELSE 'queued' END,
     finished_at = CASE WHEN j.attempts > j.max_retries THEN now() END,
-    last_error = lost.reason, process_id = NULL, claim = NULL, deadline = NULL
-FROM lost
-WHERE j.queue = lost.queue AND j.id = lost.id
-RETURNING j.id, j.status, j.attempts, lost.reason
+    last_error = CASE
+        WHEN EXISTS (
+            SELECT FROM jobq_processes AS p
+            WHERE p.id = j.process_id AND p.heartbeat_at >= now() - p.lease
+        ) THEN 'lost: the attempt passed its deadline'
+        ELSE 'lost: the process running it stopped heartbeating'
+    END,
+    process_id = NULL, claim = NULL, deadline = NULL
+WHERE j.queue = %(queue)s AND j.id = ANY (ARRAY(SELECT id FROM lost))
+RETURNING j.id, j.status, j.attempts, j.last_error
 """
 
 # After a rescue, in its transaction: the rows of processes past their lease. A
@@ -213,14 +216,14 @@ DELETE FROM jobq_processes WHERE queue = %(queue)s AND heartbeat_at < now() - le
 # transaction short: a long one holds back vacuum on every table of the database.
 PRUNE = """
 WITH old AS MATERIALIZED (
-    SELECT queue, id FROM jobq_jobs
+    SELECT id FROM jobq_jobs
     WHERE queue = %(queue)s AND status = 'completed'
       AND finished_at < now() - make_interval(secs => %(retention)s::float8)
     ORDER BY finished_at
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
 )
-DELETE FROM jobq_jobs AS j USING old WHERE j.queue = old.queue AND j.id = old.id
+DELETE FROM jobq_jobs WHERE queue = %(queue)s AND id = ANY (ARRAY(SELECT id FROM old))
 """
 
 # What status(), info() and dead_letters() read. A job waiting for a time that has
