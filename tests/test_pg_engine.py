@@ -303,6 +303,18 @@ def test_a_silent_process_loses_its_claims_once_its_lease_passes(db: Database) -
         assert (again.id, again.attempts) == ("silent", 2)
 
 
+def test_a_long_attempt_of_a_live_process_is_never_rescued(conn: Connection) -> None:
+    engine.enqueue(conn, QUEUE, [new("long")])
+    process = engine.register(conn, QUEUE, lease=30.0)
+    engine.claim(conn, QUEUE, process, limit=1)
+    # Claimed a day ago, by the database's clock; its process still heartbeats.
+    conn.execute("UPDATE jobq_jobs SET started_at = now() - interval '1 day'")
+    conn.execute("UPDATE jobq_processes SET started_at = now() - interval '1 day'")
+    assert engine.heartbeat(conn, process)
+    assert engine.rescue(conn, QUEUE) == []
+    assert status(conn, "long") == "processing"
+
+
 def test_an_attempt_past_its_deadline_is_rescued_from_a_live_process(conn: Connection) -> None:
     engine.enqueue(conn, QUEUE, [new("slow"), new("extended")])
     process = engine.register(conn, QUEUE, lease=3600.0)
