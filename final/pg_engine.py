@@ -20,7 +20,9 @@ The moves of a job, and who makes them:
 - ``find``, ``dead_letters`` and ``revive`` answer ``status``, ``info``,
   ``dead_letters`` and ``retry_dead`` for every job of the queue, wherever it ran.
 
-Every time is the database server's; the functions take durations in seconds.
+Every time is the database server's; the functions take durations in seconds. The
+functions raise what psycopg raises (``psycopg.OperationalError`` when the connection
+is lost): reconnecting, and deciding what a lost round trip means, is the caller's.
 """
 
 from __future__ import annotations
