@@ -17,8 +17,9 @@ The moves of a job, and who makes them:
   the others know its claims are alive; ``rescue`` takes back the claims of a process
   that stopped heartbeating (or of an attempt past its deadline), one rescuer at a
   time; ``prune`` deletes completed jobs past their retention.
-- ``find``, ``dead_letters`` and ``revive`` answer ``status``, ``info``,
-  ``dead_letters`` and ``retry_dead`` for every job of the queue, wherever it ran.
+- ``find``, ``dead_letters``, ``revive``, ``cancel``, ``unsettled`` and ``counts``
+  answer ``status``, ``info``, ``dead_letters``, ``retry_dead``, ``cancel``, ``join``
+  and the gauges for every job of the queue, wherever it ran.
 
 Every time is the database server's; the functions take durations in seconds. The
 functions raise what psycopg raises (``psycopg.OperationalError`` when the connection
@@ -45,8 +46,10 @@ __all__ = [
     "Refused",
     "Rescued",
     "StoredJob",
+    "cancel",
     "claim",
     "complete",
+    "counts",
     "dead_letters",
     "deregister",
     "enqueue",
@@ -61,6 +64,7 @@ __all__ = [
     "rescue",
     "retry",
     "revive",
+    "unsettled",
 ]
 
 Connection = psycopg.Connection[Any]
@@ -345,6 +349,31 @@ def dead_letters(conn: Connection, queue: str) -> list[StoredJob]:
 def revive(conn: Connection, queue: str, job_id: str) -> bool:
     """Put a dead letter back in line with a fresh budget; False if it is not dead."""
     return conn.execute(q.REVIVE, {"queue": queue, "id": job_id}).fetchone() is not None
+
+
+def cancel(conn: Connection, queue: str, job_id: str) -> bool | None:
+    """Cancel a job that has not started: True; False if it is running or settled.
+
+    None when the queue has no job ``job_id``.
+    """
+    row = conn.execute(q.CANCEL, {"queue": queue, "id": job_id}).fetchone()
+    assert row is not None
+    cancelled, known = row
+    return bool(cancelled) if known else None
+
+
+def unsettled(conn: Connection, queue: str, job_ids: Sequence[str]) -> set[str]:
+    """The ids among ``job_ids`` whose jobs have not settled (a pruned job has)."""
+    if not job_ids:
+        return set()
+    rows = conn.execute(q.UNSETTLED, {"queue": queue, "ids": list(job_ids)})
+    return {row[0] for row in rows}
+
+
+def counts(conn: Connection, queue: str) -> dict[tuple[int, str], int]:
+    """How many jobs wait or run, by ``(priority, status)``; absent pairs are 0."""
+    rows = conn.execute(q.COUNTS, {"queue": queue})
+    return {(priority, status): count for priority, status, count in rows}
 
 
 def listen(conn: Connection, queue: str) -> str:

@@ -25,9 +25,11 @@ Rules every statement here keeps:
 from __future__ import annotations
 
 __all__ = [
+    "CANCEL",
     "CHANNEL",
     "CLAIM",
     "COMPLETE",
+    "COUNTS",
     "DEAD_LETTERS",
     "DEREGISTER",
     "ENQUEUE",
@@ -45,6 +47,7 @@ __all__ = [
     "RETRY",
     "REVIVE",
     "SWEEP_PROCESSES",
+    "UNSETTLED",
 ]
 
 # The queue's notification channel: one per schema and queue name, short enough for
@@ -247,4 +250,32 @@ WITH revived AS (
     RETURNING id
 )
 SELECT id, pg_notify({_CHANNEL}, '') FROM revived
+"""
+
+# A job that has not started never will: (cancelled, known). The EXISTS reads the
+# statement's snapshot, from before the update, so it sees the row either way.
+CANCEL = """
+WITH cancelled AS (
+    UPDATE jobq_jobs SET status = 'cancelled', finished_at = now()
+    WHERE queue = %(queue)s AND id = %(id)s AND status IN ('queued', 'scheduled', 'retrying')
+    RETURNING id
+)
+SELECT EXISTS (SELECT FROM cancelled),
+       EXISTS (SELECT FROM jobq_jobs WHERE queue = %(queue)s AND id = %(id)s)
+"""
+
+# Of these ids, the ones not settled yet: what join() waits for. An id that is gone
+# was pruned, so it had settled.
+UNSETTLED = """
+SELECT id FROM jobq_jobs
+WHERE queue = %(queue)s AND id = ANY (%(ids)s::text[])
+  AND status NOT IN ('completed', 'failed', 'cancelled')
+"""
+
+# The jobs waiting and running, by priority and state: gauges, and the approximate
+# lane sizes that queue_size can bound. Both partial indexes answer it.
+COUNTS = """
+SELECT priority, status, count(*) FROM jobq_jobs
+WHERE queue = %(queue)s AND status IN ('queued', 'scheduled', 'retrying', 'processing')
+GROUP BY priority, status
 """

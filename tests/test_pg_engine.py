@@ -406,3 +406,39 @@ def test_prune_deletes_only_completed_jobs_past_retention_in_batches(conn: Conne
     assert left == {"recent", "dead", "waiting"}
     # A pruned job's idempotency key may be used again.
     assert engine.enqueue(conn, QUEUE, [new("new0", key="k0")]) is None
+
+
+# --- what a handle asks of every job ------------------------------------------------
+
+
+def test_only_a_job_that_has_not_started_can_be_cancelled(conn: Connection) -> None:
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+    engine.enqueue(conn, QUEUE, [new("running"), new("waiting"), new("later", run_at=later)])
+    process = engine.register(conn, QUEUE, lease=30.0)
+    engine.claim(conn, QUEUE, process, limit=1)
+
+    assert engine.cancel(conn, QUEUE, "waiting") is True
+    assert engine.cancel(conn, QUEUE, "later") is True
+    assert engine.cancel(conn, QUEUE, "running") is False
+    assert engine.cancel(conn, QUEUE, "waiting") is False  # settled now
+    assert engine.cancel(conn, QUEUE, "unknown") is None
+    assert [status(conn, i) for i in ("waiting", "later", "running")] == [
+        "cancelled",
+        "cancelled",
+        "processing",
+    ]
+    assert engine.claim(conn, QUEUE, process, limit=10) == []
+
+
+def test_unsettled_and_counts_answer_for_jobs_run_anywhere(conn: Connection) -> None:
+    engine.enqueue(conn, QUEUE, [new("a", HIGH), new("b", HIGH), new("c", LOW), new("d")])
+    process = engine.register(conn, QUEUE, lease=30.0)
+    [a, _] = engine.claim(conn, QUEUE, process, limit=2)
+    engine.complete(conn, QUEUE, [(a.id, a.token)])
+    assert engine.counts(conn, QUEUE) == {
+        (HIGH, "processing"): 1,
+        (MEDIUM, "queued"): 1,
+        (LOW, "queued"): 1,
+    }
+    assert engine.unsettled(conn, QUEUE, ["a", "b", "c", "gone"]) == {"b", "c"}
+    assert engine.unsettled(conn, QUEUE, []) == set()
