@@ -442,3 +442,28 @@ def test_unsettled_and_counts_answer_for_jobs_run_anywhere(conn: Connection) -> 
     }
     assert engine.unsettled(conn, QUEUE, ["a", "b", "c", "gone"]) == {"b", "c"}
     assert engine.unsettled(conn, QUEUE, []) == set()
+
+
+def test_a_completion_in_the_callers_transaction_commits_with_its_effects(
+    db: Database, conn: Connection
+) -> None:
+    conn.execute("CREATE TABLE effects (job text PRIMARY KEY)")
+    engine.enqueue(conn, QUEUE, [new("kept"), new("undone")])
+    process = engine.register(conn, QUEUE, lease=30.0)
+    claims = {c.id: c for c in engine.claim(conn, QUEUE, process, limit=2)}
+    engine.deregister(conn, process)  # its lease has passed: a rescuer may come by
+
+    with db.connect(autocommit=False) as kept, db.connect(autocommit=False) as undone:
+        for app, job_id in ((kept, "kept"), (undone, "undone")):
+            app.execute("INSERT INTO effects VALUES (%s)", (job_id,))
+            token = claims[job_id].token
+            assert engine.complete(app, QUEUE, [(job_id, token)]) == {job_id}
+        # Both rows are locked by their callers' transactions: the rescuer passes them by.
+        assert engine.rescue(conn, QUEUE) == []
+        assert [status(conn, i) for i in ("kept", "undone")] == ["processing", "processing"]
+        kept.commit()
+        undone.rollback()
+
+    effects = {row[0] for row in conn.execute("SELECT job FROM effects")}
+    assert (effects, status(conn, "kept")) == ({"kept"}, "completed")
+    assert [(r.id, r.status) for r in engine.rescue(conn, QUEUE)] == [("undone", "queued")]
