@@ -81,6 +81,11 @@ class NewJob:
     idempotency_key: str | None = None
     run_at: datetime.datetime | None = None
 
+    def __post_init__(self) -> None:
+        # A naive time would be read in the server's time zone, whatever the caller meant.
+        if self.run_at is not None and self.run_at.utcoffset() is None:
+            raise ValueError(f"run_at must be timezone-aware, got {self.run_at!r}")
+
 
 @dataclass(frozen=True, slots=True)
 class Refused:

@@ -185,6 +185,11 @@ def test_jobs_enqueued_in_a_transaction_exist_only_once_it_commits(db: Database)
         assert status(other, "d") is None
 
 
+def test_a_naive_run_at_is_refused() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        new("a", run_at=datetime.datetime(2030, 1, 1))
+
+
 # --- claims -------------------------------------------------------------------------
 
 
