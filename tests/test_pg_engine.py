@@ -29,12 +29,13 @@ except ImportError:  # pragma: no cover - only where psycopg is missing
 
 from final import pg_engine as engine
 from final import pg_queries
+from final.jobs import Priority
 from final.pg_schema import SCHEMA_VERSION, SchemaMismatch, ensure_schema
 from tests.support import PATIENCE
 
 DSN = os.environ.get("JOBQ_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 QUEUE = "default"
-HIGH, MEDIUM, LOW = 2, 1, 0
+HIGH, MEDIUM, LOW = Priority.HIGH, Priority.MEDIUM, Priority.LOW
 
 Connection = psycopg.Connection[Any]
 
@@ -106,7 +107,7 @@ def rescue_until_some(conn: Connection, what: str) -> list[engine.Rescued]:
     while not (rescued := engine.rescue(conn, QUEUE)):
         if time.monotonic() > deadline:
             pytest.fail(f"waited {PATIENCE} s for {what}")
-        time.sleep(0.01)  # a round trip per poll is all the waiting: the lease is 0.2 s
+        time.sleep(0.01)  # the loop ends once the database's clock has passed the lease
     return rescued
 
 
