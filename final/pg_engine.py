@@ -1,0 +1,395 @@
+"""The queue's moves on PostgreSQL: one function for each statement of ``pg_queries``.
+
+Each function takes a psycopg 3 connection and runs on it. On a connection in
+autocommit mode, a function of one statement commits on its own, in one round trip;
+a function of several opens its own transaction. On a connection inside a
+transaction (the caller's own, for effects that must commit with the job's), every
+function joins that transaction, through a savepoint where it needs one, and
+nothing it did is visible to other processes before the caller commits.
+
+The moves of a job, and who makes them:
+
+- ``enqueue`` inserts jobs (a producer), ``claim`` takes due jobs for a process,
+  counting the attempt; ``complete``, ``retry``, ``fail``, ``give_back`` and ``extend``
+  end or change an attempt, fenced by its claim token: each says whether it applied,
+  and none applies once the claim has moved on.
+- ``register``, ``heartbeat`` and ``deregister`` keep a process's row, which is how
+  the others know its claims are alive; ``rescue`` takes back the claims of a process
+  that stopped heartbeating (or of an attempt past its deadline), one rescuer at a
+  time; ``prune`` deletes completed jobs past their retention.
+- ``find``, ``dead_letters``, ``revive``, ``cancel``, ``unsettled`` and ``counts``
+  answer ``status``, ``info``, ``dead_letters``, ``retry_dead``, ``cancel``, ``join``
+  and the gauges for every job of the queue, wherever it ran.
+
+Every time is the database server's; the functions take durations in seconds. The
+functions raise what psycopg raises (``psycopg.OperationalError`` when the connection
+is lost): reconnecting, and deciding what a lost round trip means, is the caller's.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+
+from final import pg_queries as q
+
+__all__ = [
+    "Claim",
+    "NewJob",
+    "Refused",
+    "Rescued",
+    "StoredJob",
+    "cancel",
+    "claim",
+    "complete",
+    "counts",
+    "dead_letters",
+    "deregister",
+    "enqueue",
+    "extend",
+    "fail",
+    "find",
+    "give_back",
+    "heartbeat",
+    "listen",
+    "prune",
+    "register",
+    "rescue",
+    "retry",
+    "revive",
+    "unsettled",
+]
+
+Connection = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to insert. ``run_at`` (timezone-aware) holds it back until then."""
+
+    id: str
+    payload: bytes
+    priority: int
+    max_retries: int
+    idempotency_key: str | None = None
+    run_at: datetime.datetime | None = None
+
+    def __post_init__(self) -> None:
+        # A naive time would be read in the server's time zone, whatever the caller meant.
+        if self.run_at is not None and self.run_at.utcoffset() is None:
+            raise ValueError(f"run_at must be timezone-aware, got {self.run_at!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The first job of a batch that ``enqueue`` refused, and the job in its way.
+
+    ``index`` is its position in the batch (the jobs before it were inserted, the
+    ones after it were not); ``holder`` is the id of the job that already has its
+    id (``by == "id"``) or its idempotency key (``by == "key"``).
+    """
+
+    index: int
+    holder: str
+    by: Literal["id", "key"]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A job claimed for one attempt. ``token`` fences every later move of it."""
+
+    id: str
+    token: int
+    payload: bytes
+    priority: int
+    idempotency_key: str | None
+    max_retries: int
+    attempts: int  # this attempt included
+    enqueued_at: datetime.datetime
+    ready_at: datetime.datetime
+    seq: int
+    deadline: datetime.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rescued:
+    """A job taken back from a lost attempt: ``status`` is "queued" or "failed"."""
+
+    id: str
+    status: str
+    attempts: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredJob:
+    """A job as the database holds it, for ``status``, ``info`` and ``dead_letters``."""
+
+    id: str
+    payload: bytes
+    priority: int
+    idempotency_key: str | None
+    max_retries: int
+    status: str
+    attempts: int
+    last_error: str | None
+    enqueued_at: datetime.datetime
+    ready_at: datetime.datetime
+    started_at: datetime.datetime | None
+    finished_at: datetime.datetime | None
+
+
+def register(conn: Connection, queue: str, lease: float) -> int:
+    """Record a process's start; return its fresh id.
+
+    ``lease`` (seconds) is how long the process may go without a ``heartbeat``
+    before its claims may be rescued.
+    """
+    row = conn.execute(
+        q.REGISTER,
+        {"queue": queue, "host": socket.gethostname(), "pid": os.getpid(), "lease": lease},
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def heartbeat(conn: Connection, process: int) -> bool:
+    """Prove that ``process`` is alive. False: it was declared dead, its claims are gone."""
+    return conn.execute(q.HEARTBEAT, {"process": process}).rowcount == 1
+
+
+def deregister(conn: Connection, process: int) -> None:
+    """Forget a process that is closing (after it gave back what it had not started)."""
+    conn.execute(q.DEREGISTER, {"process": process})
+
+
+def enqueue(conn: Connection, queue: str, jobs: Sequence[NewJob]) -> Refused | None:
+    """Insert ``jobs`` in order, and wake the queue's listeners once.
+
+    Returns None when every job was inserted. Otherwise the jobs before the first
+    refused one (its id or idempotency key is taken, by an earlier job or by one
+    before it in ``jobs``) are inserted, the ones from it on are not, and the
+    returned ``Refused`` says which it was and which job holds what it asked for.
+    """
+    batch = list(jobs)
+    if not batch:
+        return None
+    if conn.autocommit and len(batch) == 1:
+        # One job, one statement: no transaction to open, one round trip.
+        inserted = _insert(conn, queue, batch)
+        if inserted:
+            return None
+        holder = _holder(conn, queue, batch[0])
+        if holder is not None:
+            return Refused(0, *holder)
+    refused: Refused | None = None
+    while batch:
+        # A transaction of our own on an idle connection, a savepoint in the caller's.
+        with conn.transaction() as attempt:
+            inserted = _insert(conn, queue, batch)
+            index = _first_refused(batch, inserted)
+            if index is None:
+                break
+            # Asked before the rollback, which takes the batch's own rows with it.
+            holder = _holder(conn, queue, batch[index])
+            raise psycopg.Rollback(attempt)
+        if holder is None:
+            continue  # the job in the way was deleted meanwhile: try the same batch
+        refused = Refused(index, *holder)
+        batch = batch[:index]
+    return refused
+
+
+def _insert(conn: Connection, queue: str, batch: Sequence[NewJob]) -> list[str]:
+    row = conn.execute(
+        q.ENQUEUE,
+        {
+            "queue": queue,
+            "ids": [job.id for job in batch],
+            "payloads": [job.payload for job in batch],
+            "priorities": [job.priority for job in batch],
+            "keys": [job.idempotency_key for job in batch],
+            "max_retries": [job.max_retries for job in batch],
+            "run_at": [job.run_at for job in batch],
+        },
+    ).fetchone()
+    return [] if row is None else list(row[0])
+
+
+def _first_refused(batch: Sequence[NewJob], inserted: Sequence[str]) -> int | None:
+    left = set(inserted)
+    for index, job in enumerate(batch):
+        if job.id not in left:
+            return index
+        left.discard(job.id)  # a second job with this id was refused
+    return None
+
+
+def _holder(conn: Connection, queue: str, job: NewJob) -> tuple[str, Literal["id", "key"]] | None:
+    row = conn.execute(
+        q.HOLDER, {"queue": queue, "id": job.id, "key": job.idempotency_key}
+    ).fetchone()
+    if row is None:
+        return None
+    return row[0], "id" if row[1] else "key"
+
+
+def claim(
+    conn: Connection, queue: str, process: int, limit: int, timeout: float | None = None
+) -> list[Claim]:
+    """Claim up to ``limit`` due jobs for ``process``, counting an attempt for each.
+
+    Returned in the order they should start: highest priority first, then by their
+    place in the line. ``timeout`` (seconds) sets each attempt's deadline, after
+    which ``rescue`` takes the job back even from a live process; None: no deadline.
+    Jobs locked by another claimer are skipped, never waited for.
+    """
+    rows = conn.execute(
+        q.CLAIM, {"queue": queue, "process": process, "limit": limit, "timeout": timeout}
+    ).fetchall()
+    claims = [Claim(*row) for row in rows]
+    claims.sort(key=lambda c: (-c.priority, c.ready_at, c.seq))
+    return claims
+
+
+def complete(conn: Connection, queue: str, claims: Sequence[tuple[str, int]]) -> set[str]:
+    """Mark attempts ``(id, token)`` as succeeded; return the ids whose claim still held."""
+    if not claims:
+        return set()
+    rows = conn.execute(
+        q.COMPLETE,
+        {"queue": queue, "ids": [c[0] for c in claims], "claims": [c[1] for c in claims]},
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def retry(conn: Connection, queue: str, job_id: str, token: int, error: str, delay: float) -> bool:
+    """Put a failed attempt's job back in line after ``delay`` seconds; True if the claim held."""
+    params = {"queue": queue, "id": job_id, "claim": token, "error": error, "delay": delay}
+    return conn.execute(q.RETRY, params).rowcount == 1
+
+
+def fail(conn: Connection, queue: str, job_id: str, token: int, error: str) -> bool:
+    """Move a failed attempt's job to the dead letters; True if the claim held."""
+    params = {"queue": queue, "id": job_id, "claim": token, "error": error}
+    return conn.execute(q.FAIL, params).rowcount == 1
+
+
+def give_back(conn: Connection, queue: str, claims: Sequence[tuple[str, int]]) -> set[str]:
+    """Return claimed, unstarted jobs to their place in line, uncounting the attempt.
+
+    Returns the ids whose claim still held.
+    """
+    if not claims:
+        return set()
+    row = conn.execute(
+        q.GIVE_BACK,
+        {"queue": queue, "ids": [c[0] for c in claims], "claims": [c[1] for c in claims]},
+    ).fetchone()
+    return set() if row is None else set(row[0])
+
+
+def extend(conn: Connection, queue: str, job_id: str, token: int, seconds: float) -> bool:
+    """Move a running attempt's deadline to ``seconds`` from now; True if the claim held."""
+    params = {"queue": queue, "id": job_id, "claim": token, "seconds": seconds}
+    return conn.execute(q.EXTEND, params).rowcount == 1
+
+
+def rescue(conn: Connection, queue: str) -> list[Rescued]:
+    """Take back the jobs of lost attempts, and forget the processes past their lease.
+
+    An attempt is lost when its process has not heartbeated within the lease it
+    registered (or its row is gone), or when it passed its deadline. Its job goes
+    back to the front of its line, or to the dead letters when the lost attempt
+    was its last. Returns what it took back; empty as well when another process
+    is rescuing this queue at the same moment. Runs in a transaction of its own
+    (or a savepoint of the caller's).
+    """
+    with conn.transaction():
+        locked = conn.execute(q.RESCUE_LOCK, {"queue": queue}).fetchone()
+        if locked is None or not locked[0]:
+            return []
+        rows = conn.execute(q.RESCUE, {"queue": queue}).fetchall()
+        conn.execute(q.SWEEP_PROCESSES, {"queue": queue})
+        rescued = [Rescued(*row) for row in rows]
+        if any(r.status == "queued" for r in rescued):
+            conn.execute(q.NOTIFY, {"queue": queue})
+    return rescued
+
+
+def prune(conn: Connection, queue: str, retention: float, batch: int = 1000) -> int:
+    """Delete completed jobs that completed over ``retention`` seconds ago.
+
+    Deletes at most ``batch`` rows per transaction, committing between batches when
+    ``conn`` is in autocommit mode; returns how many it deleted in all.
+    """
+    deleted = 0
+    while True:
+        count = conn.execute(
+            q.PRUNE, {"queue": queue, "retention": retention, "batch": batch}
+        ).rowcount
+        deleted += count
+        if count < batch:
+            return deleted
+
+
+def find(conn: Connection, queue: str, job_id: str) -> StoredJob | None:
+    """The job ``job_id`` of the queue, or None if the queue has no such job."""
+    row = conn.execute(q.FIND, {"queue": queue, "id": job_id}).fetchone()
+    return None if row is None else StoredJob(*row)
+
+
+def dead_letters(conn: Connection, queue: str) -> list[StoredJob]:
+    """Every dead letter of the queue, in the order they failed."""
+    return [StoredJob(*row) for row in conn.execute(q.DEAD_LETTERS, {"queue": queue})]
+
+
+def revive(conn: Connection, queue: str, job_id: str) -> bool:
+    """Put a dead letter back in line with a fresh budget; False if it is not dead."""
+    return conn.execute(q.REVIVE, {"queue": queue, "id": job_id}).fetchone() is not None
+
+
+def cancel(conn: Connection, queue: str, job_id: str) -> bool | None:
+    """Cancel a job that has not started: True; False if it is running or settled.
+
+    None when the queue has no job ``job_id``.
+    """
+    row = conn.execute(q.CANCEL, {"queue": queue, "id": job_id}).fetchone()
+    assert row is not None
+    cancelled, known = row
+    return bool(cancelled) if known else None
+
+
+def unsettled(conn: Connection, queue: str, job_ids: Sequence[str]) -> set[str]:
+    """The ids among ``job_ids`` whose jobs have not settled (a pruned job has)."""
+    if not job_ids:
+        return set()
+    rows = conn.execute(q.UNSETTLED, {"queue": queue, "ids": list(job_ids)})
+    return {row[0] for row in rows}
+
+
+def counts(conn: Connection, queue: str) -> dict[tuple[int, str], int]:
+    """How many jobs wait or run, by ``(priority, status)``; absent pairs are 0."""
+    rows = conn.execute(q.COUNTS, {"queue": queue})
+    return {(priority, status): count for priority, status, count in rows}
+
+
+def listen(conn: Connection, queue: str) -> str:
+    """Subscribe ``conn`` (in autocommit mode) to the queue's wake-ups; return the channel.
+
+    A notification arrives once per transaction that made jobs claimable: read them
+    with ``conn.notifies(timeout=...)``. It is a hint to claim now, never a promise:
+    a claimer still polls, because notifications are lost while a connection is down.
+    """
+    row = conn.execute(q.CHANNEL, {"queue": queue}).fetchone()
+    assert row is not None
+    channel = str(row[0])
+    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+    return channel

@@ -1,0 +1,281 @@
+"""Every SQL statement the queue sends to PostgreSQL, named, in one place.
+
+Nothing else in the tier writes SQL: ``final/pg_engine.py`` runs these by name, with
+named parameters, so that a reader can see every question the queue asks the database
+on one page, and each statement is prepared once per connection and reused.
+
+Rules every statement here keeps:
+
+- Time is the database's: ``now()`` (the start of the statement's transaction), never
+  a time sent by a client, whose clock may be minutes off another machine's.
+- A claim is fenced: a statement that ends or changes an attempt matches the row by
+  ``(queue, id, claim)``, and changes nothing when the claim has moved on (rescued by
+  another process, or given back). Every way out of ``'processing'`` clears ``claim``.
+- ``FOR UPDATE SKIP LOCKED`` sits in a ``MATERIALIZED`` CTE: the planner must run the
+  ``LIMIT`` subquery once, not again for each row of a join, which could lock and
+  return more rows than asked for. The outer statement then finds those rows by
+  ``id = ANY (ARRAY(SELECT id FROM cte))``, a primary-key lookup whatever the planner
+  guesses of the CTE's size (a join on the CTE turned into a scan of the whole table
+  once the guess was large).
+- A statement that makes jobs claimable notifies the queue's channel with an empty
+  payload; PostgreSQL folds identical notifications of one transaction into one, so a
+  transaction wakes the listeners once however many statements it ran.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CANCEL",
+    "CHANNEL",
+    "CLAIM",
+    "COMPLETE",
+    "COUNTS",
+    "DEAD_LETTERS",
+    "DEREGISTER",
+    "ENQUEUE",
+    "EXTEND",
+    "FAIL",
+    "FIND",
+    "GIVE_BACK",
+    "HEARTBEAT",
+    "HOLDER",
+    "NOTIFY",
+    "PRUNE",
+    "REGISTER",
+    "RESCUE",
+    "RESCUE_LOCK",
+    "RETRY",
+    "REVIVE",
+    "SWEEP_PROCESSES",
+    "UNSETTLED",
+]
+
+# The queue's notification channel: one per schema and queue name, short enough for
+# an identifier (63 bytes) whatever the queue's name.
+_CHANNEL = "'jobq_' || left(md5(current_schema() || '/' || %(queue)s), 24)"
+CHANNEL = f"SELECT {_CHANNEL}"
+NOTIFY = f"SELECT pg_notify({_CHANNEL}, '')"
+
+# A process's start: a fresh id, and the lease it promises to heartbeat within.
+REGISTER = """
+INSERT INTO jobq_processes (queue, host, pid, lease)
+VALUES (%(queue)s, %(host)s, %(pid)s, make_interval(secs => %(lease)s::float8))
+RETURNING id
+"""
+
+# No row: the process was declared dead (its lease passed) and its claims are gone.
+HEARTBEAT = "UPDATE jobq_processes SET heartbeat_at = now() WHERE id = %(process)s"
+
+DEREGISTER = "DELETE FROM jobq_processes WHERE id = %(process)s"
+
+# The jobs of one batch, in order. ON CONFLICT DO NOTHING, with no target, skips a row
+# whose id or idempotency key is taken (by an earlier row of the batch too), and waits
+# for an uncommitted row that holds one. The caller compares the ids returned with
+# the batch to find the first refused. A job not due yet is 'scheduled'; a job enters
+# its line when it is due, so ready_at is its place in the line.
+ENQUEUE = f"""
+WITH inserted AS (
+    INSERT INTO jobq_jobs (
+        queue, id, payload, priority, idempotency_key, max_retries, status, ready_at
+    )
+    SELECT %(queue)s, j.id, j.payload, j.priority, j.idempotency_key, j.max_retries,
+           CASE WHEN j.run_at > now() THEN 'scheduled' ELSE 'queued' END,
+           greatest(j.run_at, now())
+    FROM unnest(
+        %(ids)s::text[], %(payloads)s::bytea[], %(priorities)s::smallint[],
+        %(keys)s::text[], %(max_retries)s::integer[], %(run_at)s::timestamptz[]
+    ) AS j (id, payload, priority, idempotency_key, max_retries, run_at)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+SELECT array_agg(id), pg_notify({_CHANNEL}, '') FROM inserted HAVING count(*) > 0
+"""
+
+# The job that holds a refused job's id, or else its idempotency key.
+HOLDER = """
+SELECT id, id = %(id)s FROM jobq_jobs
+WHERE queue = %(queue)s AND (id = %(id)s OR idempotency_key = %(key)s)
+ORDER BY id = %(id)s DESC
+LIMIT 1
+"""
+
+# Up to `limit` due jobs, highest priority first, then by their place in the line.
+# The attempt is counted here, at the claim, so that an attempt that kills its
+# process still counts. The rows come back in no order: the caller sorts them.
+CLAIM = """
+WITH picked AS MATERIALIZED (
+    SELECT id FROM jobq_jobs
+    WHERE queue = %(queue)s
+      AND status IN ('queued', 'scheduled', 'retrying')
+      AND ready_at <= now()
+    ORDER BY priority DESC, ready_at, seq
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobq_jobs AS j
+SET status = 'processing',
+    attempts = j.attempts + 1,
+    started_at = now(),
+    process_id = %(process)s,
+    claim = nextval('jobq_claims'),
+    deadline = now() + make_interval(secs => %(timeout)s::float8)
+WHERE j.queue = %(queue)s AND j.id = ANY (ARRAY(SELECT id FROM picked))
+RETURNING j.id, j.claim, j.payload, j.priority, j.idempotency_key, j.max_retries,
+          j.attempts, j.enqueued_at, j.ready_at, j.seq, j.deadline
+"""
+
+# Many attempts' successes in one statement: the ids whose claim still held.
+COMPLETE = """
+UPDATE jobq_jobs AS j
+SET status = 'completed', finished_at = now(), process_id = NULL, claim = NULL,
+    deadline = NULL
+FROM unnest(%(ids)s::text[], %(claims)s::bigint[]) AS s (id, claim)
+WHERE j.queue = %(queue)s AND j.id = s.id AND j.claim = s.claim
+  AND j.status = 'processing'
+RETURNING j.id
+"""
+
+# A failed attempt with retries left: back in its line once the backoff has passed.
+RETRY = """
+UPDATE jobq_jobs
+SET status = CASE WHEN %(delay)s::float8 > 0 THEN 'retrying' ELSE 'queued' END,
+    ready_at = now() + make_interval(secs => %(delay)s::float8),
+    last_error = %(error)s, process_id = NULL, claim = NULL, deadline = NULL
+WHERE queue = %(queue)s AND id = %(id)s AND claim = %(claim)s AND status = 'processing'
+"""
+
+# A failed attempt with no retries left: into the dead letters.
+FAIL = """
+UPDATE jobq_jobs
+SET status = 'failed', finished_at = now(), last_error = %(error)s,
+    process_id = NULL, claim = NULL, deadline = NULL
+WHERE queue = %(queue)s AND id = %(id)s AND claim = %(claim)s AND status = 'processing'
+"""
+
+# Claimed but never started (the process is closing): the attempt is taken back, and
+# the job keeps its place in the line, since ready_at does not change.
+GIVE_BACK = f"""
+WITH given AS (
+    UPDATE jobq_jobs AS j
+    SET status = 'queued', attempts = j.attempts - 1,
+        started_at = CASE WHEN j.attempts > 1 THEN j.started_at END,
+        process_id = NULL, claim = NULL, deadline = NULL
+    FROM unnest(%(ids)s::text[], %(claims)s::bigint[]) AS s (id, claim)
+    WHERE j.queue = %(queue)s AND j.id = s.id AND j.claim = s.claim
+      AND j.status = 'processing'
+    RETURNING j.id
+)
+SELECT array_agg(id), pg_notify({_CHANNEL}, '') FROM given HAVING count(*) > 0
+"""
+
+# More time for a running attempt, from now.
+EXTEND = """
+UPDATE jobq_jobs SET deadline = now() + make_interval(secs => %(seconds)s::float8)
+WHERE queue = %(queue)s AND id = %(id)s AND claim = %(claim)s AND status = 'processing'
+"""
+
+# One rescuer per queue at a time; the others skip the round instead of queueing up.
+RESCUE_LOCK = """
+SELECT pg_try_advisory_xact_lock(
+    hashtext('jobq.rescue'), hashtext(current_schema() || '/' || %(queue)s)
+)
+"""
+
+# Running jobs whose process has not heartbeated within its own lease (or whose row
+# is gone), or whose attempt passed its deadline. The attempt was counted at the
+# claim: a job with no retries left becomes a dead letter, the others go back to
+# the front of their line at once. SKIP LOCKED: a row being settled right now is
+# not stuck, and the next round looks again.
+RESCUE = """
+WITH lost AS MATERIALIZED (
+    SELECT j.id FROM jobq_jobs AS j
+    LEFT JOIN jobq_processes AS p ON p.id = j.process_id
+    WHERE j.queue = %(queue)s AND j.status = 'processing'
+      AND (p.id IS NULL OR p.heartbeat_at < now() - p.lease OR j.deadline < now())
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE jobq_jobs AS j
+SET status = CASE WHEN j.attempts > j.max_retries THEN 'failed' ELSE 'queued' END,
+    finished_at = CASE WHEN j.attempts > j.max_retries THEN now() END,
+    last_error = CASE
+        WHEN EXISTS (
+            SELECT FROM jobq_processes AS p
+            WHERE p.id = j.process_id AND p.heartbeat_at >= now() - p.lease
+        ) THEN 'lost: the attempt passed its deadline'
+        ELSE 'lost: the process running it stopped heartbeating'
+    END,
+    process_id = NULL, claim = NULL, deadline = NULL
+WHERE j.queue = %(queue)s AND j.id = ANY (ARRAY(SELECT id FROM lost))
+RETURNING j.id, j.status, j.attempts, j.last_error
+"""
+
+# After a rescue, in its transaction: the rows of processes past their lease. A
+# process that was only slow finds its row gone at its next heartbeat.
+SWEEP_PROCESSES = """
+DELETE FROM jobq_processes WHERE queue = %(queue)s AND heartbeat_at < now() - lease
+"""
+
+# One batch of completed jobs past retention, oldest first. Batches keep each
+# transaction short: a long one holds back vacuum on every table of the database.
+PRUNE = """
+WITH old AS MATERIALIZED (
+    SELECT id FROM jobq_jobs
+    WHERE queue = %(queue)s AND status = 'completed'
+      AND finished_at < now() - make_interval(secs => %(retention)s::float8)
+    ORDER BY finished_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM jobq_jobs WHERE queue = %(queue)s AND id = ANY (ARRAY(SELECT id FROM old))
+"""
+
+# What status(), info() and dead_letters() read. A job waiting for a time that has
+# come shows as 'queued': it is in its line.
+_STORED = """
+SELECT id, payload, priority, idempotency_key, max_retries,
+       CASE WHEN status IN ('scheduled', 'retrying') AND ready_at <= now() THEN 'queued'
+            ELSE status END,
+       attempts, last_error, enqueued_at, ready_at, started_at, finished_at
+FROM jobq_jobs
+"""
+FIND = _STORED + "WHERE queue = %(queue)s AND id = %(id)s"
+DEAD_LETTERS = _STORED + "WHERE queue = %(queue)s AND status = 'failed' ORDER BY finished_at, seq"
+
+# A dead letter replayed with a fresh budget, at the back of its line.
+REVIVE = f"""
+WITH revived AS (
+    UPDATE jobq_jobs
+    SET status = 'queued', attempts = 0, ready_at = now(), finished_at = NULL
+    WHERE queue = %(queue)s AND id = %(id)s AND status = 'failed'
+    RETURNING id
+)
+SELECT id, pg_notify({_CHANNEL}, '') FROM revived
+"""
+
+# A job that has not started never will: (cancelled, known). The EXISTS reads the
+# statement's snapshot, from before the update, so it sees the row either way.
+CANCEL = """
+WITH cancelled AS (
+    UPDATE jobq_jobs SET status = 'cancelled', finished_at = now()
+    WHERE queue = %(queue)s AND id = %(id)s AND status IN ('queued', 'scheduled', 'retrying')
+    RETURNING id
+)
+SELECT EXISTS (SELECT FROM cancelled),
+       EXISTS (SELECT FROM jobq_jobs WHERE queue = %(queue)s AND id = %(id)s)
+"""
+
+# Of these ids, the ones not settled yet: what join() waits for. An id that is gone
+# was pruned, so it had settled.
+UNSETTLED = """
+SELECT id FROM jobq_jobs
+WHERE queue = %(queue)s AND id = ANY (%(ids)s::text[])
+  AND status NOT IN ('completed', 'failed', 'cancelled')
+"""
+
+# The jobs waiting and running, by priority and state: gauges, and the approximate
+# lane sizes that queue_size can bound. Both partial indexes answer it.
+COUNTS = """
+SELECT priority, status, count(*) FROM jobq_jobs
+WHERE queue = %(queue)s AND status IN ('queued', 'scheduled', 'retrying', 'processing')
+GROUP BY priority, status
+"""
