@@ -22,6 +22,9 @@ What each write must survive, and what it pays (see ``final/store.py`` for why):
   mapped into memory (``final/journal.py``), folded into the database at open.
 - ``retrying`` and ``settled`` may lag: they are committed a few milliseconds later,
   many at a time, and losing them in a crash only means that a job runs once more.
+  The end of the attempt is in the journal at once, as its start was (one byte: the
+  mark of its start's line becomes an end mark), so that a crash in those
+  milliseconds is not charged to an attempt that had ended.
 
 Acknowledgements share commits, and lagging writes are committed a few at a time
 by a background thread: see ``final/group_commit.py``. This module writes what each
@@ -55,7 +58,7 @@ from typing import Any
 
 from final.group_commit import LAG, GroupCommit, Pending, Write
 from final.jobs import Job, Priority, Record, Status
-from final.journal import AttemptsJournal, read_journal
+from final.journal import AttemptsJournal, read_attempts, read_journal
 from final.store import DuplicateRow, StoreError
 
 __all__ = ["APPLICATION_ID", "LAG", "SCHEMA_VERSION", "SQLiteStore", "read_journal"]
@@ -117,10 +120,16 @@ ASSIGNMENTS = {
     ),
     Write.REVIVED: "status = 'queued', attempts = 0, finished_at = NULL",
 }
-# An attempt the last run started, and whose end it did not commit: the process died
-# during it (or just after, before the end was written; at-least-once allows that).
+# An attempt the last run started, and whose end the journal does not hold: the
+# process died during it.
 DIED_DURING = (
     "UPDATE jobs SET status = 'processing', attempts = ?, started_at = ?, due_at = NULL"
+    " WHERE id = ? AND attempts < ? AND status IN ('queued', 'processing', 'retrying')"
+)
+# An attempt the last run started and ended, whose end it did not commit: counted,
+# and the job runs again (at-least-once), but no death is charged to it.
+ENDED = (
+    "UPDATE jobs SET status = 'queued', attempts = ?, started_at = ?, due_at = NULL"
     " WHERE id = ? AND attempts < ? AND status IN ('queued', 'processing', 'retrying')"
 )
 
@@ -207,6 +216,7 @@ class SQLiteStore:
             time.time() + due_in,
             _wall(record.started),
         )
+        self._journal.finished(record.job.id)
         self._commits.later(Write.RETRYING, values)
 
     def settled(self, record: Record) -> None:
@@ -218,6 +228,7 @@ class SQLiteStore:
             _wall(record.finished),
             _wall(record.started),
         )
+        self._journal.finished(record.job.id)
         self._commits.later(Write.SETTLED, values)
 
     # -- reads ------------------------------------------------------------------------------
@@ -439,18 +450,20 @@ def _update_sql(assignments: str, rows: int) -> str:
 def _fold(db: sqlite3.Connection, journal: str) -> None:
     """Write the attempts the last run started into the database, before anything else.
 
-    An attempt the database does not know of yet died with the process (or ended,
-    and its end was lost). Committed with an fsync before the caller empties the
-    journal.
+    An attempt the database does not know of yet died with the process, unless the
+    journal holds its end too: then it ended, and only its end was lost. Committed
+    with an fsync before the caller empties the journal.
     """
-    latest = read_journal(journal)
+    latest = read_attempts(journal)
     if not latest:
         return
     started = time.time()
     was = db.execute("PRAGMA synchronous").fetchone()[0]
     db.execute("PRAGMA synchronous = FULL")
     db.execute("BEGIN IMMEDIATE")
-    db.executemany(DIED_DURING, [(n, started, i, n) for i, n in latest.items() if n > 0])
+    for sql, ended in ((DIED_DURING, False), (ENDED, True)):
+        rows = [(n, started, i, n) for i, (n, e) in latest.items() if n > 0 and e is ended]
+        db.executemany(sql, rows)
     db.execute("COMMIT")
     db.execute(f"PRAGMA synchronous = {was}")
     logger.info("%s: the attempts of the last run are folded in", journal)

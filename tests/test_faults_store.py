@@ -1,0 +1,98 @@
+"""Faults users of other queues reported, checked against the final tier on disk.
+
+Each test drives the public API only (``JobQueue``, ``Job``, ``status``, ``info``,
+``dead_letters``, ``retry_dead``, ``metrics``, ``close``); a crash is a child process
+running a small script written to ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from final import JobQueue, Status
+from tests.support import PATIENCE
+
+pytestmark = pytest.mark.tiers("final")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_child(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as a script in a fresh interpreter, from the project's root."""
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.run(
+        [sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+# -- a crash is charged to the attempt that was running, never to one that had ended -------
+
+KILLER = """
+    import os, signal, sys
+    from final import Job, JobQueue
+
+    def handler(job):
+        if job.id == "killer":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if job.id == "flaky":
+            raise RuntimeError("flaky fails")
+
+    q = JobQueue(handler, path=sys.argv[0] + ".db", workers=1, max_retries={max_retries})
+    if {first}:
+        q.enqueue_many([{jobs}])
+    q.join()
+"""
+
+
+@pytest.mark.parametrize("max_retries", [0, 2])
+def test_a_job_whose_handler_returned_is_not_charged_with_a_later_crash(
+    tmp_path: Path, max_retries: int
+) -> None:
+    path = str(tmp_path / "child.py.db")
+    jobs = 'Job(id="quick"), Job(id="killer")'
+    # The killer dies once per run, until its budget is spent: each crash comes
+    # milliseconds after "quick" returned, before its end could be committed.
+    for run in range(max_retries + 1):
+        child = run_child(
+            tmp_path, KILLER.format(max_retries=max_retries, first=run == 0, jobs=jobs)
+        )
+        assert child.returncode == -9, child.stderr
+    q = JobQueue(lambda job: None, path=path)
+    try:
+        assert q.join(PATIENCE)
+        quick = q.info("quick")
+        assert quick is not None
+        assert quick.status is Status.COMPLETED
+        assert quick.last_error is None
+        killer = q.info("killer")
+        assert killer is not None
+        assert killer.status is Status.FAILED
+        assert killer.last_error == f"the process died during attempt {max_retries + 1}"
+        assert [job.id for job in q.dead_letters()] == ["killer"]
+    finally:
+        q.close()
+
+
+def test_a_failed_attempt_is_not_charged_with_a_later_crash(tmp_path: Path) -> None:
+    path = str(tmp_path / "child.py.db")
+    jobs = 'Job(id="flaky", max_retries=1), Job(id="killer", max_retries=0)'
+    child = run_child(tmp_path, KILLER.format(max_retries=0, first=True, jobs=jobs))
+    assert child.returncode == -9, child.stderr
+    q = JobQueue(lambda job: None, path=path, backoff=0.001, max_backoff=0.001)
+    try:
+        assert q.join(PATIENCE)
+        flaky = q.info("flaky")
+        assert flaky is not None
+        # Its failure is what counts against it, not a death it did not cause: it
+        # runs again, and succeeds.
+        assert flaky.status is Status.COMPLETED
+        assert flaky.last_error is None or "died" not in flaky.last_error
+        assert [job.id for job in q.dead_letters()] == ["killer"]
+    finally:
+        q.close()
