@@ -1012,11 +1012,13 @@ class JobQueue:
 
     def _let_go(self) -> None:
         """Forget the oldest settled jobs, down to ``history``. Holds the lock."""
+        gone: list[Record] = []
         while len(self._settled) > self._history_size:
             number, old = self._settled.popleft()
             if old.settled != number:
                 continue  # replayed since: a later entry stands for it
             del self._records[old.job.id]
+            gone.append(old)
             self._drop_key(old)
             if self._dead.pop(old.job.id, None) is not None:
                 logger.warning(
@@ -1024,6 +1026,8 @@ class JobQueue:
                     old.job.id,
                     self._history_size,
                 )
+        # The disk may not have their ends yet: the store answers for them now.
+        self._store.released(gone)
 
     def _forget(self, record: Record) -> None:
         """A job this queue will not run: lost, or left on disk for the next start.

@@ -88,6 +88,11 @@ class AttemptsJournal:
                 if self._open.get(job_id) == attempt:
                     del self._open[job_id]
 
+    def uncommitted(self, job_id: str, attempt: int) -> bool:
+        """Whether the database does not have the end of this attempt yet."""
+        with self._lock:
+            return self._open.get(job_id) == attempt
+
     def close(self) -> None:
         """Let go of the file; emptied when every attempt's end is in the database."""
         with self._lock:

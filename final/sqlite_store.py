@@ -24,7 +24,9 @@ What each write must survive, and what it pays (see ``final/store.py`` for why):
   many at a time, and losing them in a crash only means that a job runs once more.
   The end of the attempt is in the journal at once, as its start was (one byte: the
   mark of its start's line becomes an end mark), so that a crash in those
-  milliseconds is not charged to an attempt that had ended.
+  milliseconds is not charged to an attempt that had ended. And a job that memory
+  lets go of before its end is committed is answered for from its record
+  (``released``) until it is.
 
 Acknowledgements share commits, and lagging writes are committed a few at a time
 by a background thread: see ``final/group_commit.py``. This module writes what each
@@ -183,6 +185,11 @@ class SQLiteStore:
         # Rows per statement at most: within SQLite's limit on parameters (12 a row).
         limit = self._writer_db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._chunk = 1 << (min(512, limit // 12).bit_length() - 1)
+        # Settled jobs memory let go of before their ends were committed, by id: what a
+        # read answers from until the disk can. The lock makes asking the journal
+        # whether an end is committed, and hearing that it is, one step each.
+        self._held: dict[str, Record] = {}
+        self._held_lock = threading.Lock()
         self._closing = threading.Lock()  # held by the first close() until it is done
         self._closed = False
         self._commits = GroupCommit(path, self._transaction, self._ended)
@@ -205,6 +212,9 @@ class SQLiteStore:
     def revived(self, record: Record) -> None:
         self._journal.restarted(record.job.id)
         self._commits.wait(Write.REVIVED, (record.job.id,), power=self._power)
+        # Memory holds it again, and its earlier end was committed with the replay.
+        with self._held_lock:
+            self._held.pop(record.job.id, None)
 
     # -- writes that may lag: they ride in the next commit --------------------------------
 
@@ -231,12 +241,24 @@ class SQLiteStore:
         self._journal.finished(record.job.id)
         self._commits.later(Write.SETTLED, values)
 
+    def released(self, records: Sequence[Record]) -> None:
+        """Hold those of ``records`` whose end is not committed yet: reads answer from
+        them until it is (see ``final/store.py``)."""
+        with self._held_lock:
+            for record in records:
+                if self._journal.uncommitted(record.job.id, record.attempts):
+                    self._held[record.job.id] = record
+
     # -- reads ------------------------------------------------------------------------------
 
     # After close, a read finds nothing on disk: the queue then answers from its memory
     # alone, as a queue without a path does, rather than reach a closed connection.
 
     def find(self, job_id: str) -> Record | None:
+        if self._held:  # read without the lock: one dict lookup is atomic
+            held = self._held.get(job_id)
+            if held is not None:
+                return held
         with self._reader_lock:
             if self._closed:
                 return None
@@ -262,7 +284,17 @@ class SQLiteStore:
             rows = self._reader_db.execute(
                 "SELECT * FROM jobs WHERE status = 'failed' ORDER BY finished_at"
             ).fetchall()
-        return [_record(row) for row in rows]
+        with self._held_lock:
+            held = list(self._held.values())
+        if not held:
+            return [_record(row) for row in rows]
+        # The held records are newer than their rows, whatever those say.
+        dead = {record.job.id: record for record in map(_record, rows)}
+        for record in held:
+            dead.pop(record.job.id, None)
+            if record.status is Status.FAILED:
+                dead[record.job.id] = record
+        return sorted(dead.values(), key=lambda record: record.finished or 0.0)
 
     def pragma(self, name: str, value: int | None = None) -> object:
         """Read (or set, then read) a pragma of the connection that writes, whose
@@ -294,8 +326,16 @@ class SQLiteStore:
     # -- what one commit writes -------------------------------------------------------------
 
     def _ended(self, lagging: list[Pending]) -> None:
-        """The ends of these attempts are on disk: the journal may forget them."""
-        self._journal.ended((w.params[0], w.params[1]) for w in lagging)
+        """The ends of these attempts are on disk: the journal may forget them, and the
+        reads need no longer answer for the jobs held until then."""
+        ends = [(w.params[0], w.params[1]) for w in lagging]
+        with self._held_lock:
+            self._journal.ended(ends)
+            if self._held:
+                for job_id, attempt in ends:
+                    held = self._held.get(job_id)
+                    if held is not None and held.attempts == attempt:
+                        del self._held[job_id]
 
     def _transaction(self, writes: list[Pending]) -> Exception | None:
         db = self._writer_db

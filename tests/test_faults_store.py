@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from final import JobQueue, Status
+from final import Job, JobQueue, Status
 from tests.support import PATIENCE
 
 pytestmark = pytest.mark.tiers("final")
@@ -94,5 +94,44 @@ def test_a_failed_attempt_is_not_charged_with_a_later_crash(tmp_path: Path) -> N
         assert flaky.status is Status.COMPLETED
         assert flaky.last_error is None or "died" not in flaky.last_error
         assert [job.id for job in q.dead_letters()] == ["killer"]
+    finally:
+        q.close()
+
+
+# -- a read answers from what has happened, even when memory let go and the disk lags -------
+
+
+def fail_dead(job: Job) -> None:
+    if job.id.startswith("dead"):
+        raise RuntimeError("dead fails")
+
+
+def test_a_dead_letter_memory_let_go_of_reads_failed_before_its_commit(tmp_path: Path) -> None:
+    q = JobQueue(fail_dead, path=tmp_path / "q.db", max_retries=0, history=1)
+    try:
+        q.enqueue(Job(id="dead"))
+        assert q.join(PATIENCE)
+        q.enqueue(Job(id="next"))  # settles, and memory lets go of "dead"
+        assert q.join(PATIENCE)
+        assert q.status("dead") is Status.FAILED
+        assert [job.id for job in q.dead_letters()] == ["dead"]
+        q.retry_dead("dead")
+        assert q.join(PATIENCE)
+        info = q.info("dead")
+        assert info is not None
+        assert info.status is Status.FAILED
+        assert info.attempts == 1  # a fresh budget, spent once more
+    finally:
+        q.close()
+
+
+def test_a_completed_job_memory_let_go_of_never_reads_queued_again(tmp_path: Path) -> None:
+    q = JobQueue(fail_dead, path=tmp_path / "q.db", workers=1, history=1)
+    try:
+        for i in range(50):
+            q.enqueue(Job(id=f"done-{i}"))
+            q.enqueue(Job(id=f"next-{i}"))
+            assert q.join(PATIENCE)
+            assert q.status(f"done-{i}") is Status.COMPLETED
     finally:
         q.close()
