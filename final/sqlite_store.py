@@ -68,7 +68,7 @@ __all__ = ["APPLICATION_ID", "LAG", "SCHEMA_VERSION", "SQLiteStore", "read_journ
 logger = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x4A6F6251  # "JobQ"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the column delay
 DURABILITY = {"power": ("FULL", 2), "process": ("NORMAL", 1)}
 
 # Up to this many rows go to one statement of their exact size (see _parts).
@@ -81,6 +81,10 @@ EXACT_ROWS = 32
 _open_files: dict[tuple[int, int], str] = {}
 _open_files_lock = threading.Lock()
 
+# delay (version 2) is the backoff due_at was set for, in seconds. due_at is a
+# wall-clock time, and the wall clock may step between two runs (NTP, a resumed VM):
+# at a start, no retry waits longer than its own backoff, whatever due_at says. It is
+# last, as ALTER TABLE puts it in a file of version 1.
 SCHEMA = """
 CREATE TABLE jobs (
     id TEXT PRIMARY KEY,
@@ -94,7 +98,8 @@ CREATE TABLE jobs (
     enqueued_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
-    due_at REAL
+    due_at REAL,
+    delay REAL
 );
 -- Partial: most jobs have no key, and an index entry for each NULL would be one
 -- more page written in every commit.
@@ -114,7 +119,7 @@ INSERT = "INSERT INTO jobs VALUES "
 ASSIGNMENTS = {
     Write.RETRYING: (
         "status = 'retrying', attempts = v.column2, last_error = v.column3, due_at = v.column4,"
-        " started_at = v.column5"
+        " started_at = v.column5, delay = v.column6"
     ),
     Write.SETTLED: (
         "attempts = v.column2, status = v.column3, last_error = v.column4,"
@@ -182,9 +187,9 @@ class SQLiteStore:
         self._reader_lock = threading.Lock()
         self._power = durability == "power"
         self._synced = self._power  # whether the writer connection is at FULL now
-        # Rows per statement at most: within SQLite's limit on parameters (12 a row).
+        # Rows per statement at most: within SQLite's limit on parameters (13 a row).
         limit = self._writer_db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        self._chunk = 1 << (min(512, limit // 12).bit_length() - 1)
+        self._chunk = 1 << (min(512, limit // 13).bit_length() - 1)
         # Settled jobs memory let go of before their ends were committed, by id: what a
         # read answers from until the disk can. The lock makes asking the journal
         # whether an end is committed, and hearing that it is, one step each.
@@ -225,6 +230,7 @@ class SQLiteStore:
             record.last_error,
             time.time() + due_in,
             _wall(record.started),
+            due_in,
         )
         self._journal.finished(record.job.id)
         self._commits.later(Write.RETRYING, values)
@@ -275,7 +281,7 @@ class SQLiteStore:
                 " ORDER BY rowid"
             ).fetchall()
         now = time.time()
-        return [(_record(row), max(0.0, (row[11] or now) - now)) for row in rows]
+        return [(_record(row), _left(now, row[11], row[12])) for row in rows]
 
     def dead(self) -> list[Record]:
         with self._reader_lock:
@@ -477,7 +483,7 @@ def _insert_one_by_one(db: sqlite3.Connection, adds: list[Pending]) -> None:
 
 @functools.cache
 def _insert_sql(rows: int) -> str:
-    return INSERT + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return INSERT + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
 
 
 @functools.cache
@@ -599,6 +605,13 @@ def _open(path: str, durability: str) -> sqlite3.Connection:
             f"BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID};"
             f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
         )
+    elif version < 2:
+        # A new column at the end, NULL in the rows of version 1: SQLite changes only
+        # the schema, not the rows, so this is instant whatever the file's size.
+        db.executescript(
+            f"BEGIN; ALTER TABLE jobs ADD COLUMN delay REAL;"
+            f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        )
     pragma, expected = DURABILITY[durability]
     try:
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -613,6 +626,16 @@ def _open(path: str, durability: str) -> sqlite3.Connection:
             f"{path}: asked for WAL and synchronous={pragma}, got {mode} and {synchronous}"
         )
     return db
+
+
+def _left(now: float, due_at: float | None, delay: float | None) -> float:
+    """Seconds left of a backoff due at ``due_at`` (wall clock), never more than the
+    ``delay`` it was set for: a clock stepped back between two runs (or forward in the
+    run that set it) would otherwise put the retry off by the step."""
+    if due_at is None:
+        return 0.0
+    left = max(0.0, due_at - now)
+    return left if delay is None else min(left, delay)
 
 
 def _row(record: Record, offset: float) -> tuple[object, ...]:
@@ -630,6 +653,7 @@ def _row(record: Record, offset: float) -> tuple[object, ...]:
         None,  # started_at
         None,  # finished_at
         None,  # due_at
+        None,  # delay
     )
 
 

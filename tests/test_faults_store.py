@@ -7,9 +7,11 @@ running a small script written to ``tmp_path``.
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,69 @@ def test_a_completed_job_memory_let_go_of_never_reads_queued_again(tmp_path: Pat
             assert q.status(f"done-{i}") is Status.COMPLETED
     finally:
         q.close()
+
+
+# -- a retry waits out its own backoff after a restart, whatever the wall clock did ---------
+
+
+def always_fails(job: Job) -> None:
+    raise RuntimeError("not yet")
+
+
+@pytest.mark.parametrize("step", [3600.0, 86_400.0 * 30])
+def test_a_wall_clock_step_between_runs_does_not_delay_a_retry_past_its_backoff(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: float
+) -> None:
+    path = tmp_path / "q.db"
+    true_time = time.time
+    with monkeypatch.context() as fast:
+        fast.setattr(time, "time", lambda: true_time() + step)  # the clock is ahead
+        q = JobQueue(always_fails, path=path, backoff=0.5, max_backoff=1.0)
+        q.enqueue(Job(id="patient"))
+        deadline = time.monotonic() + PATIENCE
+        while q.status("patient") is not Status.RETRYING:  # its first attempt failed
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        q.close(timeout=0)  # leaves it on disk, waiting out a backoff of at most 0.5 s
+        q.close()
+    # The clock is put right (NTP, a resumed VM): the retry is still due within its
+    # backoff, not `step` seconds later.
+    q = JobQueue(lambda job: None, path=path, backoff=0.5, max_backoff=1.0)
+    try:
+        assert q.join(PATIENCE)
+        info = q.info("patient")
+        assert info is not None
+        assert info.status is Status.COMPLETED
+        assert info.attempts == 2
+    finally:
+        q.close(timeout=0)  # before the fix, the retry is an hour away
+
+
+def test_a_file_of_schema_version_1_is_upgraded_in_place_and_keeps_its_jobs(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.db"
+    q = JobQueue(always_fails, path=path, backoff=0.01, max_backoff=0.01)
+    q.enqueue(Job(id="old"))
+    deadline = time.monotonic() + PATIENCE
+    while q.status("old") is not Status.RETRYING:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    q.close(timeout=0)
+    # The file as version 1 wrote it: no column delay.
+    db = sqlite3.connect(path)
+    db.executescript("ALTER TABLE jobs DROP COLUMN delay; PRAGMA user_version = 1;")
+    db.close()
+    q = JobQueue(lambda job: None, path=path)
+    try:
+        assert q.join(PATIENCE)
+        assert q.status("old") is Status.COMPLETED
+    finally:
+        q.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
+        assert columns[-1] == "delay"
+    finally:
+        db.close()
