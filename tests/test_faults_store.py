@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,65 @@ def test_a_file_of_schema_version_1_is_upgraded_in_place_and_keeps_its_jobs(
         assert columns[-1] == "delay"
     finally:
         db.close()
+
+
+# -- the file does not grow for ever: completed jobs are deleted after `retention` ---------
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` until it holds, for at most PATIENCE seconds.
+
+    A poll, not an event: what it waits for is the store's background thread
+    deleting rows, which nothing in the public API signals.
+    """
+    deadline = time.monotonic() + PATIENCE
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up after {PATIENCE}s waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_completed_jobs_are_deleted_after_retention_and_dead_letters_stay(
+    tmp_path: Path,
+) -> None:
+    # A tiny retention rather than an injected clock: what is tested is the real
+    # background sweep, batches included (more jobs than one batch looks at).
+    q = JobQueue(fail_dead, path=tmp_path / "q.db", max_retries=0, history=1, retention=0.05)
+    try:
+        q.enqueue(Job(id="dead"))
+        q.enqueue_many(Job(id=f"done-{i}", idempotency_key=f"k-{i}") for i in range(600))
+        assert q.join(PATIENCE)
+        q.enqueue(Job(id="last"))  # memory (history=1) now holds this one only
+        assert q.join(PATIENCE)
+        wait_for(
+            lambda: all(q.status(f"done-{i}") is None for i in range(600)),
+            "the completed jobs to be deleted",
+        )
+        assert q.status("dead") is Status.FAILED
+        assert [job.id for job in q.dead_letters()] == ["dead"]
+        # Their idempotency keys may be used again.
+        q.enqueue(Job(id="again", idempotency_key="k-0"))
+        assert q.join(PATIENCE)
+        q.retry_dead("dead")  # and a dead letter is still there to replay
+        assert q.join(PATIENCE)
+    finally:
+        q.close()
+
+
+def test_completed_jobs_are_kept_within_retention(tmp_path: Path) -> None:
+    for retention in (None, 3600.0):
+        path = tmp_path / f"{retention}.db"
+        q = JobQueue(lambda job: None, path=path, history=1, retention=retention)
+        q.enqueue_many(Job(id=f"done-{i}") for i in range(300))
+        assert q.join(PATIENCE)
+        q.close()
+        q = JobQueue(lambda job: None, path=path, history=1, retention=retention)
+        try:
+            assert all(q.status(f"done-{i}") is Status.COMPLETED for i in range(300))
+        finally:
+            q.close()
+
+
+@pytest.mark.parametrize("retention", [-1.0, float("nan"), float("inf"), "7 days", True])
+def test_a_retention_that_is_not_seconds_is_refused(tmp_path: Path, retention: object) -> None:
+    with pytest.raises(ValueError, match="retention"):
+        JobQueue(lambda job: None, path=tmp_path / "q.db", retention=retention)  # type: ignore[arg-type]
