@@ -255,7 +255,7 @@ class SQLiteStore:
             _wall(record.started),
             due_in,
         )
-        self._journal.finished(record.job.id)
+        self._ended_now(record)
         self._commits.later(Write.RETRYING, values)
 
     def settled(self, record: Record) -> None:
@@ -267,8 +267,20 @@ class SQLiteStore:
             _wall(record.finished),
             _wall(record.started),
         )
-        self._journal.finished(record.job.id)
+        self._ended_now(record)
         self._commits.later(Write.SETTLED, values)
+
+    def _ended_now(self, record: Record) -> None:
+        """Mark the attempt ended in the journal, if its handler has returned.
+
+        An attempt timed out (one with a deadline whose token is 0: see ``Record``)
+        ends while its handler runs on, and a crash from then on may be that handler's
+        doing: it is charged to the attempt, as if its end had not come, or a handler
+        that overruns and kills the process would run again at every start, its
+        budget spent and never charged.
+        """
+        if record.token or record.deadline is None:
+            self._journal.finished(record.job.id)
 
     def released(self, records: Sequence[Record]) -> None:
         """Hold those of ``records`` whose end is not committed yet: reads answer from

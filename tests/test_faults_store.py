@@ -101,6 +101,40 @@ def test_a_failed_attempt_is_not_charged_with_a_later_crash(tmp_path: Path) -> N
         q.close()
 
 
+TIMED_OUT_KILLER = """
+    import os, signal, sys
+    from final import Job, JobQueue, current_attempt
+
+    def handler(job):
+        attempt = current_attempt()
+        while not attempt.abandoned:  # timed out: its end is written, its handler runs on
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    q = JobQueue(handler, path=sys.argv[0] + ".db", max_retries=0, job_timeout=0.05)
+    q.enqueue(Job(id="overran"))
+    q.join()
+"""
+
+
+def test_a_handler_that_kills_the_process_after_its_timeout_is_still_charged(
+    tmp_path: Path,
+) -> None:
+    # Its end (timed out, and failed for good) was written while the handler still
+    # ran: an end, but not the handler's return. The death is its own.
+    child = run_child(tmp_path, TIMED_OUT_KILLER)
+    assert child.returncode == -9, child.stderr
+    q = JobQueue(lambda job: None, path=tmp_path / "child.py.db")
+    try:
+        assert q.join(PATIENCE)
+        info = q.info("overran")
+        assert info is not None
+        assert info.status is Status.FAILED
+        assert info.attempts == 1  # not run again: it would kill every restart
+    finally:
+        q.close()
+
+
 # -- a read answers from what has happened, even when memory let go and the disk lags -------
 
 
