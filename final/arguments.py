@@ -132,6 +132,11 @@ QUEUE_OPTIONS: dict[str, tuple[Callable[[str], Any] | tuple[str, ...], str]] = {
         " crash of the process",
     ),
     "history": (whole("history", minimum=1), "settled jobs the queue remembers"),
+    "retention": (
+        seconds("retention"),
+        "seconds a completed job stays on disk after it completed (dead letters stay);"
+        " None: for ever",
+    ),
 }
 
 

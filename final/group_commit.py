@@ -11,13 +11,17 @@ first of them arrived (or in the next acknowledgement's commit, if one is under 
 by then).
 
 What a commit is, this module does not know: its owner passes a ``transaction``
-that writes a list of ``Pending`` writes (``final/sqlite_store.py``'s SQL).
+that writes a list of ``Pending`` writes (``final/sqlite_store.py``'s SQL). Nor what
+a ``chore`` is: some other write of the owner's (the sweep of completed jobs), which
+the flusher makes when it is due, holding the lead as a commit does, so that the
+queue's commits go on between two of them and none waits for more than one.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -79,13 +83,22 @@ class Pending:
 Transaction = Callable[[list[Pending]], BaseException | None]
 # Told of the lagging writes each commit has made durable.
 Committed = Callable[[list[Pending]], None]
+# The owner's chore, made holding the lead: returns the seconds until it is due again.
+Chore = Callable[[], float]
 
 
 class GroupCommit:
     """The commits of one store; ``wait`` and ``later`` are safe from any thread."""
 
-    def __init__(self, name: str, transaction: Transaction, committed: Committed) -> None:
-        """``name`` goes into errors and the flusher thread's name."""
+    def __init__(
+        self,
+        name: str,
+        transaction: Transaction,
+        committed: Committed,
+        chore: Chore | None = None,
+    ) -> None:
+        """``name`` goes into errors and the flusher thread's name; ``chore``, if any,
+        is first due at once."""
         self._name = name
         self._transaction = transaction
         self._on_committed = committed
@@ -106,6 +119,8 @@ class GroupCommit:
         # close; the flusher waits on it.
         self._lagging = threading.Condition(self._mutex)
         self._flusher_idle = False
+        self._chore = chore
+        self._chore_at = math.inf if chore is None else time.monotonic()  # when due
         self._flusher = threading.Thread(target=self._flush_loop, name="final-store", daemon=True)
         self._flusher.start()
 
@@ -204,13 +219,17 @@ class GroupCommit:
                     write.batch.error = error
                     write.batch.done = True
                     write.batch.turn.release()
-            if self._pending:
-                successor = self._pending[0].batch
-                assert successor is not None  # acknowledgements: each has a waiter
-                successor.turn.release()
-            else:
-                self._committing = False
-                self._committed.notify_all()
+            self._pass_lead()
+
+    def _pass_lead(self) -> None:
+        """To the first caller waiting, if any; else nobody leads. Holds the lock."""
+        if self._pending:
+            successor = self._pending[0].batch
+            assert successor is not None  # acknowledgements: each has a waiter
+            successor.turn.release()
+        else:
+            self._committing = False
+            self._committed.notify_all()
 
     def _flush_loop(self) -> None:
         """Commit the lagging writes once the oldest has waited LAG seconds, and make
@@ -218,7 +237,8 @@ class GroupCommit:
 
         While writes keep lagging, this thread wakes every LAG seconds on its own,
         which is cheaper than being told of every one; after a quiet LAG it sleeps
-        until a lagging write arrives to find it idle, and is told of that one.
+        until a lagging write arrives to find it idle, and is told of that one, or
+        until the chore is due.
         """
         quiet = False
         with self._mutex:
@@ -229,9 +249,12 @@ class GroupCommit:
                     if self._lagging_writes:
                         self._lead_from_flusher()
                     return
+                if self._chore_at <= time.monotonic() and not self._committing:
+                    self._chore_from_flusher()
+                    continue
                 if self._lagging_since is None:
                     self._flusher_idle = quiet
-                    self._lagging.wait(None if quiet else LAG)
+                    self._lagging.wait(self._idle_wait(quiet))
                     self._flusher_idle = False
                     quiet = self._lagging_since is None
                     continue
@@ -246,6 +269,30 @@ class GroupCommit:
                     # comes, try again in a while. Waiting for this commit to end
                     # instead would wake this thread at every commit of a busy queue.
                     self._lagging.wait(LAG)
+
+    def _idle_wait(self, quiet: bool) -> float | None:
+        """How long the flusher may sleep with no lagging write: until the chore is due,
+        at most LAG unless ``quiet``; None, for ever. Holds the lock."""
+        wait = self._chore_at - time.monotonic()
+        if wait <= 0:  # due, but a commit is under way: after it, not in a busy loop
+            wait = LAG
+        if not quiet:
+            wait = min(wait, LAG)
+        return None if wait == math.inf else wait
+
+    def _chore_from_flusher(self) -> None:
+        """Take the lead and make the chore. Holds the lock, and lets go of it
+        meanwhile; the lead passes on as after a commit."""
+        assert self._chore is not None  # never due without one
+        self._committing = True
+        self._mutex.release()
+        again = LAG
+        try:
+            again = self._chore()
+        finally:
+            self._mutex.acquire()
+            self._chore_at = time.monotonic() + again
+            self._pass_lead()
 
     def _lead_from_flusher(self) -> None:
         """Take the lead and commit the lagging writes. Holds the lock, and lets go

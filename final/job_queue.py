@@ -34,7 +34,10 @@ It also adds what a service needs around those fixes:
     default), letting go of the oldest in batches once it holds a sixteenth more.
     Without a ``path``, ``status`` of a job it has let go of is ``None``, and its
     idempotency key may be used again; a dead letter let go of this way is logged at
-    WARNING. Jobs not yet settled are never let go of.
+    WARNING. Jobs not yet settled are never let go of. The file is bounded too: a
+    completed job is deleted ``retention`` seconds after it completed (7 days;
+    ``None`` keeps every job), and its key may then be used again, once memory has
+    let go of it as well. Dead letters stay until they are replayed.
 13. Throughput, with more to do per job. A job here costs more than in improved (a
     record, a key, a place in the history, a store to tell), so the worker loop
     spends less on the lock: a worker settles its attempt and takes its next in one
@@ -82,7 +85,7 @@ from final.errors import DuplicateJob, NotADeadLetter, QueueClosed, QueueFull
 from final.fairness import FairPicker
 from final.jobs import Job, JobInfo, Priority, Record, Status
 from final.rate_limit import TokenBucket
-from final.sqlite_store import SQLiteStore
+from final.sqlite_store import RETENTION, SQLiteStore
 from final.store import DuplicateRow, MemoryStore, Store, StoreError
 from final.validation import check_int, check_job, check_seconds, check_timeout
 
@@ -266,12 +269,16 @@ class JobQueue:
         path: str | os.PathLike[str] | None = None,
         durability: str = "power",
         history: int = 100_000,
+        retention: float | None = RETENTION,
         store: Store | None = None,
     ) -> None:
-        """``store``: a store of your own (see ``final/store.py``) instead of the one
+        """``retention``: seconds a completed job stays in the file at ``path`` after it
+        completed (7 days; None keeps every job); dead letters stay until replayed.
+
+        ``store``: a store of your own (see ``final/store.py``) instead of the one
         ``path`` opens, or the ``MemoryStore``; tests use it for a failing or slow one.
-        Not with a ``path``, and ``durability`` is then the store's own business. The
-        queue closes it in ``close()``."""
+        Not with a ``path``, and ``durability`` and ``retention`` are then the store's
+        own business. The queue closes it in ``close()``."""
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
         check_int("workers", workers, minimum=1)
@@ -287,6 +294,8 @@ class JobQueue:
         if rate_limit is not None:
             check_seconds("rate_limit", rate_limit, positive=True)
         check_int("history", history, minimum=1)
+        if retention is not None:
+            check_seconds("retention", retention)
         self._handler = handler
         self._workers = workers
         self._queue_size = queue_size
@@ -296,7 +305,7 @@ class JobQueue:
         self._job_timeout = job_timeout
         self._history_size = history
         self._let_go_at = history + history // 16
-        self._store = _open_store(path, durability, store)
+        self._store = _open_store(path, durability, retention, store)
         self._durable = self._store.durable  # asked once: the hot path reads it
         self._init_state(fairness, rate_limit)
         try:
@@ -1012,11 +1021,13 @@ class JobQueue:
 
     def _let_go(self) -> None:
         """Forget the oldest settled jobs, down to ``history``. Holds the lock."""
+        gone: list[Record] = []
         while len(self._settled) > self._history_size:
             number, old = self._settled.popleft()
             if old.settled != number:
                 continue  # replayed since: a later entry stands for it
             del self._records[old.job.id]
+            gone.append(old)
             self._drop_key(old)
             if self._dead.pop(old.job.id, None) is not None:
                 logger.warning(
@@ -1024,6 +1035,8 @@ class JobQueue:
                     old.job.id,
                     self._history_size,
                 )
+        # The disk may not have their ends yet: the store answers for them now.
+        self._store.released(gone)
 
     def _forget(self, record: Record) -> None:
         """A job this queue will not run: lost, or left on disk for the next start.
@@ -1149,7 +1162,12 @@ def _forked() -> QueueClosed:
 os.register_at_fork(after_in_child=_disown_after_fork)
 
 
-def _open_store(path: str | os.PathLike[str] | None, durability: str, store: Store | None) -> Store:
+def _open_store(
+    path: str | os.PathLike[str] | None,
+    durability: str,
+    retention: float | None,
+    store: Store | None,
+) -> Store:
     """The store a JobQueue was given, or the one its ``path`` names (None: memory).
 
     Raises ``ValueError`` for both a ``path`` and a ``store``, or an unknown
@@ -1160,7 +1178,9 @@ def _open_store(path: str | os.PathLike[str] | None, durability: str, store: Sto
         if path is not None:
             raise ValueError("give a path or a store, not both: a store has its own file")
         return store
-    return MemoryStore() if path is None else SQLiteStore(os.fspath(path), durability)
+    if path is None:
+        return MemoryStore()
+    return SQLiteStore(os.fspath(path), durability, retention)
 
 
 def _percentile(ordered: list[float], q: float) -> float | None:

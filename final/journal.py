@@ -10,10 +10,15 @@ queue, and a ``write()`` per attempt made every worker hand the GIL round.
 
 A line is ``<attempt> <id>``, or ``<attempt>j<id as JSON>`` for an id that is not
 all printable characters (a newline would end its line, a NUL the whole file); per
-job, its last line counts. At open, the database store folds the lines of the last
-run into the database (``read_journal``) and the file starts again empty; while
-running, it starts again with just the attempts still open whenever it is full. An
-attempt is open from its line until the database has its end.
+job, its last line counts. When the attempt ends, its line's mark becomes an end
+mark (``e``, or ``J``): one byte, cheaper still than the line. The database has the
+end only some milliseconds later (a lagging write), and a crash in between, another
+job's handler killing the process, must not be charged to an attempt that had ended.
+
+At open, the database store folds the lines of the last run into the database
+(``read_attempts``) and the file starts again empty; while running, it starts again
+with just the attempts still open whenever it is full. An attempt is open from its
+line until the database has its end.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ class AttemptsJournal:
         # Attempts written whose end is not yet committed, id -> attempt number:
         # what a rewrite of the file must keep.
         self._open: dict[str, int] = {}
+        # Where the mark of each running attempt's line is, by id: the byte that
+        # ``finished`` turns into an end mark.
+        self._marks: dict[str, int] = {}
         self._closed = False
         self._lock = threading.Lock()
 
@@ -54,6 +62,15 @@ class AttemptsJournal:
         with self._lock:
             self._append(line)
             self._open[job_id] = attempt
+            self._marks[job_id] = self._end - len(line) + len(str(attempt))
+
+    def finished(self, job_id: str) -> None:
+        """The job's running attempt ended (its end is not in the database yet): a
+        crash from now on is not charged to it. One byte; nothing once closed."""
+        with self._lock:
+            mark = self._marks.pop(job_id, None)
+            if mark is not None and not self._closed:
+                self._map[mark] = ENDS[self._map[mark]]
 
     def restarted(self, job_id: str) -> None:
         """A replay from the dead letters: its attempts so far are of a life that ended
@@ -62,6 +79,7 @@ class AttemptsJournal:
         with self._lock:
             self._append(line)
             self._open.pop(job_id, None)
+            self._marks.pop(job_id, None)
 
     def ended(self, attempts: Iterable[tuple[str, int]]) -> None:
         """These attempts' ends are in the database: the journal may forget them."""
@@ -69,6 +87,11 @@ class AttemptsJournal:
             for job_id, attempt in attempts:
                 if self._open.get(job_id) == attempt:
                     del self._open[job_id]
+
+    def uncommitted(self, job_id: str, attempt: int) -> bool:
+        """Whether the database does not have the end of this attempt yet."""
+        with self._lock:
+            return self._open.get(job_id) == attempt
 
     def close(self) -> None:
         """Let go of the file; emptied when every attempt's end is in the database."""
@@ -99,31 +122,50 @@ class AttemptsJournal:
         or the new one, never half of either.
         """
         fresh = f"{self.path}.new"
-        lines = b"".join(_line(job_id, n) for job_id, n in self._open.items())
+        parts: list[bytes] = []
+        marks: dict[str, int] = {}
+        end = 0
+        for job_id, n in self._open.items():
+            running = job_id in self._marks  # else ended, and its end not committed
+            line = _line(job_id, n, ended=not running)
+            if running:
+                marks[job_id] = end + len(str(n))
+            parts.append(line)
+            end += len(line)
+        lines = b"".join(parts)
         mapped = _map(fresh, minimum=2 * len(lines))
         mapped[: len(lines)] = lines
         os.replace(fresh, self.path)
         self._map.close()
         self._map, self._end = mapped, len(lines)
+        self._marks = marks
 
 
 def read_journal(journal: str) -> dict[str, int]:
+    """The attempts running, by the journal at ``journal``: per job whose last line
+    says an attempt began, that attempt's number. Safe while a queue writes to it."""
+    return {job_id: n for job_id, (n, ended) in read_attempts(journal).items() if not ended}
+
+
+def read_attempts(journal: str) -> dict[str, tuple[int, bool]]:
     """The latest attempt of each job in the attempts journal at ``journal`` (empty if
-    there is none): per job, its last line. Safe while a queue writes to it: a line
-    being written is not finished, and is left out."""
+    there is none), and whether it ended: per job, its last line. Safe while a queue
+    writes to it: a line being written is not finished, and is left out."""
     try:
         with open(journal, "rb") as f:
             text = f.read().decode(errors="replace")
     except FileNotFoundError:
         return {}
-    latest: dict[str, int] = {}
+    latest: dict[str, tuple[int, bool]] = {}
     text = text.split("\0", 1)[0]  # the unused rest of the file is zeros
     lines = text.split("\n")  # an id holds neither unquoted (see _line)
     for line in lines[:-1]:  # the last is empty, or unfinished
         digits = len(line) - len(line.lstrip("0123456789"))
         try:
             attempt, mark, rest = int(line[:digits]), line[digits], line[digits + 1 :]
-            latest[json.loads(rest) if mark == "j" else rest] = attempt
+            if mark not in " jeJ":
+                raise ValueError(mark)
+            latest[json.loads(rest) if mark in "jJ" else rest] = (attempt, mark in "eJ")
         except (ValueError, IndexError):
             continue  # damaged by a power loss: that attempt was not made durable
     return latest
@@ -142,9 +184,13 @@ def _map(path: str, minimum: int = 0) -> mmap.mmap:
         os.close(fd)
 
 
-def _line(job_id: str, attempt: int) -> bytes:
-    """``<attempt> <id>``, or ``<attempt>j<id as JSON>`` for an id that is not all
-    printable characters.
+# A begin mark (" ", or "j" before an id as JSON) and the end mark that replaces it.
+ENDS = {ord(" "): ord("e"), ord("j"): ord("J")}
+
+
+def _line(job_id: str, attempt: int, ended: bool = False) -> bytes:
+    """``<attempt> <id>`` when an attempt begins (``<attempt>e<id>`` once it ended), or
+    ``<attempt>j<id as JSON>`` (``J``) for an id that is not all printable characters.
 
     Any id the queue accepts must come back whole, or a handler that kills the
     process is never counted: a line ends at a newline, and the file's unused rest
@@ -152,5 +198,5 @@ def _line(job_id: str, attempt: int) -> bytes:
     character (and every other non-printable one) as an escape.
     """
     if job_id.isprintable():
-        return f"{attempt} {job_id}\n".encode()
-    return f"{attempt}j{json.dumps(job_id)}\n".encode()
+        return f"{attempt}{'e' if ended else ' '}{job_id}\n".encode()
+    return f"{attempt}{'J' if ended else 'j'}{json.dumps(job_id)}\n".encode()

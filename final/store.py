@@ -21,6 +21,12 @@ What each write must survive decides how it is called:
 - ``retrying`` and ``settled`` may lag: losing one only means that a job runs once
   more after a crash, which at-least-once delivery allows. The queue calls them
   under its lock, so they must not block: a store buffers them.
+
+And one that is not a write: ``released``, when the queue's memory lets go of
+settled jobs. From then on the store answers for them (``find``, ``dead``), and a
+store whose ``settled`` lags must answer from those records until their ends are
+on disk: the disk would still say queued, or running, and a read must never go
+back in time.
 """
 
 from __future__ import annotations
@@ -66,6 +72,12 @@ class Store(Protocol):
 
     def revived(self, record: Record) -> None: ...
 
+    def released(self, records: Sequence[Record]) -> None:
+        """Memory lets go of these settled jobs: from now on the store answers for them,
+        including while their ends still lag. Called under the queue's lock, once per
+        batch let go of (a sixteenth of ``history``): it must not block."""
+        ...
+
     def find(self, job_id: str) -> Record | None:
         """A settled job that memory no longer holds, or None."""
         ...
@@ -104,6 +116,9 @@ class MemoryStore:
         pass
 
     def revived(self, record: Record) -> None:
+        pass
+
+    def released(self, records: Sequence[Record]) -> None:
         pass
 
     def find(self, job_id: str) -> Record | None:

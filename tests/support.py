@@ -34,6 +34,7 @@ OPTIONS: dict[str, frozenset[str]] = {
             "path",
             "durability",
             "history",
+            "retention",
         }
     ),
 }

@@ -243,6 +243,7 @@ REFUSED = {
     "--job-timeout": ("0", {"job_timeout": 0.0}),
     "--rate-limit": ("-1", {"rate_limit": -1.0}),
     "--history": ("0", {"history": 0}),
+    "--retention": ("-1", {"retention": -1.0}),
 }
 
 

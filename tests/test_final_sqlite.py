@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import final.journal
 from benchmarks.crash import kill_repeatedly
 from final import DuplicateJob, Job, JobQueue, Priority, Status
 from final.inspection import read as read_snapshot
@@ -282,6 +283,31 @@ def test_a_full_attempts_journal_starts_again_and_keeps_what_is_open(path: str) 
         assert all(q.status(str(i)) is Status.COMPLETED for i in range(150))
     finally:
         q.close()
+
+
+def test_a_journal_started_again_keeps_which_attempts_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An attempt whose end is not committed yet survives a restart of the full file as
+    # ended or as running, whichever it was, and one still running can end afterwards.
+    monkeypatch.setattr(final.journal, "JOURNAL_BYTES", 256)
+    journal = final.journal.AttemptsJournal(str(tmp_path / "attempts"))
+    try:
+        journal.started("ran", 1)
+        journal.finished("ran")
+        journal.started("odd\nid", 2)
+        journal.started("runs", 3)
+        for i in range(40):  # fills the file several times: it starts again each time
+            journal.started(f"filler-{i}", 1)
+            journal.finished(f"filler-{i}")
+            journal.ended([(f"filler-{i}", 1)])
+        journal.finished("odd\nid")
+        latest = final.journal.read_attempts(journal.path)
+        kept = {job_id: latest[job_id] for job_id in ("ran", "odd\nid", "runs")}
+        assert kept == {"ran": (1, True), "odd\nid": (2, True), "runs": (3, False)}
+        assert final.journal.read_journal(journal.path) == {"runs": 3}
+    finally:
+        journal.close()
 
 
 def test_an_id_that_is_not_valid_unicode_is_refused_before_the_disk(
