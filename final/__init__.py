@@ -1,5 +1,6 @@
 """The final tier: fairness, status, dead letters, idempotency, rate limiting. See job_queue.py."""
 
+from final.errors import NotADeadLetter
 from final.job_queue import (
     Attempt,
     DuplicateJob,
@@ -25,6 +26,7 @@ __all__ = [
     "JobQueue",
     "LaneMetrics",
     "Metrics",
+    "NotADeadLetter",
     "Priority",
     "QueueClosed",
     "QueueFull",

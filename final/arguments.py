@@ -116,7 +116,7 @@ QUEUE_OPTIONS: dict[str, tuple[Callable[[str], Any] | tuple[str, ...], str]] = {
     "max_backoff": (seconds("max_backoff"), "most seconds one retry waits"),
     "job_timeout": (
         seconds("job_timeout", positive=True),
-        "seconds one attempt may run; None: as long as it takes",
+        "seconds one attempt may run (without the flag: as long as it takes)",
     ),
     "fairness": (
         whole("fairness", minimum=0),
@@ -124,7 +124,7 @@ QUEUE_OPTIONS: dict[str, tuple[Callable[[str], Any] | tuple[str, ...], str]] = {
     ),
     "rate_limit": (
         seconds("rate_limit", positive=True),
-        "most attempts started per second; None: no limit",
+        "most attempts started per second (without the flag: no limit)",
     ),
     "durability": (
         ("power", "process"),
@@ -135,7 +135,7 @@ QUEUE_OPTIONS: dict[str, tuple[Callable[[str], Any] | tuple[str, ...], str]] = {
     "retention": (
         seconds("retention"),
         "seconds a completed job stays on disk after it completed (dead letters stay);"
-        " None: for ever",
+        " a very large number keeps every job",
     ),
 }
 

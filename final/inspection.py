@@ -84,8 +84,10 @@ def read(path: str | Path, *, limit: int = 20) -> Snapshot:
 
 def _open_read_only(path: Path) -> sqlite3.Connection:
     """``path`` opened read-only, once it is known to be a queue this code can read."""
-    if not path.is_file():
+    if not path.exists():
         raise StoreError(f"{path}: no such file")
+    if not path.is_file():
+        raise StoreError(f"{path}: not a file (give the queue's file, not its directory)")
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     try:
         db = sqlite3.connect(uri, uri=True)
@@ -130,6 +132,15 @@ def _counts(db: sqlite3.Connection, started: dict[str, int]) -> dict[str, dict[s
     return counts
 
 
+def _printable(text: str) -> str:
+    """``text`` as it may reach a terminal: an id or an error may hold any character, and a
+    control character (an escape sequence, a carriage return, a newline) would redraw the
+    table or the terminal itself. Those are written as ``repr`` writes them; the rest as is."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def format_snapshot(snapshot: Snapshot, *, now: float) -> str:
     """The snapshot as a table for a terminal."""
     priorities = list(PRIORITY_NAMES.values())
@@ -147,7 +158,8 @@ def format_snapshot(snapshot: Snapshot, *, now: float) -> str:
             if d.finished_at is None
             else datetime.fromtimestamp(d.finished_at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
         )
-        lines.append(f"  {d.id}  {d.priority:<6} {d.attempts} attempts  {when}  {d.last_error}")
+        job_id, error = _printable(d.id), _printable(d.last_error or "")
+        lines.append(f"  {job_id}  {d.priority:<6} {d.attempts} attempts  {when}  {error}")
     if snapshot.dead_total > len(snapshot.dead):
         lines.append(f"  ... and {snapshot.dead_total - len(snapshot.dead)} more (--limit)")
     return "\n".join(lines)

@@ -104,7 +104,25 @@ def test_inspect_refuses_a_file_that_is_not_a_queue(tmp_path: Path) -> None:
         read(other)
     with pytest.raises(StoreError, match="no such file"):
         read(tmp_path / "missing.db")
+    with pytest.raises(StoreError, match="not a file"):
+        read(tmp_path)  # a directory
     assert other.read_text() == "not a database"  # untouched
+
+
+def test_inspect_writes_control_characters_of_ids_and_errors_escaped(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    sneaky = "job\x1b[31m\r\nred\x00"  # an escape sequence, a line break and a NUL
+
+    def handler(job: Job) -> None:
+        raise ValueError("bad\x1b[2Jcleared")
+
+    with JobQueue(handler, path=path, max_retries=0) as q:
+        q.enqueue(Job(id=sneaky))
+        assert q.join(timeout=PATIENCE)
+    table = format_snapshot(read(path), now=0.0)
+    assert all(c.isprintable() for line in table.splitlines() for c in line)
+    assert len(table.splitlines()) == len(table.split("\n"))  # no row split in two
+    assert "job\\x1b[31m\\r\\nred\\x00" in table and "bad\\x1b[2Jcleared" in table
 
 
 OUT_OF_RANGE = {
@@ -216,6 +234,8 @@ def test_every_option_shows_its_default_in_help(
     entries = [e for e in option_entries(capsys.readouterr().out) if not e.startswith("-h,")]
     assert len(entries) >= 3
     assert all("(default: " in entry for entry in entries), entries
+    # The help promises nothing the flag refuses: None is a default, never a value to type.
+    assert not any("None:" in entry for entry in entries), entries
 
 
 def test_the_queue_options_default_to_the_queue_s_own() -> None:

@@ -189,8 +189,9 @@ def test_retry_dead_key_error_reads_as_a_sentence(tier: Tier) -> None:
     q.enqueue(tier.Job(id="fine"))
     assert q.join(timeout=PATIENCE)
     for job_id in ("fine", "never-seen"):
-        with pytest.raises(KeyError) as caught:
+        with pytest.raises(tier.module.NotADeadLetter) as caught:  # a KeyError, exported
             q.retry_dead(job_id)
+        assert isinstance(caught.value, KeyError)
         # KeyError's own str() quotes its argument: a sentence in double quotes.
         assert str(caught.value) == f"job {job_id!r} is not in the dead letters"
         assert caught.value.args[0] == job_id  # the missing key, as KeyError carries it
