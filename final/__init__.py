@@ -16,6 +16,7 @@ from final.job_queue import (
     backoff_delay,
     current_attempt,
 )
+from final.shared_queue import SharedQueue  # JobQueue(dsn=...) builds one
 
 __all__ = [
     "Attempt",
@@ -28,6 +29,7 @@ __all__ = [
     "Priority",
     "QueueClosed",
     "QueueFull",
+    "SharedQueue",
     "Status",
     "StoreError",
     "backoff_delay",

@@ -57,7 +57,8 @@ What it still gets wrong, or leaves to you:
 15. At least once, never exactly once. A job can run again after a crash or a
     timeout, so handlers must be idempotent.
 16. One process. Several machines need a shared database and a claim protocol
-    between them; the store interface is where that would begin.
+    between them: ``JobQueue(dsn=...)`` is that queue, a class of its own built on
+    this one's pieces (``final/shared_queue.py`` says why not behind the store).
 """
 
 from __future__ import annotations
@@ -249,7 +250,21 @@ class JobQueue:
     """Run ``handler(job)`` on ``workers`` threads for every job given to ``enqueue``.
 
     The handler succeeds when it returns and fails when it raises an ``Exception``.
+    With ``dsn``, the queue lives in PostgreSQL and is shared by every process that
+    names the same database and ``queue``: see ``final/shared_queue.py``.
     """
+
+    # The class JobQueue(dsn=...) builds: set by final/shared_queue.py, which final's
+    # package imports. A hook rather than an import, because the shared queue is built
+    # on this module's pieces, and imports go one way, down.
+    _shared: type[JobQueue] | None = None
+
+    def __new__(cls, handler: Handler, **options: object) -> JobQueue:
+        if options.get("dsn") is not None and cls is JobQueue:
+            if JobQueue._shared is None:  # pragma: no cover - final's package sets it
+                raise RuntimeError("import final, not final.job_queue alone, to use a dsn")
+            return object.__new__(JobQueue._shared)
+        return object.__new__(cls)
 
     def __init__(
         self,
@@ -267,11 +282,16 @@ class JobQueue:
         durability: str = "power",
         history: int = 100_000,
         store: Store | None = None,
+        dsn: str | None = None,
+        queue: str = "default",
+        lease: float = 30.0,
     ) -> None:
         """``store``: a store of your own (see ``final/store.py``) instead of the one
         ``path`` opens, or the ``MemoryStore``; tests use it for a failing or slow one.
         Not with a ``path``, and ``durability`` is then the store's own business. The
-        queue closes it in ``close()``."""
+        queue closes it in ``close()``. ``dsn``, ``queue`` and ``lease``: the queue in
+        PostgreSQL (``final/shared_queue.py``); ``queue`` and ``lease`` mean nothing
+        without a ``dsn``."""
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
         check_int("workers", workers, minimum=1)
