@@ -75,7 +75,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from final.errors import DuplicateJob, NotADeadLetter, QueueClosed
+from final.errors import DuplicateJob, NotADeadLetter, QueueClosed, QueueFull
 from final.fairness import FairPicker
 from final.job_queue import (
     _COUNTERS,
@@ -145,17 +145,14 @@ class SharedQueue(JobQueue):
             raise ValueError(f"dsn must be a PostgreSQL connection URI, got {dsn!r}")
         if path is not None or store is not None:
             raise ValueError("give a dsn or a path (or store), not both: they are two queues")
-        if not isinstance(queue, str) or not queue:
-            raise ValueError(f"queue must be a non-empty name, got {queue!r}")
         _check_options(
             workers, queue_size, max_retries, backoff, max_backoff, job_timeout, fairness
         )
-        if rate_limit is not None:
-            check_seconds("rate_limit", rate_limit, positive=True)
-        check_seconds("lease", lease, positive=True)
+        _check_shared(queue, rate_limit, lease)
         self._handler = handler
         self._workers = workers
         self._max_retries = max_retries
+        self._queue_size = queue_size
         self._backoff = backoff
         self._max_backoff = max_backoff
         self._job_timeout = job_timeout
@@ -192,7 +189,9 @@ class SharedQueue(JobQueue):
         self._accepted: set[str] = set()  # ids this handle accepted and has not seen settle
         self._hinted = True  # claim at once at start: jobs may be waiting already
         self._closing = False
-        self._stopping = False
+        self._stopping = False  # no more claims; workers leave after their attempt
+        self._left = False  # deregistered, connections closed
+        self._live_workers = 0  # worker threads not running an attempt that timed out
         self._forked = False
         self._counts = {p: dict.fromkeys(_COUNTERS, 0) for p in Priority}
         self._busy = 0.0
@@ -201,7 +200,7 @@ class SharedQueue(JobQueue):
         self._conns: list[psycopg.Connection[Any]] = []
         self._process = 0
 
-    def _connect(self, **settings: str) -> psycopg.Connection[Any]:
+    def _connect(self, *, keep: bool = True, **settings: str) -> psycopg.Connection[Any]:
         """A new autocommit connection; clear errors for a bad dsn or a silent server."""
         import psycopg
 
@@ -222,7 +221,8 @@ class SharedQueue(JobQueue):
             raise StoreError(f"PostgreSQL does not answer at the given dsn: {error}") from error
         for name, value in settings.items():
             conn.execute("SELECT set_config(%s, %s, false)", (name, value))
-        self._conns.append(conn)
+        if keep:  # closed by close(); the caller closes the others
+            self._conns.append(conn)
         return conn
 
     def _start_workers(self) -> None:
@@ -236,9 +236,9 @@ class SharedQueue(JobQueue):
         self._listening = self._connect()
         pg_engine.listen(self._listening, self._queue)
         for _ in range(self._workers):
-            self._spawn(self._worker, "worker")
+            self._spawn_worker()
         self._spawn(self._dispatcher, "dispatcher")
-        self._spawn(self._upkeeper, "upkeep")
+        self._upkeeping = self._spawn(self._upkeeper, "upkeep")
         self._spawn(self._listener, "listener")
         ref = weakref.ref(self)
 
@@ -249,10 +249,16 @@ class SharedQueue(JobQueue):
         self._atexit_hook = close_at_exit
         atexit.register(close_at_exit)
 
-    def _spawn(self, target: Any, role: str) -> None:
+    def _spawn(self, target: Any, role: str) -> threading.Thread:
         thread = threading.Thread(target=target, name=f"final-shared-{role}", daemon=True)
         self._threads.add(thread)
         thread.start()
+        return thread
+
+    def _spawn_worker(self) -> None:
+        with self._mutex:
+            self._live_workers += 1
+        self._spawn(self._worker, "worker")
 
     # -- the contract ------------------------------------------------------------------
 
@@ -268,19 +274,65 @@ class SharedQueue(JobQueue):
         self.enqueue_many([job], timeout)
 
     def enqueue_many(self, jobs: Iterable[Job], timeout: float | None = None) -> None:
-        """Commit ``jobs`` in order in one transaction, waking other processes once.
+        """Commit ``jobs`` in order, as many as their lanes have room for in one
+        transaction (and one wake-up of the other processes), waiting for room.
 
-        On ``DuplicateJob``, the jobs before the refused one are accepted (its
-        ``accepted`` says how many) and the rest are not.
+        ``timeout`` applies to each wait for room. If a job cannot be accepted
+        (``QueueFull``, ``DuplicateJob``, ``QueueClosed``, ``StoreError``), the jobs
+        before it stay accepted, and the exception's ``accepted`` says how many.
         """
-        from final import pg_engine
-
         jobs = list(jobs)
         for job in jobs:
             check_job(job)
         check_timeout(timeout)
-        if self._closing:
-            raise QueueClosed("the queue is closed")
+        accepted = 0
+        while accepted < len(jobs):
+            try:
+                fit = self._room_for(jobs[accepted:], timeout)
+                self._insert(jobs[accepted : accepted + fit])
+            except (QueueFull, QueueClosed, DuplicateJob, StoreError) as error:
+                error.accepted = accepted + getattr(error, "accepted", 0)
+                raise
+            accepted += fit
+
+    def _room_for(self, jobs: list[Job], timeout: float | None) -> int:
+        """How many of ``jobs`` (from the first) their lanes have room for; waits
+        (polling, up to ``timeout``) until the first one fits.
+
+        The lanes are counted in the database, so the bound holds across processes
+        only up to the jobs enqueued between a count and its insert: approximate,
+        and cheap because the bound itself keeps what it counts small.
+        """
+        from final import pg_engine
+
+        endtime = None if timeout is None else time.monotonic() + timeout
+        pause = 0.005
+        while True:
+            if self._closing:
+                raise QueueClosed("the queue is closed; enqueue through another handle")
+            counts = self._call(pg_engine.counts, self._queue)
+            room = {p: self._queue_size - counts.get((int(p), "queued"), 0) for p in Priority}
+            fit = 0
+            for job in jobs:
+                if room[job.priority] <= 0:
+                    break
+                room[job.priority] -= 1
+                fit += 1
+            if fit:
+                return fit
+            left = None if endtime is None else endtime - time.monotonic()
+            if left is not None and left <= 0:
+                raise QueueFull(f"the {jobs[0].priority.name} lane is full")
+            time.sleep(
+                pause if left is None else min(pause, left)
+            )  # a poll: room is made elsewhere
+            pause = min(0.1, pause * 2)
+
+    def _insert(self, jobs: list[Job]) -> None:
+        """Insert ``jobs`` in one transaction; ``DuplicateJob`` (with ``accepted``)
+        for the first whose id or key is taken, the ones before it inserted."""
+        from final import pg_engine
+
         new = [
             pg_engine.NewJob(
                 job.id,
@@ -297,17 +349,17 @@ class SharedQueue(JobQueue):
             for job in jobs[:accepted]:
                 self._accepted.add(job.id)
                 self._counts[job.priority]["submitted"] += 1
-        if refused is not None:
-            job = jobs[refused.index]
-            if refused.by == "key":
-                message = (
-                    f"idempotency key {job.idempotency_key!r} was used by job {refused.holder}"
-                )
-            else:
-                message = f"a job with id {job.id!r} was accepted before"
-            error = DuplicateJob(refused.holder, message)
-            error.accepted = accepted
-            raise error
+        if refused is None:
+            return
+        job = jobs[refused.index]
+        if refused.by == "key":
+            key, holder = job.idempotency_key, refused.holder
+            message = f"idempotency key {key!r} was used by job {holder}"
+        else:
+            message = f"a job with id {job.id!r} was accepted before"
+        error = DuplicateJob(refused.holder, message)
+        error.accepted = accepted
+        raise error
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until every job this handle accepted has settled, wherever it ran.
@@ -342,8 +394,9 @@ class SharedQueue(JobQueue):
         Then it stops claiming, gives back the jobs it claimed and did not start (no
         attempt counted, their place in line kept), lets the attempts running finish
         and settle (never abandoned), leaves the table of processes and closes its
-        connections. Jobs left unsettled stay in the database for other processes.
-        Safe to call twice.
+        connections. Jobs left unsettled stay in the database for other processes
+        (none is ``lost``), and ``join`` stops waiting for them. Lookups still answer
+        after ``close``, each on a connection of its own. Safe to call twice.
         """
         _refuse_from_handler(self, "close")
         if self._forked:
@@ -356,6 +409,9 @@ class SharedQueue(JobQueue):
             if self._stopping:
                 return
             self._stopping = True
+            # What has not settled is the queue's now, run by other processes: join()
+            # no longer waits for it.
+            self._accepted.clear()
             unstarted = list(self._buffer)
             self._buffer.clear()
             self._wake.notify_all()
@@ -364,11 +420,27 @@ class SharedQueue(JobQueue):
         if self._workers:
             self._give_back(unstarted)
             atexit.unregister(self._atexit_hook)
+            endtime = None if timeout is None else time.monotonic() + timeout
             for thread in list(self._threads):
-                if thread is not threading.current_thread():
-                    thread.join()
+                if thread is not threading.current_thread() and thread is not self._upkeeping:
+                    thread.join(None if endtime is None else max(0.0, endtime - time.monotonic()))
+            with self._mutex:
+                if self._live_workers:
+                    return  # attempts still run: the last worker out leaves (see _worker)
+        self._leave()
+
+    def _leave(self) -> None:
+        """Leave the table of processes and close the connections; once, when idle."""
+        with self._mutex:
+            if self._left:
+                return
+            self._left = True
+            self._stopped.notify_all()
+        if self._workers:
+            if self._upkeeping is not threading.current_thread():
+                self._upkeeping.join()
             try:
-                self._engine.deregister(self._upkeep, self._process)
+                self._engine.deregister(self._claimer, self._process)
             except Exception:  # the rescue forgets a silent process after its lease
                 logger.warning("could not leave the table of processes", exc_info=True)
         self._close_connections()
@@ -456,9 +528,11 @@ class SharedQueue(JobQueue):
         """Run an engine function on the API connection, once reconnected if it dropped."""
         import psycopg
 
-        if self._stopping and self._api.closed:
-            raise QueueClosed("the queue is closed")
         with self._api_lock:
+            if self._left:
+                # Closed: lookups still answer, each on a connection of its own.
+                with self._connect(keep=False) as conn:
+                    return function(conn, *args)
             try:
                 return function(self._api, *args)
             except psycopg.OperationalError as error:
@@ -477,8 +551,9 @@ class SharedQueue(JobQueue):
             logger.warning("PostgreSQL still does not answer; the next call tries again")
 
     def _close_connections(self) -> None:
-        for conn in self._conns:
-            conn.close()
+        with self._api_lock:  # not under a lookup that is using the API connection
+            for conn in self._conns:
+                conn.close()
 
     # -- claiming and running ----------------------------------------------------------
 
@@ -580,7 +655,9 @@ class SharedQueue(JobQueue):
                 while not self._buffer and not self._stopping:
                     self._work.wait()
                 if not self._buffer:
-                    return
+                    self._live_workers -= 1
+                    last = self._live_workers == 0
+                    break
                 attempt = self._buffer.popleft()
                 now = time.monotonic()
                 attempt._record.started = now
@@ -592,6 +669,8 @@ class SharedQueue(JobQueue):
                 self._counts[attempt.job.priority]["started"] += 1
             if not self._run_attempt(attempt):
                 return  # timed out: a fresh worker took this one's place
+        if last:
+            self._leave()  # close(timeout) returned before this attempt ended
 
     def _run_attempt(self, attempt: Attempt) -> bool:
         """Run the handler, settle the attempt; False when it had timed out meanwhile."""
@@ -599,7 +678,7 @@ class SharedQueue(JobQueue):
         error: BaseException | None = None
         try:
             self._handler(attempt.job)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: it must not take the worker along
             error = exc
         finally:
             _current.attempt = None
@@ -666,12 +745,14 @@ class SharedQueue(JobQueue):
                 continue
             attempt._record.token = 0  # abandoned: its late end is ignored
             del self._in_flight[attempt]
+            self._live_workers -= 1  # its thread is no longer one of the workers
             self._counts[attempt.job.priority]["timed_out"] += 1
             reason = f"timed out after {self._job_timeout}s"
             threading.Thread(
                 target=self._fail_attempt, args=(attempt, reason, None), daemon=True
             ).start()
             if not self._stopping:
+                self._live_workers += 1
                 self._spawn(self._worker, "worker")
 
     def _give_back(self, attempts: list[Attempt]) -> None:
@@ -684,7 +765,7 @@ class SharedQueue(JobQueue):
         import psycopg
 
         last_rescue = 0.0
-        while not self._stopping:
+        while not self._left:  # heartbeats go on while the last attempts finish
             try:
                 if not self._engine.heartbeat(self._upkeep, self._process):
                     logger.warning("this process was declared dead; its claims are fenced off")
@@ -701,7 +782,7 @@ class SharedQueue(JobQueue):
                 with contextlib.suppress(StoreError):  # still down: the next round tries
                     self._upkeep = self._connect(synchronous_commit="off")
             with self._mutex:
-                self._stopped.wait_for(lambda: self._stopping, min(self._lease / 3, 5.0))
+                self._stopped.wait_for(lambda: self._left, min(self._lease / 3, 5.0))
 
     def _listener(self) -> None:
         """Wake the dispatcher at each NOTIFY; re-open the connection when it drops."""
@@ -718,6 +799,8 @@ class SharedQueue(JobQueue):
                         self._hinted = True
                         self._wake.notify()
             except (psycopg.Error, StoreError) as error:
+                if self._stopping:
+                    return  # closed under us by close()
                 logger.warning("listening connection dropped (%s); re-opening", error)
                 if conn is not None:
                     conn.close()
@@ -745,6 +828,14 @@ def _check_options(
     if job_timeout is not None:
         check_seconds("job_timeout", job_timeout, positive=True)
     check_int("fairness", fairness, minimum=0)
+
+
+def _check_shared(queue: str, rate_limit: float | None, lease: float) -> None:
+    if not isinstance(queue, str) or not queue:
+        raise ValueError(f"queue must be a non-empty name, got {queue!r}")
+    if rate_limit is not None:
+        check_seconds("rate_limit", rate_limit, positive=True)
+    check_seconds("lease", lease, positive=True)
 
 
 class _Count:
