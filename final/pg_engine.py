@@ -59,12 +59,14 @@ __all__ = [
     "give_back",
     "heartbeat",
     "listen",
+    "oldest_waiting",
     "prune",
     "refund_tokens",
     "register",
     "rescue",
     "retry",
     "revive",
+    "status_counts",
     "take_tokens",
     "unsettled",
 ]
@@ -412,6 +414,18 @@ def counts(conn: Connection, queue: str) -> dict[tuple[int, str], int]:
     """How many jobs wait or run, by ``(priority, status)``; absent pairs are 0."""
     rows = conn.execute(q.COUNTS, {"queue": queue})
     return {(priority, status): count for priority, status, count in rows}
+
+
+def status_counts(conn: Connection, queue: str) -> dict[tuple[str, int], int]:
+    """How many jobs of the queue are in each ``(status, priority)``; absent pairs are 0."""
+    rows = conn.execute(q.STATUS_COUNTS, {"queue": queue})
+    return {(status, priority): count for status, priority, count in rows}
+
+
+def oldest_waiting(conn: Connection, queue: str) -> float | None:
+    """When the oldest waiting job was enqueued (seconds since the epoch), if any waits."""
+    row = conn.execute(q.OLDEST_WAITING, {"queue": queue}).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
 
 
 def listen(conn: Connection, queue: str) -> str:

@@ -40,6 +40,7 @@ __all__ = [
     "HEARTBEAT",
     "HOLDER",
     "NOTIFY",
+    "OLDEST_WAITING",
     "PRUNE",
     "RATE_ROW",
     "REFUND_TOKENS",
@@ -48,6 +49,7 @@ __all__ = [
     "RESCUE_LOCK",
     "RETRY",
     "REVIVE",
+    "STATUS_COUNTS",
     "SWEEP_PROCESSES",
     "TAKE_TOKENS",
     "UNSETTLED",
@@ -306,4 +308,15 @@ COUNTS = """
 SELECT priority, status, count(*) FROM jobq_jobs
 WHERE queue = %(queue)s AND status IN ('queued', 'scheduled', 'retrying', 'processing')
 GROUP BY priority, status
+"""
+
+# python -m final inspect --dsn: every job of the queue by status and priority, and
+# when the oldest waiting job was enqueued (seconds since the epoch), in one read.
+STATUS_COUNTS = """
+SELECT status, priority, count(*) FROM jobq_jobs WHERE queue = %(queue)s
+GROUP BY status, priority
+"""
+OLDEST_WAITING = """
+SELECT extract(epoch FROM min(enqueued_at))::float8 FROM jobq_jobs
+WHERE queue = %(queue)s AND status IN ('queued', 'scheduled', 'retrying')
 """

@@ -407,6 +407,8 @@ class SharedQueue(JobQueue):
             self.join(timeout)
         with self._mutex:
             if self._stopping:
+                if timeout is None:  # a second close() waits for the attempts in flight
+                    self._stopped.wait_for(lambda: self._left)
                 return
             self._stopping = True
             # What has not settled is the queue's now, run by other processes: join()

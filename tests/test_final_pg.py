@@ -7,6 +7,9 @@ sees of the other's jobs, it read there.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +25,8 @@ from tests.support import PATIENCE, Boom, Recorder
 pytest.importorskip("psycopg")
 
 from final import pg_engine  # after the skip: it imports psycopg
+
+pytestmark = pytest.mark.tiers("final-pg")
 
 FAST = {"backoff": 0.01, "max_backoff": 0.02}
 
@@ -275,3 +280,68 @@ def test_a_failed_handler_names_its_error_in_the_row(queues: Any, db: Database) 
     assert q.join(PATIENCE)
     stored = row(db, "x")
     assert stored is not None and stored.last_error == "Boom: no luck"
+
+
+# --- the command line ----------------------------------------------------------------
+
+
+def start_worker(dsn: str, *options: str) -> subprocess.Popen[str]:
+    """``python -m final worker`` on ``dsn``, once it has said it is ready."""
+    command = [sys.executable, "-m", "final", "worker", "--dsn", dsn, *options]
+    worker = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    assert worker.stderr is not None
+    for line in worker.stderr:  # the log; "worker ready" once signals stop it cleanly
+        if "worker ready" in line:
+            return worker
+    worker.kill()
+    worker.communicate()
+    raise AssertionError(f"the worker exited with {worker.returncode} before it was ready")
+
+
+def test_a_worker_process_runs_the_jobs_and_stops_on_sigterm_after_its_attempts(
+    queues: Any, tmp_path: Any, db: Database
+) -> None:
+    producer = queues(workers=0)
+    handler = "tests.http_handlers:handle"
+    worker = start_worker(db.queue_dsn, "--handler", handler, "--workers", "2")
+    try:
+        producer.enqueue_many([Job(id=f"w{i}") for i in range(10)])
+        assert producer.join(PATIENCE)
+        released = tmp_path / "release"
+        producer.enqueue(Job(id="held", payload=f"hold:{released}".encode()))
+        wait_for(lambda: producer.status("held") is Status.PROCESSING, "the held job to start")
+        worker.send_signal(signal.SIGTERM)
+        released.touch()  # the attempt in flight finishes after the signal
+        _, log = worker.communicate(timeout=PATIENCE)  # reads the log to its end, closes it
+        assert worker.returncode == 0, log
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    assert all(producer.status(f"w{i}") is Status.COMPLETED for i in range(10))
+    assert producer.status("held") is Status.COMPLETED
+    info = producer.info("held")
+    assert info is not None and info.attempts == 1
+
+
+def test_a_worker_without_a_dsn_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from final.__main__ import main
+
+    assert main(["worker", "--handler", "tests.http_handlers:handle"]) == 2
+    assert "--dsn" in capsys.readouterr().err
+
+
+def test_inspect_reads_a_queue_in_postgresql(
+    queues: Any, db: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from final.__main__ import main
+
+    def handler(job: Job) -> None:
+        raise Boom("broken")
+
+    q = queues(handler, workers=1, max_retries=0)
+    q.enqueue_many([Job(id="dead"), Job(id="waiting", priority=Priority.LOW)])
+    wait_for(lambda: q.status("dead") is Status.FAILED, "the dead letter")
+    assert main(["inspect", "--dsn", db.queue_dsn]) == 0
+    out = capsys.readouterr().out
+    assert "dead  medium 1 attempts" in out
