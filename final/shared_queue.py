@@ -180,6 +180,7 @@ class SharedQueue(JobQueue):
         self._work = threading.Condition(self._mutex)  # workers: a claimed job, a stop
         self._stopped = threading.Condition(self._mutex)  # upkeep: a stop
         self._api_lock = threading.Lock()  # the API connection, one statement at a time
+        self._reopen_lock = threading.Lock()  # one thread re-opens the claim connection
         self._buffer: deque[Attempt] = deque()  # claimed, not started: given back at close
         self._in_flight: dict[Attempt, float | None] = {}  # started, with local deadlines
         self._waiting = {p: 0 for p in Priority}  # lanes' waiting counts, for fairness
@@ -580,7 +581,10 @@ class SharedQueue(JobQueue):
             try:
                 claimed = self._claim(free)
             except psycopg.Error as error:
+                # A claim whose answer was lost may have committed: those jobs come
+                # back through the rescue after the lease, the attempt counted.
                 logger.warning("claim failed (%s); trying again", error)
+                self._reopen_claimer()
                 time.sleep(_POLL)
                 continue
             with self._mutex:
@@ -609,11 +613,12 @@ class SharedQueue(JobQueue):
                 self._token_due = time.monotonic() + 1.0 / self._rate
             if not free:
                 return []
-        counts = engine.counts(self._claimer, self._queue)
-        for p in Priority:
-            self._waiting[p] = counts.get((int(p), "queued"), 0)
         picks: dict[Priority, int] = {}
-        for _ in range(free):
+        if self._picker.fairness:  # strict priority needs no count: the claim's order is it
+            counts = engine.counts(self._claimer, self._queue)
+            for p in Priority:
+                self._waiting[p] = counts.get((int(p), "queued"), 0)
+        for _ in range(free if self._picker.fairness else 0):
             lane = self._picker.pick()
             if lane is None:
                 break
@@ -725,19 +730,39 @@ class SharedQueue(JobQueue):
                 self._counts[job.priority][counter] += 1
 
     def _settle_claim(self, function: Any, *args: Any) -> bool:
-        """A fenced move on the claim connection; False (logged) when the claim was lost."""
+        """A fenced move on the claim connection; False (logged) when the claim was lost.
+
+        A move that fails with the connection is tried again on a new one until it
+        goes through (or the handle has left): this process is alive, so no rescue
+        would ever take the job back. A move is fenced, so trying it twice is safe;
+        if the first try committed and only its answer was lost, the second finds
+        the claim cleared and reports it moved on.
+        """
         import psycopg
 
-        try:
-            held = bool(function(self._claimer, self._queue, *args))
-        except psycopg.Error as error:
-            # Lost with the connection: the rescue gives the job to another process
-            # after the lease, the attempt counted. Nothing acknowledged is lost.
-            logger.warning("could not settle job %s (%s); the lease will", args[0], error)
-            return False
+        pause = 0.05
+        while True:
+            try:
+                held = bool(function(self._claimer, self._queue, *args))
+                break
+            except psycopg.Error as error:
+                logger.warning("could not settle job %s (%s); trying again", args[0], error)
+                self._reopen_claimer()
+                if self._left:
+                    return False  # the rescue will, once this process's lease has passed
+                time.sleep(pause)  # the server is away: nothing to wait on but time
+                pause = min(self._lease / 3, pause * 2)
         if not held:
             logger.warning("job %s: the claim moved on; this attempt's result is ignored", args[0])
         return held
+
+    def _reopen_claimer(self) -> None:
+        """A new claim connection if this one was lost and the server answers again."""
+        with self._reopen_lock:
+            if not (self._claimer.closed or self._claimer.broken) or self._left:
+                return
+            with contextlib.suppress(StoreError):  # still down: the next failure tries again
+                self._claimer = self._connect(synchronous_commit="off", lock_timeout="5s")
 
     def _time_out_overdue(self) -> None:
         """Fail the attempts past ``job_timeout`` and replace their workers. Under the lock."""
@@ -781,8 +806,9 @@ class SharedQueue(JobQueue):
                         )
             except psycopg.Error as error:
                 logger.warning("heartbeat failed (%s); reconnecting", error)
-                with contextlib.suppress(StoreError):  # still down: the next round tries
-                    self._upkeep = self._connect(synchronous_commit="off")
+                if self._upkeep.closed or self._upkeep.broken:
+                    with contextlib.suppress(StoreError):  # still down: the next round tries
+                        self._upkeep = self._connect(synchronous_commit="off")
             with self._mutex:
                 self._stopped.wait_for(lambda: self._left, min(self._lease / 3, 5.0))
 

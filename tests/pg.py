@@ -42,7 +42,8 @@ class Database:
         """The dsn a ``JobQueue`` is given: the server, with this schema first in the path."""
         options = urllib.parse.quote(f"-csearch_path={self.schema}")
         separator = "&" if "?" in self.dsn else "?"
-        return f"{self.dsn}{separator}options={options}"
+        # Named after the schema, so that a test can cut off its own connections only.
+        return f"{self.dsn}{separator}options={options}&application_name={self.schema}"
 
 
 def answering_server() -> str:

@@ -240,6 +240,32 @@ def test_a_job_that_kills_its_process_is_rescued_with_the_attempt_counted(
     assert info is not None and info.status is Status.COMPLETED and info.attempts == 2
 
 
+def test_a_server_that_drops_every_connection_loses_nothing_acknowledged(
+    queues: Any, db: Database
+) -> None:
+    recorder = Recorder()
+    producer = queues(workers=0)
+    queues(recorder, workers=2)
+    producer.enqueue_many([Job(id=f"before{i}") for i in range(20)])
+    with db.connect() as conn:  # what a restart of the server does to the queue's sessions
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (db.schema,),
+        )
+    accepted = [f"before{i}" for i in range(20)]
+    refusals: list[str] = []
+    for i in range(20):
+        try:
+            producer.enqueue(Job(id=f"after{i}"))
+        except StoreError as error:  # the call that found the connection gone says so
+            refusals.append(str(error))
+            continue
+        accepted.append(f"after{i}")
+    assert len(refusals) <= 1 and all("connection lost" in r for r in refusals)
+    assert producer.join(PATIENCE)
+    assert set(accepted) <= set(recorder.attempts)
+
+
 # --- bad input ---------------------------------------------------------------------
 
 
