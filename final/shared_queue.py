@@ -25,8 +25,9 @@ for everyone at once (``final/pg_engine.py``):
 Bending the in-process queue to ask the database before each of its moves would have
 left a learner reading two programs interleaved. So this module keeps only the pieces
 that mean the same thing in both: ``FairPicker`` (fairness, counted per process),
-``TokenBucket``'s rule (its state now a row every process takes from),
-``backoff_delay``, ``Attempt`` and ``current_attempt()``, ``Metrics``, the checks of
+the token bucket of ``final/rate_limit.py`` (its rule and its burst of a tenth of a
+second, now computed in SQL on a row every process takes from), ``backoff_delay``,
+``Attempt`` and ``current_attempt()``, ``Metrics``, the checks of
 ``final/validation.py`` and the exceptions. Read the two side by side: each public
 method here does what the in-process one does, with a statement where that one takes
 its lock.
@@ -49,16 +50,40 @@ lanes' waiting counts, read before each claim), and when it owes a lower lane it
 turn, it claims from that lane. A LOW job at the head of its lane is claimed once any
 process owes LOW, and each owes it after ``fairness`` of its own picks from above:
 with P processes claiming, it waits at most ``P * fairness + 1`` picks of the queue.
+(The counts are read a moment before the claim, so a lane that emptied meanwhile
+costs a pick: the bound is in picks made, as the in-process one, give or take that.)
+
+Time. Every time that two machines could disagree on (a lease, a deadline, a backoff's
+end, when a job was enqueued) is the database server's ``now()``. A process measures
+only its own durations with its own clock: ``job_timeout`` is its local timer, as in
+the in-process queue (the slot back at once, the late result ignored); the claim also
+sets a deadline of ``job_timeout + lease`` in the database, which the rescue enforces
+if that process is alive but its timer never fired.
+
+Bounds, and what each costs:
+
+- ``queue_size`` is counted in the database before each insert (one more round trip),
+  so across processes it is approximate: jobs enqueued between a count and its insert
+  may pass it. The bound keeps what it counts small. A blocked producer polls.
+- ``rate_limit`` is one token bucket per queue, a row every claim of a rate-limited
+  queue locks for a moment; an unlimited queue never touches it. Every process of the
+  queue should give the same rate (each refills the bucket at its own).
+- ``join`` polls the ids this handle accepted; ``max_retries`` is fixed at enqueue, by
+  the handle that enqueued the job.
+- ``metrics()`` counts this handle's own work; its gauges (``queued``, ``retrying``,
+  ``in_flight``, ``dead``) are the whole queue's, read from the database.
 
 What it still gets wrong, or leaves to you:
 
-- ``queue_size`` is not enforced: the table is the backlog, and a bound counted
-  across processes would cost a count at every enqueue. ``QueueFull`` is never raised.
-- ``metrics()`` counts this handle's own work; its gauges (``queued``, ``retrying``,
-  ``in_flight``, ``dead``) are the whole queue's, read from the database.
-- A job runs at least once: a lease that expires under a live worker (cut off from
-  the database for longer than ``lease``) lets another process run it too. The fence
-  only keeps the first from reporting; its side effects are its own.
+- A job runs at least once, not exactly once: a lease that expires under a live
+  worker (cut off from the database for longer than ``lease``) lets another process
+  run it too. The fence only keeps the first from reporting; its side effects are
+  its own to make idempotent.
+- ``close(timeout)`` leaves what it did not settle in the database, for the other
+  processes (none of it is ``lost``): a last process that closes leaves it for the
+  next one to start.
+- Settled jobs are not pruned yet (``retention``), nor are jobs in time or
+  exactly-once effects wired here; the engine has the statements for all three.
 """
 
 from __future__ import annotations
