@@ -152,6 +152,36 @@ def test_join_waits_only_for_the_jobs_this_handle_accepted(queues: Any) -> None:
     assert theirs.join(PATIENCE)
 
 
+def test_queues_of_one_database_are_apart(db: Database) -> None:
+    recorder = Recorder()
+    first = JobQueue(recorder, dsn=db.queue_dsn, queue="first", workers=1)
+    second = JobQueue(lambda job: None, dsn=db.queue_dsn, queue="second", workers=0)
+    try:
+        second.enqueue(Job(id="same", idempotency_key="k"))
+        first.enqueue(Job(id="same", idempotency_key="k"))  # ids and keys are per queue
+        assert first.join(PATIENCE)
+        assert second.status("same") is Status.QUEUED  # nobody serves "second"
+        assert first.status("same") is Status.COMPLETED
+    finally:
+        first.close(timeout=PATIENCE)
+        second.close(timeout=0)
+
+
+def test_a_low_job_is_claimed_within_the_fairness_bound_of_several_processes(
+    queues: Any,
+) -> None:
+    fairness, processes = 2, 2
+    producer = queues(workers=0)
+    producer.enqueue_many([Job(id=f"high{i}", priority=Priority.HIGH) for i in range(30)])
+    producer.enqueue(Job(id="low", priority=Priority.LOW))
+    recorder = Recorder()
+    for _ in range(processes):
+        queues(recorder, workers=1, fairness=fairness)
+    assert producer.join(PATIENCE)
+    # Each process owes LOW its turn after `fairness` picks of its own from above.
+    assert recorder.order.index("low") <= processes * fairness + 1
+
+
 # --- claims ---------------------------------------------------------------------------
 
 
