@@ -93,7 +93,7 @@ def read_pg(dsn: str, queue: str = "default", *, limit: int = 20) -> Snapshot:
     try:
         with psycopg.connect(dsn, connect_timeout=10) as conn:
             conn.read_only = True
-            if conn.execute("SELECT to_regclass('jobq_version')").fetchone() in (None, (None,)):
+            if not pg_engine.tables_present(conn):
                 raise StoreError("the database has no queue tables (jobq_version is missing)")
             by_status = pg_engine.status_counts(conn, queue)
             oldest = pg_engine.oldest_waiting(conn, queue)

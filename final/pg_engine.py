@@ -66,7 +66,9 @@ __all__ = [
     "rescue",
     "retry",
     "revive",
+    "set_config",
     "status_counts",
+    "tables_present",
     "take_tokens",
     "unsettled",
 ]
@@ -426,6 +428,17 @@ def oldest_waiting(conn: Connection, queue: str) -> float | None:
     """When the oldest waiting job was enqueued (seconds since the epoch), if any waits."""
     row = conn.execute(q.OLDEST_WAITING, {"queue": queue}).fetchone()
     return None if row is None or row[0] is None else float(row[0])
+
+
+def set_config(conn: Connection, name: str, value: str) -> None:
+    """Set the session setting ``name`` (``synchronous_commit``, ``lock_timeout``...)."""
+    conn.execute(q.SET_CONFIG, {"name": name, "value": value})
+
+
+def tables_present(conn: Connection) -> bool:
+    """Whether the queue's tables exist where ``conn`` looks (its ``search_path``)."""
+    row = conn.execute(q.TABLES_PRESENT).fetchone()
+    return row is not None and bool(row[0])
 
 
 def listen(conn: Connection, queue: str) -> str:

@@ -49,8 +49,10 @@ __all__ = [
     "RESCUE_LOCK",
     "RETRY",
     "REVIVE",
+    "SET_CONFIG",
     "STATUS_COUNTS",
     "SWEEP_PROCESSES",
+    "TABLES_PRESENT",
     "TAKE_TOKENS",
     "UNSETTLED",
 ]
@@ -320,3 +322,10 @@ OLDEST_WAITING = """
 SELECT extract(epoch FROM min(enqueued_at))::float8 FROM jobq_jobs
 WHERE queue = %(queue)s AND status IN ('queued', 'scheduled', 'retrying')
 """
+
+# A session setting of one connection (the claim connection's asynchronous commit),
+# set after connecting so that the dsn's own options (its search_path) stay in force.
+SET_CONFIG = "SELECT set_config(%(name)s, %(value)s, false)"
+
+# Whether the queue's tables exist, without creating them (inspect is read-only).
+TABLES_PRESENT = "SELECT to_regclass('jobq_version') IS NOT NULL"

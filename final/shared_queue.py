@@ -245,8 +245,10 @@ class SharedQueue(JobQueue):
             raise ValueError(f"dsn is not a valid PostgreSQL connection URI: {error}") from None
         except psycopg.OperationalError as error:
             raise StoreError(f"PostgreSQL does not answer at the given dsn: {error}") from error
+        from final import pg_engine
+
         for name, value in settings.items():
-            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+            pg_engine.set_config(conn, name, value)
         if keep:  # closed by close(); the caller closes the others
             self._conns.append(conn)
         return conn

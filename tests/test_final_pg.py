@@ -296,6 +296,11 @@ def test_a_server_that_drops_every_connection_loses_nothing_acknowledged(
     assert set(accepted) <= set(recorder.attempts)
 
 
+def test_final_without_a_dsn_imports_no_driver() -> None:
+    code = "import sys, final; sys.exit(any('psycopg' in m for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
 # --- bad input ---------------------------------------------------------------------
 
 
