@@ -1,3 +1,4 @@
-"""Loads the tier plugin early, so that ``pytest --tier NAME`` is known at start-up."""
+"""Loads the tier plugin early, so that ``pytest --tier NAME`` is known at start-up,
+and the PostgreSQL fixtures (``tests/pg.py``), which any test module may use."""
 
-pytest_plugins = ["tests.tiers"]
+pytest_plugins = ["tests.tiers", "tests.pg"]

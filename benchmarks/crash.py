@@ -54,17 +54,20 @@ class KillOutcome:
     duplicates: int  # handler runs beyond the first of each job
 
 
-def kill_mid_run(tier: str, workdir: Path, jobs: int = 200, seed: int = 0) -> KillOutcome:
+def kill_mid_run(
+    tier: str, workdir: Path, jobs: int = 200, seed: int = 0, dsn: str = ""
+) -> KillOutcome:
     """Accept ``jobs`` jobs in a child, kill it with SIGKILL once a quarter have run,
-    restart on the same file if the tier has one, and count.
+    restart on the same file (or database) if the tier has one, and count.
 
-    ``seed`` varies the moment of the kill a little (how many jobs have run).
+    ``seed`` varies the moment of the kill a little (how many jobs have run); ``dsn``
+    is the database of ``final-pg``, whose second child rescues the first one's claims.
     """
-    if tier not in TIERS:
-        raise ValueError(f"tier must be one of {TIERS}, got {tier!r}")
+    if tier not in (*TIERS, "final-pg") or (tier == "final-pg") != bool(dsn):
+        raise ValueError(f"tier must be one of {TIERS}, or final-pg with a dsn, got {tier!r}")
     workdir.mkdir(parents=True, exist_ok=True)
     stem = f"{tier}-{seed}-{time.monotonic_ns()}"
-    path = str(workdir / f"{stem}.db") if tier == "final" else ""
+    path = str(workdir / f"{stem}.db") if tier == "final" else dsn
     ledger = workdir / f"{stem}.ledger"
     ledger.touch()
     threshold = max(1, jobs // 4 + random.Random(seed).randrange(max(1, jobs // 8)))

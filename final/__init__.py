@@ -17,6 +17,7 @@ from final.job_queue import (
     backoff_delay,
     current_attempt,
 )
+from final.shared_queue import SharedQueue  # JobQueue(dsn=...) builds one
 
 __all__ = [
     "Attempt",
@@ -30,6 +31,7 @@ __all__ = [
     "Priority",
     "QueueClosed",
     "QueueFull",
+    "SharedQueue",
     "Status",
     "StoreError",
     "backoff_delay",

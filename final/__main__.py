@@ -1,4 +1,4 @@
-"""The final tier on the command line: ``python -m final {serve,demo,inspect} --help``."""
+"""The final tier on the command line: ``python -m final {serve,worker,demo,inspect} --help``."""
 
 from __future__ import annotations
 
@@ -81,6 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
         token = os.environ.get(TOKEN_ENV) or None
     try:
         handler = load_handler(args.handler)
+        path = None if args.memory or args.dsn else args.path
         serve(
             handler,
             host=args.host,
@@ -88,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
             token=token,
             grace=args.grace,
             access_log=args.access_log,
-            path=None if args.memory else args.path,
+            path=path,
             **queue_options(args),
         )
     except (ValueError, TypeError, StoreError, OSError) as exc:
@@ -97,11 +98,44 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--handler",
+        required=True,
+        metavar="MODULE:FUNCTION",
+        help="the handler, as an import path (required)",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning"], help="what to log"
+    )
+    add_queue_options(
+        parser.add_argument_group("queue options (see the JobQueue table in the README)")
+    )
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from final.arguments import load_handler
+    from final.worker import run
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        run(load_handler(args.handler), **queue_options(args))
+    except (ValueError, TypeError, StoreError) as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
-    from final.inspection import format_snapshot, read
+    from final.inspection import format_snapshot, read, read_pg
 
     try:
-        snapshot = read(args.path, limit=args.limit)
+        if args.dsn:
+            snapshot = read_pg(args.dsn, args.queue, limit=args.limit)
+        else:
+            snapshot = read(args.path, limit=args.limit)
     except StoreError as exc:
         print(f"inspect: {exc}", file=sys.stderr)
         return 2
@@ -134,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_arguments(serve)
     serve.set_defaults(run=_serve)
 
+    worker = commands.add_parser(
+        "worker",
+        help="run the jobs of a queue in PostgreSQL until SIGTERM (needs --dsn)",
+        description="Run workers on a queue in PostgreSQL (--dsn) until SIGTERM or SIGINT,"
+        " then finish the attempts in flight and exit 0. Start as many as you like.",
+        formatter_class=shown,
+    )
+    _worker_arguments(worker)
+    worker.set_defaults(run=_worker)
+
     from final import demo as demo_module
 
     demo = commands.add_parser(
@@ -152,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=shown,
     )
     inspect.add_argument("--path", type=Path, default=Path("jobs.db"), help="the queue's file")
+    inspect.add_argument(
+        "--dsn", default=None, help="a queue in PostgreSQL instead of a file (ignores --path)"
+    )
+    inspect.add_argument("--queue", default="default", help="the queue's name (with --dsn)")
     inspect.add_argument("--limit", type=integer(0), default=20, help="dead letters listed at most")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.set_defaults(run=_inspect)

@@ -13,22 +13,26 @@ and take their defaults from ``JobQueue.__init__`` itself: see ``add_queue_optio
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import math
 from collections.abc import Callable
 from typing import Any
 
 from final.job_queue import JobQueue
+from final.jobs import Job
 from final.validation import check_int, check_seconds
 
 __all__ = [
     "QUEUE_OPTIONS",
     "add_queue_options",
     "integer",
+    "load_handler",
     "number",
     "queue_defaults",
     "queue_options",
     "seconds",
+    "text",
     "whole",
 ]
 
@@ -105,6 +109,17 @@ def number(*, positive: bool = False) -> Callable[[str], float]:
     return parse
 
 
+def text(name: str) -> Callable[[str], str]:
+    """An argparse type: a string that is not empty, as ``JobQueue`` wants its ``name``."""
+
+    def parse(value: str) -> str:
+        if not value:
+            raise argparse.ArgumentTypeError(f"{name} must not be empty")
+        return value
+
+    return parse
+
+
 # Each JobQueue option the command line takes: the library's rule for it (the same
 # call JobQueue.__init__ makes; for a string, its choices) and what it means. ``path``
 # is not here: each command says where its file is.
@@ -137,7 +152,39 @@ QUEUE_OPTIONS: dict[str, tuple[Callable[[str], Any] | tuple[str, ...], str]] = {
         "seconds a completed job stays on disk after it completed (dead letters stay);"
         " a very large number keeps every job",
     ),
+    "dsn": (
+        text("dsn"),
+        "PostgreSQL connection URI: the queue lives there, shared by every process that"
+        " names it (instead of a file)",
+    ),
+    "queue": (text("queue"), "the queue's name in that database (with --dsn)"),
+    "lease": (
+        seconds("lease", positive=True),
+        "seconds after which the jobs of a process that stopped heartbeating are"
+        " claimed by another (with --dsn)",
+    ),
 }
+
+
+def load_handler(spec: str) -> Callable[[Job], object]:
+    """The callable named by ``"package.module:function"`` (an attribute path may follow
+    the colon, as in ``"module:obj.method"``), as uvicorn and celery name an app."""
+    module_name, colon, attribute = spec.partition(":")
+    if not colon or not module_name or not attribute:
+        raise ValueError(f"a handler is named as module:function, got {spec!r}")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r} for the handler: {exc}") from exc
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ValueError(f"{module_name!r} has no attribute {attribute!r}") from None
+    if not callable(target):
+        raise ValueError(f"{spec} is not callable")
+    handler: Callable[[Job], object] = target
+    return handler
 
 
 def queue_defaults() -> dict[str, Any]:

@@ -24,7 +24,7 @@ from final.jobs import Priority, Status
 from final.sqlite_store import APPLICATION_ID, SCHEMA_VERSION, read_journal
 from final.store import StoreError
 
-__all__ = ["DeadLetter", "Snapshot", "format_snapshot", "read"]
+__all__ = ["DeadLetter", "Snapshot", "format_snapshot", "read", "read_pg"]
 
 # The names the HTTP API uses too: Status's values, and Priority's names in lower case,
 # by the value the file keeps.
@@ -80,6 +80,42 @@ def read(path: str | Path, *, limit: int = 20) -> Snapshot:
     finally:
         db.close()
     return Snapshot(str(path), counts, oldest, dead, dead_total)
+
+
+def read_pg(dsn: str, queue: str = "default", *, limit: int = 20) -> Snapshot:
+    """The same snapshot of a queue in PostgreSQL, read in one read-only transaction:
+    it creates nothing, and takes no lock a worker would wait on. ``StoreError`` if the
+    server does not answer or the database holds no queue tables."""
+    import psycopg
+
+    from final import pg_engine
+
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            conn.read_only = True
+            if not pg_engine.tables_present(conn):
+                raise StoreError("the database has no queue tables (jobq_version is missing)")
+            by_status = pg_engine.status_counts(conn, queue)
+            oldest = pg_engine.oldest_waiting(conn, queue)
+            dead_rows = pg_engine.dead_letters(conn, queue)
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot read the queue in PostgreSQL: {exc}") from exc
+    counts = {status: dict.fromkeys(PRIORITY_NAMES.values(), 0) for status in STATUSES}
+    for (status, priority), n in by_status.items():
+        shown = "queued" if status == "scheduled" else status
+        counts.setdefault(shown, dict.fromkeys(PRIORITY_NAMES.values(), 0))
+        counts[shown][_priority_name(priority)] += n
+    dead = [
+        DeadLetter(
+            d.id,
+            _priority_name(d.priority),
+            d.attempts,
+            d.last_error,
+            None if d.finished_at is None else d.finished_at.timestamp(),
+        )
+        for d in dead_rows[:limit]
+    ]
+    return Snapshot(f"queue {queue!r} in PostgreSQL", counts, oldest, dead, len(dead_rows))
 
 
 def _open_read_only(path: Path) -> sqlite3.Connection:

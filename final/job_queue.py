@@ -60,7 +60,8 @@ What it still gets wrong, or leaves to you:
 15. At least once, never exactly once. A job can run again after a crash or a
     timeout, so handlers must be idempotent.
 16. One process. Several machines need a shared database and a claim protocol
-    between them; the store interface is where that would begin.
+    between them: ``JobQueue(dsn=...)`` is that queue, a class of its own built on
+    this one's pieces (``final/shared_queue.py`` says why not behind the store).
 """
 
 from __future__ import annotations
@@ -252,7 +253,21 @@ class JobQueue:
     """Run ``handler(job)`` on ``workers`` threads for every job given to ``enqueue``.
 
     The handler succeeds when it returns and fails when it raises an ``Exception``.
+    With ``dsn``, the queue lives in PostgreSQL and is shared by every process that
+    names the same database and ``queue``: see ``final/shared_queue.py``.
     """
+
+    # The class JobQueue(dsn=...) builds: set by final/shared_queue.py, which final's
+    # package imports. A hook rather than an import, because the shared queue is built
+    # on this module's pieces, and imports go one way, down.
+    _shared: type[JobQueue] | None = None
+
+    def __new__(cls, handler: Handler, **options: object) -> JobQueue:
+        if options.get("dsn") is not None and cls is JobQueue:
+            if JobQueue._shared is None:  # pragma: no cover - final's package sets it
+                raise RuntimeError("import final, not final.job_queue alone, to use a dsn")
+            return object.__new__(JobQueue._shared)
+        return object.__new__(cls)
 
     def __init__(
         self,
@@ -271,6 +286,9 @@ class JobQueue:
         history: int = 100_000,
         retention: float | None = RETENTION,
         store: Store | None = None,
+        dsn: str | None = None,
+        queue: str = "default",
+        lease: float = 30.0,
     ) -> None:
         """``retention``: seconds a completed job stays in the file at ``path`` after it
         completed (7 days; None keeps every job); dead letters stay until replayed.
@@ -278,7 +296,9 @@ class JobQueue:
         ``store``: a store of your own (see ``final/store.py``) instead of the one
         ``path`` opens, or the ``MemoryStore``; tests use it for a failing or slow one.
         Not with a ``path``, and ``durability`` and ``retention`` are then the store's
-        own business. The queue closes it in ``close()``."""
+        own business. The queue closes it in ``close()``. ``dsn``, ``queue`` and
+        ``lease``: the queue in PostgreSQL (``final/shared_queue.py``); ``queue`` and
+        ``lease`` mean nothing without a ``dsn``."""
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
         check_int("workers", workers, minimum=1)
@@ -290,12 +310,7 @@ class JobQueue:
             raise ValueError(f"max_backoff ({max_backoff!r}) must be >= backoff ({backoff!r})")
         if job_timeout is not None:
             check_seconds("job_timeout", job_timeout, positive=True)
-        check_int("fairness", fairness, minimum=0)
-        if rate_limit is not None:
-            check_seconds("rate_limit", rate_limit, positive=True)
-        check_int("history", history, minimum=1)
-        if retention is not None:
-            check_seconds("retention", retention)
+        _check_final_options(fairness, rate_limit, history, retention)
         self._handler = handler
         self._workers = workers
         self._queue_size = queue_size
@@ -1160,6 +1175,18 @@ def _forked() -> QueueClosed:
 
 
 os.register_at_fork(after_in_child=_disown_after_fork)
+
+
+def _check_final_options(
+    fairness: int, rate_limit: float | None, history: int, retention: float | None
+) -> None:
+    """The rules of the options final adds to improved's."""
+    check_int("fairness", fairness, minimum=0)
+    if rate_limit is not None:
+        check_seconds("rate_limit", rate_limit, positive=True)
+    check_int("history", history, minimum=1)
+    if retention is not None:
+        check_seconds("retention", retention)
 
 
 def _open_store(

@@ -59,11 +59,17 @@ __all__ = [
     "give_back",
     "heartbeat",
     "listen",
+    "oldest_waiting",
     "prune",
+    "refund_tokens",
     "register",
     "rescue",
     "retry",
     "revive",
+    "set_config",
+    "status_counts",
+    "tables_present",
+    "take_tokens",
     "unsettled",
 ]
 
@@ -242,21 +248,52 @@ def _holder(conn: Connection, queue: str, job: NewJob) -> tuple[str, Literal["id
 
 
 def claim(
-    conn: Connection, queue: str, process: int, limit: int, timeout: float | None = None
+    conn: Connection,
+    queue: str,
+    process: int,
+    limit: int,
+    timeout: float | None = None,
+    lane: int | None = None,
 ) -> list[Claim]:
     """Claim up to ``limit`` due jobs for ``process``, counting an attempt for each.
 
     Returned in the order they should start: highest priority first, then by their
     place in the line. ``timeout`` (seconds) sets each attempt's deadline, after
     which ``rescue`` takes the job back even from a live process; None: no deadline.
+    ``lane``: only jobs of that priority (fairness's turn for a lower lane).
     Jobs locked by another claimer are skipped, never waited for.
     """
-    rows = conn.execute(
-        q.CLAIM, {"queue": queue, "process": process, "limit": limit, "timeout": timeout}
-    ).fetchall()
+    lowest, highest = (0, 32767) if lane is None else (lane, lane)
+    params = {
+        "queue": queue,
+        "process": process,
+        "limit": limit,
+        "timeout": timeout,
+        "lowest": lowest,
+        "highest": highest,
+    }
+    rows = conn.execute(q.CLAIM, params).fetchall()
     claims = [Claim(*row) for row in rows]
     claims.sort(key=lambda c: (-c.priority, c.ready_at, c.seq))
     return claims
+
+
+def take_tokens(conn: Connection, queue: str, want: int, rate: float, burst: float) -> int:
+    """Take up to ``want`` tokens from the queue's shared bucket; return how many.
+
+    The bucket gains ``rate`` tokens a second (by the server's clock) up to ``burst``;
+    every process of the queue takes from the same row.
+    """
+    conn.execute(q.RATE_ROW, {"queue": queue, "burst": burst})
+    params = {"queue": queue, "want": want, "rate": rate, "burst": burst}
+    row = conn.execute(q.TAKE_TOKENS, params).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def refund_tokens(conn: Connection, queue: str, n: int, burst: float) -> None:
+    """Put back ``n`` tokens taken for claims that found no job."""
+    if n > 0:
+        conn.execute(q.REFUND_TOKENS, {"queue": queue, "n": n, "burst": burst})
 
 
 def complete(conn: Connection, queue: str, claims: Sequence[tuple[str, int]]) -> set[str]:
@@ -379,6 +416,29 @@ def counts(conn: Connection, queue: str) -> dict[tuple[int, str], int]:
     """How many jobs wait or run, by ``(priority, status)``; absent pairs are 0."""
     rows = conn.execute(q.COUNTS, {"queue": queue})
     return {(priority, status): count for priority, status, count in rows}
+
+
+def status_counts(conn: Connection, queue: str) -> dict[tuple[str, int], int]:
+    """How many jobs of the queue are in each ``(status, priority)``; absent pairs are 0."""
+    rows = conn.execute(q.STATUS_COUNTS, {"queue": queue})
+    return {(status, priority): count for status, priority, count in rows}
+
+
+def oldest_waiting(conn: Connection, queue: str) -> float | None:
+    """When the oldest waiting job was enqueued (seconds since the epoch), if any waits."""
+    row = conn.execute(q.OLDEST_WAITING, {"queue": queue}).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def set_config(conn: Connection, name: str, value: str) -> None:
+    """Set the session setting ``name`` (``synchronous_commit``, ``lock_timeout``...)."""
+    conn.execute(q.SET_CONFIG, {"name": name, "value": value})
+
+
+def tables_present(conn: Connection) -> bool:
+    """Whether the queue's tables exist where ``conn`` looks (its ``search_path``)."""
+    row = conn.execute(q.TABLES_PRESENT).fetchone()
+    return row is not None and bool(row[0])
 
 
 def listen(conn: Connection, queue: str) -> str:

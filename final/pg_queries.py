@@ -40,13 +40,20 @@ __all__ = [
     "HEARTBEAT",
     "HOLDER",
     "NOTIFY",
+    "OLDEST_WAITING",
     "PRUNE",
+    "RATE_ROW",
+    "REFUND_TOKENS",
     "REGISTER",
     "RESCUE",
     "RESCUE_LOCK",
     "RETRY",
     "REVIVE",
+    "SET_CONFIG",
+    "STATUS_COUNTS",
     "SWEEP_PROCESSES",
+    "TABLES_PRESENT",
+    "TAKE_TOKENS",
     "UNSETTLED",
 ]
 
@@ -108,6 +115,7 @@ WITH picked AS MATERIALIZED (
     WHERE queue = %(queue)s
       AND status IN ('queued', 'scheduled', 'retrying')
       AND ready_at <= now()
+      AND priority BETWEEN %(lowest)s AND %(highest)s
     ORDER BY priority DESC, ready_at, seq
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -122,6 +130,30 @@ SET status = 'processing',
 WHERE j.queue = %(queue)s AND j.id = ANY (ARRAY(SELECT id FROM picked))
 RETURNING j.id, j.claim, j.payload, j.priority, j.idempotency_key, j.max_retries,
           j.attempts, j.enqueued_at, j.ready_at, j.seq, j.deadline
+"""
+
+# A queue's shared token bucket (rate_limit across processes): its row is made once,
+# full; a take refills it from the server's clock and debits what it grants, under
+# the row's lock, so that simultaneous takes by many processes add up.
+RATE_ROW = """
+INSERT INTO jobq_rates (queue, tokens) VALUES (%(queue)s, %(burst)s)
+ON CONFLICT (queue) DO NOTHING
+"""
+TAKE_TOKENS = """
+WITH cur AS (
+    SELECT least(%(burst)s::float8, tokens
+                 + extract(epoch FROM now() - refilled_at)::float8 * %(rate)s) AS avail
+    FROM jobq_rates WHERE queue = %(queue)s FOR UPDATE
+), granted AS (
+    SELECT avail, greatest(0, least(%(want)s, floor(avail)))::int AS n FROM cur
+)
+UPDATE jobq_rates AS r SET tokens = g.avail - g.n, refilled_at = now()
+FROM granted AS g WHERE r.queue = %(queue)s
+RETURNING g.n, g.avail
+"""
+REFUND_TOKENS = """
+UPDATE jobq_rates SET tokens = least(%(burst)s::float8, tokens + %(n)s)
+WHERE queue = %(queue)s
 """
 
 # Many attempts' successes in one statement: the ids whose claim still held.
@@ -279,3 +311,21 @@ SELECT priority, status, count(*) FROM jobq_jobs
 WHERE queue = %(queue)s AND status IN ('queued', 'scheduled', 'retrying', 'processing')
 GROUP BY priority, status
 """
+
+# python -m final inspect --dsn: every job of the queue by status and priority, and
+# when the oldest waiting job was enqueued (seconds since the epoch), in one read.
+STATUS_COUNTS = """
+SELECT status, priority, count(*) FROM jobq_jobs WHERE queue = %(queue)s
+GROUP BY status, priority
+"""
+OLDEST_WAITING = """
+SELECT extract(epoch FROM min(enqueued_at))::float8 FROM jobq_jobs
+WHERE queue = %(queue)s AND status IN ('queued', 'scheduled', 'retrying')
+"""
+
+# A session setting of one connection (the claim connection's asynchronous commit),
+# set after connecting so that the dsn's own options (its search_path) stay in force.
+SET_CONFIG = "SELECT set_config(%(name)s, %(value)s, false)"
+
+# Whether the queue's tables exist, without creating them (inspect is read-only).
+TABLES_PRESENT = "SELECT to_regclass('jobq_version') IS NOT NULL"

@@ -79,6 +79,13 @@ CREATE TABLE IF NOT EXISTS jobq_jobs (
     autovacuum_vacuum_cost_delay = 0
 );
 
+-- One row per rate-limited queue: its shared token bucket.
+CREATE TABLE IF NOT EXISTS jobq_rates (
+    queue text PRIMARY KEY,
+    tokens float8 NOT NULL,
+    refilled_at timestamptz NOT NULL DEFAULT now()
+);
+
 CREATE SEQUENCE IF NOT EXISTS jobq_claims AS bigint CACHE 100;
 
 CREATE UNIQUE INDEX IF NOT EXISTS jobq_jobs_key

@@ -12,7 +12,6 @@ an attempt cut short is counted on disk and runs again at the next start.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import math
 import os
@@ -27,6 +26,7 @@ import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from final.arguments import load_handler
 from final.http import HttpState, create_app, instrument
 from final.job_queue import JobQueue
 from final.jobs import Job
@@ -35,27 +35,6 @@ from final.validation import check_seconds
 __all__ = ["load_handler", "serve"]
 
 logger = logging.getLogger(__name__)
-
-
-def load_handler(spec: str) -> Callable[[Job], object]:
-    """The callable named by ``"package.module:function"`` (an attribute path may follow
-    the colon, as in ``"module:obj.method"``), as uvicorn and celery name an app."""
-    module_name, colon, attribute = spec.partition(":")
-    if not colon or not module_name or not attribute:
-        raise ValueError(f"a handler is named as module:function, got {spec!r}")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import {module_name!r} for the handler: {exc}") from exc
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ValueError(f"{module_name!r} has no attribute {attribute!r}") from None
-    if not callable(target):
-        raise ValueError(f"{spec} is not callable")
-    handler: Callable[[Job], object] = target
-    return handler
 
 
 class _Server(uvicorn.Server):
@@ -130,7 +109,7 @@ def serve(
         raise
     # On disk, what is queued waits for the next start; in memory it would be lost, so
     # without a path the queued jobs get the grace period too.
-    durable = queue_options.get("path") is not None
+    durable = queue_options.get("path") is not None or queue_options.get("dsn") is not None
     server = _Server(_config(app, grace, access_log), state, lambda: _stop(queue, grace, durable))
     previous = {s: signal.signal(s, server.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FunctionType
 
-from tests.support import TIERS
+from tests.support import PACKAGES as TIERS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = ROOT / "tests" / "contract"

@@ -12,8 +12,11 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-# The tiers the suite runs against; the list grows as tiers land.
-TIERS = ("naive", "improved", "final")
+# The tiers the suite runs against; the list grows as tiers land. "final-pg" is
+# final on PostgreSQL (``dsn=``), each test in a schema of its own (tests/pg.py).
+TIERS = ("naive", "improved", "final", "final-pg")
+# The packages among them: what the README's matrix and lessons are about.
+PACKAGES = ("naive", "improved", "final")
 
 # The options each tier takes (beyond the handler), as the contract fixes them.
 OPTIONS: dict[str, frozenset[str]] = {
@@ -39,6 +42,10 @@ OPTIONS: dict[str, frozenset[str]] = {
     ),
 }
 ALL_OPTIONS = OPTIONS["final"]
+# final's signature; on PostgreSQL the database is the store, so ``Tier.queue``
+# leaves out what names another one (a path, its durability, memory's history).
+OPTIONS["final-pg"] = OPTIONS["final"]
+_NOT_WITH_A_DSN = frozenset({"path", "durability", "history"})
 
 # Long enough for a loaded 2-core machine; only reached when something is wrong.
 PATIENCE = 10.0
@@ -101,9 +108,10 @@ class Tier:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.module: ModuleType = importlib.import_module(name)
+        self.module: ModuleType = importlib.import_module(name.removesuffix("-pg"))
         self._queues: list[Any] = []
         self._recorders: list[Recorder] = []
+        self._database: Any = None  # final-pg: the test's schema, made at its first queue
 
     def __repr__(self) -> str:
         return f"Tier({self.name!r})"
@@ -136,12 +144,31 @@ class Tier:
         kept = {k: v for k, v in options.items() if k in OPTIONS[self.name]}
         if isinstance(handler, Recorder):
             self._recorders.append(handler)
+        if self.name == "final-pg":
+            kept = {k: v for k, v in kept.items() if k not in _NOT_WITH_A_DSN}
+            kept["dsn"] = self._schema_dsn()
         q = self.module.JobQueue(handler, **kept)
         self._queues.append(q)
         return q
+
+    def store_dsn(self) -> str:
+        """final-pg: the dsn of the test's schema, for a child process; "" for the others."""
+        return self._schema_dsn() if self.name == "final-pg" else ""
+
+    def _schema_dsn(self) -> str:
+        from tests import pg
+
+        if self._database is None:
+            self._database = pg.new_schema(pg.answering_server())
+        dsn: str = self._database.queue_dsn
+        return dsn
 
     def cleanup(self) -> None:
         for recorder in self._recorders:
             recorder.release()
         for q in self._queues:
             q.close(timeout=PATIENCE)
+        if self._database is not None:
+            from tests import pg
+
+            pg.drop_schema(self._database)

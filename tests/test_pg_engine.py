@@ -11,17 +11,14 @@ import datetime
 import os
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 try:
     import psycopg
-    from psycopg import sql
 except ImportError:  # pragma: no cover - only where psycopg is missing
     if os.environ.get("CI"):
         raise
@@ -31,56 +28,13 @@ from final import pg_engine as engine
 from final import pg_queries
 from final.jobs import Priority
 from final.pg_schema import SCHEMA_VERSION, SchemaMismatch, ensure_schema
+from tests.pg import Database
 from tests.support import PATIENCE
 
-DSN = os.environ.get("JOBQ_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 QUEUE = "default"
 HIGH, MEDIUM, LOW = Priority.HIGH, Priority.MEDIUM, Priority.LOW
 
 Connection = psycopg.Connection[Any]
-
-
-@dataclass(frozen=True)
-class Database:
-    """A schema of its own on the test server."""
-
-    dsn: str
-    schema: str
-
-    def connect(self, *, autocommit: bool = True) -> Connection:
-        return psycopg.connect(
-            self.dsn, autocommit=autocommit, options=f"-c search_path={self.schema}"
-        )
-
-
-@pytest.fixture(scope="session")
-def server() -> str:
-    try:
-        with psycopg.connect(DSN, connect_timeout=5):
-            pass
-    except psycopg.OperationalError as error:
-        message = (
-            f"PostgreSQL does not answer at {DSN} ({error}). Start one, for example"
-            " `pg_ctlcluster 15 main start`, or `docker run -d -p 5432:5432"
-            " -e POSTGRES_HOST_AUTH_METHOD=trust -e POSTGRES_DB=test postgres:15`,"
-            " or point JOBQ_TEST_DSN at one"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return DSN
-
-
-@pytest.fixture
-def db(server: str) -> Iterator[Database]:
-    schema = f"jobq_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    try:
-        yield Database(server, schema)
-    finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import matrix
-from tests.support import TIERS
+from tests.support import PACKAGES as TIERS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
