@@ -51,12 +51,9 @@ class AttemptsJournal:
         # Attempts written whose end is not yet committed, id -> attempt number:
         # what a rewrite of the file must keep.
         self._open: dict[str, int] = {}
-        # Where the mark of each running attempt's line is, by id: the byte that
-        # ``finished`` turns into an end mark.
+        # Where the mark of each open attempt's line is, by id: the byte that
+        # ``finished`` turns into an end mark, and that a rewrite reads back.
         self._marks: dict[str, int] = {}
-        # How each attempt in ``_open`` that is no longer running ended, by id: what a
-        # rewrite of the file writes as its mark.
-        self._ends: dict[str, Status] = {}
         self._closed = False
         self._lock = threading.Lock()
 
@@ -76,14 +73,14 @@ class AttemptsJournal:
         """The job's running attempt ended (its end is not in the database yet): a
         crash from now on is not charged to it, and the next start settles it as
         ``outcome`` says: ``Status.COMPLETED``, ``Status.FAILED`` (for good) or
-        ``Status.RETRYING``. One byte; nothing once closed. Raises ``KeyError`` for
-        another status."""
-        ends = ENDS[outcome]
+        ``Status.RETRYING``; an attempt's first end is the one that counts. One
+        byte; nothing once closed. Raises ``KeyError`` for another status."""
+        ends = ENDS[outcome._value_]  # by its value: an Enum's own hash is Python code
         with self._lock:
-            mark = self._marks.pop(job_id, None)
+            mark = self._marks.get(job_id)
             if mark is not None and not self._closed:
-                self._map[mark] = ends[self._map[mark]]
-                self._ends[job_id] = outcome
+                byte = self._map[mark]
+                self._map[mark] = ends.get(byte, byte)
 
     def restarted(self, job_id: str) -> None:
         """A replay from the dead letters: its attempts so far are of a life that ended
@@ -93,7 +90,6 @@ class AttemptsJournal:
             self._append(line)
             self._open.pop(job_id, None)
             self._marks.pop(job_id, None)
-            self._ends.pop(job_id, None)
 
     def ended(self, attempts: Iterable[tuple[str, int]]) -> None:
         """These attempts' ends are in the database: the journal may forget them."""
@@ -101,7 +97,7 @@ class AttemptsJournal:
             for job_id, attempt in attempts:
                 if self._open.get(job_id) == attempt:
                     del self._open[job_id]
-                    self._ends.pop(job_id, None)
+                    del self._marks[job_id]
 
     def uncommitted(self, job_id: str, attempt: int) -> bool:
         """Whether the database does not have the end of this attempt yet."""
@@ -141,10 +137,9 @@ class AttemptsJournal:
         marks: dict[str, int] = {}
         end = 0
         for job_id, n in self._open.items():
-            running = job_id in self._marks  # else ended, and its end not committed
-            line = _line(job_id, n, None if running else self._ends.get(job_id))
-            if running:
-                marks[job_id] = end + len(str(n))
+            # Running, or ended as its mark says, its end not committed yet.
+            line = _line(job_id, n, MEANINGS[chr(self._map[self._marks[job_id]])])
+            marks[job_id] = end + len(str(n))
             parts.append(line)
             end += len(line)
         lines = b"".join(parts)
@@ -209,9 +204,10 @@ END_MARKS = {
     Status.RETRYING: {False: "r", True: "R"},
     Status.FAILED: {False: "f", True: "F"},
 }
-# Per outcome, begin mark -> end mark, as the bytes ``finished`` reads and stores.
+# Per outcome (its value), begin mark -> end mark, as the bytes ``finished`` reads
+# and stores.
 ENDS = {
-    outcome: {ord(BEGIN[escaped]): ord(mark) for escaped, mark in marks.items()}
+    outcome.value: {ord(BEGIN[escaped]): ord(mark) for escaped, mark in marks.items()}
     for outcome, marks in END_MARKS.items()
 }
 # What each mark says of its attempt: None while it runs, else how it ended; "e" and
