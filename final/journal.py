@@ -11,9 +11,13 @@ queue, and a ``write()`` per attempt made every worker hand the GIL round.
 A line is ``<attempt> <id>``, or ``<attempt>j<id as JSON>`` for an id that is not
 all printable characters (a newline would end its line, a NUL the whole file); per
 job, its last line counts. When the attempt ends, its line's mark becomes an end
-mark (``e``, or ``J``): one byte, cheaper still than the line. The database has the
-end only some milliseconds later (a lagging write), and a crash in between, another
-job's handler killing the process, must not be charged to an attempt that had ended.
+mark that says how it ended: ``c`` completed, ``r`` to be retried, ``f`` failed for
+good (``C``, ``R``, ``F`` before an id as JSON). One byte, cheaper still than the
+line. The database has the end only some milliseconds later (a lagging write), and a
+crash in between, another job's handler killing the process, must neither be charged
+to an attempt that had ended nor undo its end: a job that completed must not run
+again, nor a dead letter leave the dead letters and run past its budget. (``e`` and
+``J``, an end that does not say how, are what a journal of an earlier version holds.)
 
 At open, the database store folds the lines of the last run into the database
 (``read_attempts``) and the file starts again empty; while running, it starts again
@@ -29,6 +33,7 @@ import os
 import threading
 from collections.abc import Iterable
 
+from final.jobs import Status
 from final.store import StoreError
 
 # The size of the attempts file; when full, it starts again with the open attempts.
@@ -46,8 +51,8 @@ class AttemptsJournal:
         # Attempts written whose end is not yet committed, id -> attempt number:
         # what a rewrite of the file must keep.
         self._open: dict[str, int] = {}
-        # Where the mark of each running attempt's line is, by id: the byte that
-        # ``finished`` turns into an end mark.
+        # Where the mark of each open attempt's line is, by id: the byte that
+        # ``finished`` turns into an end mark, and that a rewrite reads back.
         self._marks: dict[str, int] = {}
         self._closed = False
         self._lock = threading.Lock()
@@ -64,13 +69,18 @@ class AttemptsJournal:
             self._open[job_id] = attempt
             self._marks[job_id] = self._end - len(line) + len(str(attempt))
 
-    def finished(self, job_id: str) -> None:
+    def finished(self, job_id: str, outcome: Status) -> None:
         """The job's running attempt ended (its end is not in the database yet): a
-        crash from now on is not charged to it. One byte; nothing once closed."""
+        crash from now on is not charged to it, and the next start settles it as
+        ``outcome`` says: ``Status.COMPLETED``, ``Status.FAILED`` (for good) or
+        ``Status.RETRYING``; an attempt's first end is the one that counts. One
+        byte; nothing once closed. Raises ``KeyError`` for another status."""
+        ends = ENDS[outcome._value_]  # by its value: an Enum's own hash is Python code
         with self._lock:
-            mark = self._marks.pop(job_id, None)
+            mark = self._marks.get(job_id)
             if mark is not None and not self._closed:
-                self._map[mark] = ENDS[self._map[mark]]
+                byte = self._map[mark]
+                self._map[mark] = ends.get(byte, byte)
 
     def restarted(self, job_id: str) -> None:
         """A replay from the dead letters: its attempts so far are of a life that ended
@@ -87,6 +97,7 @@ class AttemptsJournal:
             for job_id, attempt in attempts:
                 if self._open.get(job_id) == attempt:
                     del self._open[job_id]
+                    del self._marks[job_id]
 
     def uncommitted(self, job_id: str, attempt: int) -> bool:
         """Whether the database does not have the end of this attempt yet."""
@@ -126,10 +137,9 @@ class AttemptsJournal:
         marks: dict[str, int] = {}
         end = 0
         for job_id, n in self._open.items():
-            running = job_id in self._marks  # else ended, and its end not committed
-            line = _line(job_id, n, ended=not running)
-            if running:
-                marks[job_id] = end + len(str(n))
+            # Running, or ended as its mark says, its end not committed yet.
+            line = _line(job_id, n, MEANINGS[chr(self._map[self._marks[job_id]])])
+            marks[job_id] = end + len(str(n))
             parts.append(line)
             end += len(line)
         lines = b"".join(parts)
@@ -144,29 +154,31 @@ class AttemptsJournal:
 def read_journal(journal: str) -> dict[str, int]:
     """The attempts running, by the journal at ``journal``: per job whose last line
     says an attempt began, that attempt's number. Safe while a queue writes to it."""
-    return {job_id: n for job_id, (n, ended) in read_attempts(journal).items() if not ended}
+    return {job_id: n for job_id, (n, end) in read_attempts(journal).items() if end is None}
 
 
-def read_attempts(journal: str) -> dict[str, tuple[int, bool]]:
+def read_attempts(journal: str) -> dict[str, tuple[int, Status | None]]:
     """The latest attempt of each job in the attempts journal at ``journal`` (empty if
-    there is none), and whether it ended: per job, its last line. Safe while a queue
-    writes to it: a line being written is not finished, and is left out."""
+    there is none), and how it ended: per job, its last line. The end is None while
+    the attempt runs; ``Status.COMPLETED``, ``Status.FAILED`` (for good) or
+    ``Status.RETRYING`` once it ended; ``Status.PROCESSING`` for an end that does not
+    say how (the mark of an earlier version). Safe while a queue writes to it: a line
+    being written is not finished, and is left out."""
     try:
         with open(journal, "rb") as f:
             text = f.read().decode(errors="replace")
     except FileNotFoundError:
         return {}
-    latest: dict[str, tuple[int, bool]] = {}
+    latest: dict[str, tuple[int, Status | None]] = {}
     text = text.split("\0", 1)[0]  # the unused rest of the file is zeros
     lines = text.split("\n")  # an id holds neither unquoted (see _line)
     for line in lines[:-1]:  # the last is empty, or unfinished
         digits = len(line) - len(line.lstrip("0123456789"))
         try:
             attempt, mark, rest = int(line[:digits]), line[digits], line[digits + 1 :]
-            if mark not in " jeJ":
-                raise ValueError(mark)
-            latest[json.loads(rest) if mark in "jJ" else rest] = (attempt, mark in "eJ")
-        except (ValueError, IndexError):
+            end = MEANINGS[mark]
+            latest[json.loads(rest) if mark in ESCAPED else rest] = (attempt, end)
+        except (ValueError, IndexError, KeyError):
             continue  # damaged by a power loss: that attempt was not made durable
     return latest
 
@@ -184,19 +196,43 @@ def _map(path: str, minimum: int = 0) -> mmap.mmap:
         os.close(fd)
 
 
-# A begin mark (" ", or "j" before an id as JSON) and the end mark that replaces it.
-ENDS = {ord(" "): ord("e"), ord("j"): ord("J")}
+# The marks: the begin mark (" ", or "j" before an id as JSON) and, per way an
+# attempt ends, the end mark that replaces it, a byte for a byte.
+BEGIN = {False: " ", True: "j"}
+END_MARKS = {
+    Status.COMPLETED: {False: "c", True: "C"},
+    Status.RETRYING: {False: "r", True: "R"},
+    Status.FAILED: {False: "f", True: "F"},
+}
+# Per outcome (its value), begin mark -> end mark, as the bytes ``finished`` reads
+# and stores.
+ENDS = {
+    outcome.value: {ord(BEGIN[escaped]): ord(mark) for escaped, mark in marks.items()}
+    for outcome, marks in END_MARKS.items()
+}
+# What each mark says of its attempt: None while it runs, else how it ended; "e" and
+# "J" are the end mark of an earlier version, which did not say how.
+MEANINGS: dict[str, Status | None] = {
+    " ": None,
+    "j": None,
+    "e": Status.PROCESSING,
+    "J": Status.PROCESSING,
+    **{mark: outcome for outcome, marks in END_MARKS.items() for mark in marks.values()},
+}
+# The marks before an id as JSON.
+ESCAPED = frozenset("jJCRF")
 
 
-def _line(job_id: str, attempt: int, ended: bool = False) -> bytes:
-    """``<attempt> <id>`` when an attempt begins (``<attempt>e<id>`` once it ended), or
-    ``<attempt>j<id as JSON>`` (``J``) for an id that is not all printable characters.
+def _line(job_id: str, attempt: int, end: Status | None = None) -> bytes:
+    """``<attempt> <id>`` when an attempt begins (``<attempt>c<id>`` once it completed,
+    and so on: see END_MARKS), or ``<attempt>j<id as JSON>`` (``C``...) for an id that
+    is not all printable characters.
 
     Any id the queue accepts must come back whole, or a handler that kills the
     process is never counted: a line ends at a newline, and the file's unused rest
     is zeros, so a NUL would end the whole journal there. JSON writes every control
     character (and every other non-printable one) as an escape.
     """
-    if job_id.isprintable():
-        return f"{attempt}{'e' if ended else ' '}{job_id}\n".encode()
-    return f"{attempt}{'J' if ended else 'j'}{json.dumps(job_id)}\n".encode()
+    escaped = not job_id.isprintable()
+    mark = BEGIN[escaped] if end is None else END_MARKS[end][escaped]
+    return f"{attempt}{mark}{json.dumps(job_id) if escaped else job_id}\n".encode()

@@ -23,9 +23,10 @@ What each write must survive, and what it pays (see ``final/store.py`` for why):
 - ``retrying`` and ``settled`` may lag: they are committed a few milliseconds later,
   many at a time, and losing them in a crash only means that a job runs once more.
   The end of the attempt is in the journal at once, as its start was (one byte: the
-  mark of its start's line becomes an end mark), so that a crash in those
-  milliseconds is not charged to an attempt that had ended. And a job that memory
-  lets go of before its end is committed is answered for from its record
+  mark of its start's line becomes an end mark that says how it ended), so that a
+  crash in those milliseconds is neither charged to an attempt that had ended nor
+  undoes its end: the next start settles it as it ended (``_fold``). And a job that
+  memory lets go of before its end is committed is answered for from its record
   (``released``) until it is.
 
 Acknowledgements share commits, and lagging writes are committed a few at a time
@@ -147,11 +148,37 @@ DIED_DURING = (
     " WHERE id = ? AND attempts < ? AND status IN ('queued', 'processing', 'retrying')"
 )
 # An attempt the last run started and ended, whose end it did not commit: counted,
-# and the job runs again (at-least-once), but no death is charged to it.
-ENDED = (
-    "UPDATE jobs SET status = 'queued', attempts = ?, started_at = ?, due_at = NULL"
-    " WHERE id = ? AND attempts < ? AND status IN ('queued', 'processing', 'retrying')"
-)
+# no death is charged to it, and the job ends as its attempt did, by the journal's
+# end mark. A job to be retried is queued at once (the journal has no room for its
+# backoff); so is one whose mark does not say how its attempt ended (the mark of an
+# earlier version): at-least-once, it runs again.
+# Parameters: ?1 the attempt, ?2 the time of the fold, ?3 the error, ?4 the id.
+UNSETTLED = " WHERE id = ?4 AND attempts < ?1 AND status IN ('queued', 'processing', 'retrying')"
+ENDED = {
+    Status.COMPLETED: (
+        "UPDATE jobs SET status = 'completed', attempts = ?1, started_at = ?2, finished_at = ?2,"
+        " due_at = NULL, last_error = NULL" + UNSETTLED
+    ),
+    Status.FAILED: (
+        "UPDATE jobs SET status = 'failed', attempts = ?1, started_at = ?2, finished_at = ?2,"
+        " due_at = NULL, last_error = ?3" + UNSETTLED
+    ),
+    Status.RETRYING: (
+        "UPDATE jobs SET status = 'queued', attempts = ?1, started_at = ?2, due_at = NULL,"
+        " last_error = ?3" + UNSETTLED
+    ),
+    Status.PROCESSING: (
+        "UPDATE jobs SET status = 'queued', attempts = ?1, started_at = ?2, due_at = NULL"
+        + UNSETTLED
+    ),
+}
+# The error of an attempt whose end the journal holds, but not the database: the
+# journal has one byte for the end, and no room for the handler's error. Worded so
+# as not to read as a death charged to the job: the process ended for another's.
+LOST_ERROR = {
+    Status.FAILED: "attempt {n} failed for good; the process ended before its error was written",
+    Status.RETRYING: "attempt {n} failed; the process ended before its error was written",
+}
 
 # A run of writes of one kind as statements (SQL, parameters), with its pending
 # writes if they are adds.
@@ -255,7 +282,7 @@ class SQLiteStore:
             _wall(record.started),
             due_in,
         )
-        self._ended_now(record)
+        self._ended_now(record, Status.RETRYING)
         self._commits.later(Write.RETRYING, values)
 
     def settled(self, record: Record) -> None:
@@ -267,11 +294,12 @@ class SQLiteStore:
             _wall(record.finished),
             _wall(record.started),
         )
-        self._ended_now(record)
+        self._ended_now(record, record.status)
         self._commits.later(Write.SETTLED, values)
 
-    def _ended_now(self, record: Record) -> None:
-        """Mark the attempt ended in the journal, if its handler has returned.
+    def _ended_now(self, record: Record, outcome: Status) -> None:
+        """Mark the attempt ended as ``outcome`` in the journal, if its handler has
+        returned.
 
         An attempt timed out (one with a deadline whose token is 0: see ``Record``)
         ends while its handler runs on, and a crash from then on may be that handler's
@@ -280,7 +308,7 @@ class SQLiteStore:
         budget spent and never charged.
         """
         if record.token or record.deadline is None:
-            self._journal.finished(record.job.id)
+            self._journal.finished(record.job.id, outcome)
 
     def released(self, records: Sequence[Record]) -> None:
         """Hold those of ``records`` whose end is not committed yet: reads answer from
@@ -568,18 +596,28 @@ def _fold(db: sqlite3.Connection, journal: str) -> None:
     """Write the attempts the last run started into the database, before anything else.
 
     An attempt the database does not know of yet died with the process, unless the
-    journal holds its end too: then it ended, and only its end was lost. Committed
-    with an fsync before the caller empties the journal.
+    journal holds its end too: then it ended, and only its end was lost, which the
+    journal's end mark tells again (see ENDED). The times of a lost end are not
+    known: the fold's own time stands for its start and its end, a time after both,
+    so that a completed job is kept at least its retention. Committed with an fsync
+    before the caller empties the journal.
     """
     latest = read_attempts(journal)
     if not latest:
         return
-    started = time.time()
+    now = time.time()
     was = db.execute("PRAGMA synchronous").fetchone()[0]
     db.execute("PRAGMA synchronous = FULL")
     db.execute("BEGIN IMMEDIATE")
-    for sql, ended in ((DIED_DURING, False), (ENDED, True)):
-        rows = [(n, started, i, n) for i, (n, e) in latest.items() if n > 0 and e is ended]
+    died = [(n, now, i, n) for i, (n, end) in latest.items() if n > 0 and end is None]
+    db.executemany(DIED_DURING, died)
+    for end, sql in ENDED.items():
+        lost = LOST_ERROR.get(end)
+        rows = [
+            (n, now, None if lost is None else lost.format(n=n), i)
+            for i, (n, e) in latest.items()
+            if n > 0 and e is end
+        ]
         db.executemany(sql, rows)
     db.execute("COMMIT")
     db.execute(f"PRAGMA synchronous = {was}")

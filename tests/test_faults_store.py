@@ -135,6 +135,102 @@ def test_a_handler_that_kills_the_process_after_its_timeout_is_still_charged(
         q.close()
 
 
+# -- a crash does not undo an end the journal holds: what had settled stays settled ---------
+
+SETTLED_THEN_KILLED = """
+    import os, signal
+    from final import Job, JobQueue
+
+    def handler(job):
+        if job.id == "killer":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if job.id == "dead":
+            raise RuntimeError("dead fails")
+
+    q = JobQueue(handler, path={path!r}, workers=1, max_retries=0)
+    q.enqueue_many([Job(id="dead"), Job(id="done")])
+    q.join()
+    # Settled in memory; their ends lag some milliseconds behind on disk.
+    q.enqueue(Job(id="killer"))
+    q.join()
+"""
+
+
+def restart(path: Path, **options: object) -> tuple[JobQueue, list[str]]:
+    """The queue at ``path`` again, and the ids of the jobs its handler runs."""
+    ran: list[str] = []
+
+    def handler(job: Job) -> None:
+        ran.append(job.id)
+
+    return JobQueue(handler, path=path, **options), ran  # type: ignore[arg-type]
+
+
+def test_jobs_settled_just_before_a_neighbours_crash_stay_settled(tmp_path: Path) -> None:
+    # The crash comes within milliseconds of their ends, before those are committed:
+    # several rounds, so that at least one falls in that window however loaded the
+    # machine. A completed job must not run again, nor a dead letter leave the dead
+    # letters to run past its budget.
+    for round_ in range(4):
+        path = tmp_path / f"round-{round_}.db"
+        child = run_child(tmp_path, SETTLED_THEN_KILLED.format(path=str(path)))
+        assert child.returncode == -9, child.stderr
+        q, ran = restart(path, workers=1, max_retries=0)
+        try:
+            assert q.status("done") is Status.COMPLETED
+            assert q.status("dead") is Status.FAILED
+            assert sorted(job.id for job in q.dead_letters()) == ["dead", "killer"]
+            assert q.join(PATIENCE)
+            assert ran == []
+            done, dead = q.info("done"), q.info("dead")
+            assert done is not None and dead is not None
+            assert (done.status, done.attempts, done.last_error) == (Status.COMPLETED, 1, None)
+            assert (dead.status, dead.attempts) == (Status.FAILED, 1)
+            assert dead.last_error is not None and "died during" not in dead.last_error
+        finally:
+            q.close()
+
+
+RETRIED_THEN_KILLED = """
+    import os, signal
+    from final import Job, JobQueue
+
+    def handler(job):
+        if job.id == "killer":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError(job.id + " fails")
+
+    q = JobQueue(handler, path={path!r}, workers=1, max_retries=1, backoff=0.2, max_backoff=0.2)
+    q.enqueue(Job(id="spent"))
+    q.join()  # failed twice: its retry spent, it is a dead letter
+    # "waits" fails once and waits out its backoff; the one worker takes "killer" first.
+    q.enqueue_many([Job(id="waits"), Job(id="killer", max_retries=0)])
+    q.join()
+"""
+
+
+def test_a_retried_job_keeps_its_attempts_across_a_neighbours_crash(tmp_path: Path) -> None:
+    # After the crash, "spent" stays in the dead letters after its 2 attempts, and
+    # "waits" has its one retry left, no more: it runs once more, not charged with
+    # the death.
+    for round_ in range(3):
+        path = tmp_path / f"round-{round_}.db"
+        child = run_child(tmp_path, RETRIED_THEN_KILLED.format(path=str(path)))
+        assert child.returncode == -9, child.stderr
+        q, ran = restart(path, workers=1)
+        try:
+            assert q.join(PATIENCE)
+            assert ran == ["waits"]
+            spent, waits = q.info("spent"), q.info("waits")
+            assert spent is not None and waits is not None
+            assert (spent.status, spent.attempts) == (Status.FAILED, 2)
+            assert spent.last_error is not None and "died during" not in spent.last_error
+            assert (waits.status, waits.attempts) == (Status.COMPLETED, 2)
+            assert sorted(job.id for job in q.dead_letters()) == ["killer", "spent"]
+        finally:
+            q.close()
+
+
 # -- a read answers from what has happened, even when memory let go and the disk lags -------
 
 

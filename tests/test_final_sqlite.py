@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -285,26 +286,33 @@ def test_a_full_attempts_journal_starts_again_and_keeps_what_is_open(path: str) 
         q.close()
 
 
-def test_a_journal_started_again_keeps_which_attempts_ended(
+def test_a_journal_started_again_keeps_which_attempts_ended_and_how(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # An attempt whose end is not committed yet survives a restart of the full file as
-    # ended or as running, whichever it was, and one still running can end afterwards.
+    # running, or as ended the way it ended, and one still running can end afterwards.
     monkeypatch.setattr(final.journal, "JOURNAL_BYTES", 256)
     journal = final.journal.AttemptsJournal(str(tmp_path / "attempts"))
     try:
         journal.started("ran", 1)
-        journal.finished("ran")
+        journal.finished("ran", Status.COMPLETED)
+        journal.started("failed", 2)
+        journal.finished("failed", Status.FAILED)
         journal.started("odd\nid", 2)
         journal.started("runs", 3)
         for i in range(40):  # fills the file several times: it starts again each time
             journal.started(f"filler-{i}", 1)
-            journal.finished(f"filler-{i}")
+            journal.finished(f"filler-{i}", Status.COMPLETED)
             journal.ended([(f"filler-{i}", 1)])
-        journal.finished("odd\nid")
+        journal.finished("odd\nid", Status.RETRYING)
         latest = final.journal.read_attempts(journal.path)
-        kept = {job_id: latest[job_id] for job_id in ("ran", "odd\nid", "runs")}
-        assert kept == {"ran": (1, True), "odd\nid": (2, True), "runs": (3, False)}
+        kept = {job_id: latest[job_id] for job_id in ("ran", "failed", "odd\nid", "runs")}
+        assert kept == {
+            "ran": (1, Status.COMPLETED),
+            "failed": (2, Status.FAILED),
+            "odd\nid": (2, Status.RETRYING),
+            "runs": (3, None),
+        }
         assert final.journal.read_journal(journal.path) == {"runs": 3}
     finally:
         journal.close()
@@ -489,3 +497,21 @@ def test_a_queue_closes_the_store_it_was_given(path: str) -> None:
     q = JobQueue(Recorder(), store=SQLiteStore(path))
     q.close()
     JobQueue(Recorder(), path=path).close()  # the file's lock was let go of
+
+
+def test_an_end_mark_of_an_earlier_version_queues_its_job_again(path: str) -> None:
+    # "e" ends an attempt without saying how: counted, not charged with the death,
+    # and run again, as at-least-once allows.
+    store = SQLiteStore(path)
+    store.add([Record(Job("old"), 2)])
+    store.close()
+    with open(f"{os.path.realpath(path)}.attempts", "wb") as journal:
+        journal.write(b"1eold\n")
+    q = JobQueue(lambda job: None, path=path)
+    try:
+        assert q.join(PATIENCE)
+        info = q.info("old")
+        assert info is not None
+        assert (info.status, info.attempts, info.last_error) == (Status.COMPLETED, 2, None)
+    finally:
+        q.close()
