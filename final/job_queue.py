@@ -39,14 +39,12 @@ It also adds what a service needs around those fixes:
     ``None`` keeps every job), and its key may then be used again, once memory has
     let go of it as well. Dead letters stay until they are replayed.
 13. Throughput, with more to do per job. A job here costs more than in improved (a
-    record, a key, a place in the history, a store to tell), so the worker loop
-    spends less on the lock: a worker settles its attempt and takes its next in one
-    hold of the lock (``_run`` returns the next ``Attempt``); a notify is paid only
-    when a thread waits for it (``_idle``, ``_blocked``); a full lane wakes its
-    producers once half of it is free (``_refill``), so that each wake-up brings a
-    batch, one commit on disk; and an attempt is known by a token in the job's
-    record, 0 once it has timed out, so the running set holds the records that
-    ``status`` reads too.
+    record, a key, a place in the history, a store to tell), so besides improved's
+    one hold of the lock per job and notifies paid only for a waiter: a full lane
+    wakes its producers once half of it is free (``_refill``), so that each wake-up
+    brings a batch, one commit on disk; and an attempt is known by a token in the
+    job's record, 0 once it has timed out, so the running set holds the records
+    that ``status`` reads too.
 14. A package of modules, one idea each. What improved keeps in one file, final
     splits: the job as data (``final/jobs.py``), the exceptions (``final/errors.py``),
     the rules for every value (``final/validation.py``), fairness, the rate limit,

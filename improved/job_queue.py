@@ -34,6 +34,12 @@ What it fixes from naive, lesson by lesson:
 6. Metrics. ``metrics()`` returns a ``Metrics`` snapshot taken under the one lock,
    so its counters always agree with each other.
 
+All of it behind one lock, which costs little if it is held rarely: with the GIL, a
+queue of threads at a lock costs more than the work the lock protects. So a worker
+settles its attempt and takes its next in one hold of the lock (``_run`` returns the
+next ``Attempt``), and a notify is paid only when a thread waits for it (``_idle``,
+``_blocked``).
+
 What it still gets wrong:
 
 7. Starvation. Strict priority means a steady stream of HIGH jobs keeps a LOW job
@@ -254,9 +260,10 @@ class JobQueue:
         # Notified when a job enters a lane (enqueue, a retry falling due) and at
         # stop; idle workers wait on it.
         self._not_empty = threading.Condition(self._mutex)
-        # One per lane, notified when a worker takes a job from that lane and at
-        # close; producers blocked on that lane wait on it. Per lane, because room
-        # in the LOW lane must not wake (and use up the wake-up of) a HIGH producer.
+        # One per lane, notified when a worker takes a job from that lane while a
+        # producer waits, and at close; producers blocked on that lane wait on it.
+        # Per lane, because room in the LOW lane must not wake (and use up the
+        # wake-up of) a HIGH producer.
         self._lane_not_full = {p: threading.Condition(self._mutex) for p in Priority}
         # Notified when the last accepted job settles; join() and close() wait on it.
         self._all_settled = threading.Condition(self._mutex)
@@ -267,6 +274,10 @@ class JobQueue:
 
         # The lanes hold (job, attempts made so far), highest priority first.
         self._lanes = {p: deque[tuple[Job, int]]() for p in Priority}
+        # Threads waiting on _not_empty and on each _lane_not_full. A notify is Python
+        # code even when nobody waits, and the hot path would pay for it on every job.
+        self._idle = 0
+        self._blocked = dict.fromkeys(Priority, 0)
         self._retries: list[_Retry] = []  # a heap, soonest first
         self._running: set[Attempt] = set()
         self._next_wake = math.inf  # when the scheduler means to wake next
@@ -336,13 +347,18 @@ class JobQueue:
                             f"the {job.priority.name} lane stayed full for {timeout}s; "
                             "slow the producer down, or add workers"
                         )
-                    not_full.wait(remaining)
+                    self._blocked[job.priority] += 1
+                    try:
+                        not_full.wait(remaining)
+                    finally:
+                        self._blocked[job.priority] -= 1
             if self._closing:
                 raise QueueClosed("the queue is closed; create a new JobQueue to run more jobs")
             lane.append((job, 0))
             self._counts["submitted"] += 1
             self._unsettled += 1
-            self._not_empty.notify()
+            if self._idle:
+                self._not_empty.notify()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until every accepted job has settled; ``False`` if ``timeout`` passed first.
@@ -422,30 +438,36 @@ class JobQueue:
 
     def _worker(self) -> None:
         _current.queue = self  # for _refuse_from_handler: this thread runs our handlers
-        while (attempt := self._take()) is not None:
-            if not self._run(attempt):
-                return  # this thread was abandoned, and the pool no longer needs it
-
-    def _take(self) -> Attempt | None:
+        me = threading.current_thread()
         with self._mutex:
-            # A loop, not an if: a wait can wake with nothing to do.
-            while not self._stopping:
-                lane = self._pick()
-                if lane is None:
-                    self._not_empty.wait()
-                    continue
-                job, attempts = lane.popleft()
+            attempt = self._take_locked(me)
+        while attempt is not None:
+            attempt = self._run(attempt, me)
+
+    def _take_locked(self, me: threading.Thread) -> Attempt | None:
+        """The next attempt to run, waiting for one; None when it is time to stop.
+
+        Holds the lock.
+        """
+        # A loop, not an if: a wait can wake with nothing to do.
+        while not self._stopping:
+            lane = self._pick()
+            if lane is None:
+                self._wait_for_work()
+                continue
+            job, attempts = lane.popleft()
+            if self._blocked[job.priority]:
                 self._lane_not_full[job.priority].notify()
-                deadline = None
-                if self._job_timeout is not None:
-                    deadline = time.monotonic() + self._job_timeout
-                    if deadline < self._next_wake:
-                        self._timer_changed.notify()
-                attempt = Attempt(job, attempts + 1, deadline, threading.current_thread())
-                self._running.add(attempt)
-                self._counts["started"] += 1
-                return attempt
-            return None
+            deadline = None
+            if self._job_timeout is not None:
+                deadline = time.monotonic() + self._job_timeout
+                if deadline < self._next_wake:
+                    self._timer_changed.notify()
+            attempt = Attempt(job, attempts + 1, deadline, me)
+            self._running.add(attempt)
+            self._counts["started"] += 1
+            return attempt
+        return None
 
     def _pick(self) -> deque[tuple[Job, int]] | None:
         """Strict priority: the highest lane that is not empty. Holds the lock."""
@@ -454,8 +476,21 @@ class JobQueue:
                 return lane
         return None
 
-    def _run(self, attempt: Attempt) -> bool:
-        """Run one attempt; False when this thread should leave the pool."""
+    def _wait_for_work(self) -> None:
+        """Wait on _not_empty, counted, so that enqueue notifies only when one waits."""
+        self._idle += 1
+        try:
+            self._not_empty.wait()
+        finally:
+            self._idle -= 1
+
+    def _run(self, attempt: Attempt, me: threading.Thread) -> Attempt | None:
+        """Run one attempt, settle it, and take the next (None: this thread leaves).
+
+        Settling and taking share one hold of the lock: every acquisition a worker
+        makes is a chance for the others to queue up behind it, and with the GIL a
+        queue of threads at a lock costs more than the work the lock protects.
+        """
         _current.attempt = attempt
         error: BaseException | None = None
         try:
@@ -468,12 +503,12 @@ class JobQueue:
         if self._forked:
             # The handler forked, and this is the child's copy of the worker: the job
             # and the queue are the parent's, so this thread leaves, touching neither.
-            return False
+            return None
         with self._mutex:
-            if attempt.abandoned:
+            if attempt.abandoned:  # timed out while it ran
                 # The scheduler logged its one record when it timed the attempt out.
                 logger.debug(_LATE, attempt.job.id, attempt.number, error)
-                return self._rejoin()
+                return self._take_locked(me) if self._rejoin(me) else None
             self._running.discard(attempt)
             reason = None if error is None else f"{type(error).__name__}: {error}"
             if attempt.deadline is not None and finished >= attempt.deadline:
@@ -485,11 +520,11 @@ class JobQueue:
             if reason is None:
                 self._counts["completed"] += 1
                 self._settle()
-                return True
+                return self._take_locked(me)
             last = self._fail(attempt)
             # Under the lock, so that the record is written before join() returns.
             _log_failure(attempt.job.id, attempt.number, reason, error, last)
-            return True
+            return self._take_locked(me)
 
     def _fail(self, attempt: Attempt) -> bool:
         """Retry the job after a backoff, or settle it as failed. Holds the lock.
@@ -562,13 +597,13 @@ class JobQueue:
         if self._abandoned <= self._workers:
             self._start_worker()
 
-    def _rejoin(self) -> bool:
+    def _rejoin(self, me: threading.Thread) -> bool:
         """An abandoned thread's handler returned. Holds the lock."""
         self._abandoned -= 1
         if self._live_workers < self._workers and not self._stopping:
             # The cap kept this slot empty: the thread can fill it again itself.
             self._live_workers += 1
-            self._threads.add(threading.current_thread())
+            self._threads.add(me)
             return True
         return False
 
