@@ -365,10 +365,15 @@ class JobQueue:
         self._running: set[Record] = set()  # jobs with an attempt running
         self._tokens = itertools.count(1)  # one per attempt; 0 means "timed out"
         self._records: dict[str, Record] = {}  # every job we remember, by id
-        # The settled ones, oldest first, as (settle number, record): a replayed job
-        # settles again later, and its old entry is then recognised and skipped.
-        self._settled: deque[tuple[int, Record]] = deque()
+        # The settled ones, oldest first. A replayed job settles again later, and its
+        # old entry is then recognised by its settle number and skipped. Each number
+        # is taken as its entry is appended, so an entry's number is its place in
+        # this order, and only the oldest's is kept: a (number, record) tuple per
+        # job would be one more object for the garbage collector to walk, again and
+        # again, for as long as the history remembers the job.
+        self._settled: deque[Record] = deque()
         self._settle_numbers = itertools.count(1)
+        self._oldest = 1  # the settle number of _settled[0]
         self._dead: dict[str, Record] = {}  # the dead letters, a subset of the history
         self._keys: dict[str, str] = {}  # idempotency key -> job id, for what we remember
         self._next_wake = math.inf  # when the scheduler means to wake next
@@ -662,7 +667,7 @@ class JobQueue:
         except BaseException as exc:
             with self._mutex:  # still dead: back in the dead letters
                 record.settled = next(self._settle_numbers)
-                self._settled.append((record.settled, record))
+                self._settled.append(record)
                 self._dead[job_id] = record
                 closing = self._closing
             if closing and isinstance(exc, StoreError):  # close() shut the store meanwhile
@@ -677,7 +682,7 @@ class JobQueue:
                 return
             if self._stopping:  # in memory, nobody will run it: still dead
                 record.settled = next(self._settle_numbers)
-                self._settled.append((record.settled, record))
+                self._settled.append(record)
                 self._dead[job_id] = record
                 raise QueueClosed("the queue closed while the job was being replayed")
             record.attempts = 0
@@ -723,7 +728,7 @@ class JobQueue:
                 self._records[record.job.id] = record
                 self._dead[record.job.id] = record
                 record.settled = next(self._settle_numbers)
-                self._settled.append((record.settled, record))
+                self._settled.append(record)
             for record, due_in in self._store.load():
                 self._records[record.job.id] = record
                 self._counts[record.job.priority]["submitted"] += 1
@@ -1020,7 +1025,7 @@ class JobQueue:
         record.status = status
         record.finished = now
         record.settled = next(self._settle_numbers)
-        self._settled.append((record.settled, record))
+        self._settled.append(record)
         if status is Status.FAILED:
             self._dead[record.job.id] = record
         # Let go in batches, a sixteenth of the history at a time: the check is all
@@ -1036,7 +1041,8 @@ class JobQueue:
         """Forget the oldest settled jobs, down to ``history``. Holds the lock."""
         gone: list[Record] = []
         while len(self._settled) > self._history_size:
-            number, old = self._settled.popleft()
+            old = self._settled.popleft()
+            number, self._oldest = self._oldest, self._oldest + 1
             if old.settled != number:
                 continue  # replayed since: a later entry stands for it
             del self._records[old.job.id]
