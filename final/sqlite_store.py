@@ -126,7 +126,13 @@ CREATE UNIQUE INDEX jobs_key ON jobs (idempotency_key) WHERE idempotency_key IS 
 # written many rows to one statement: each statement lets go of the GIL and must get
 # it back, and with a dozen threads busy that wait, not SQLite, was most of a
 # commit's time.
-INSERT = "INSERT INTO jobs VALUES "
+# A job just accepted has no error, start, end, due time or delay yet: those columns are
+# left to their default, NULL, rather than bound, since binding a None costs as much
+# as binding a value, and the INSERT of a commit binds every column of every job.
+INSERT = (
+    "INSERT INTO jobs (id, payload, priority, idempotency_key, max_retries, status,"
+    " attempts, enqueued_at) VALUES "
+)
 # RETRYING and SETTLED carry the attempt's start: the journal that recorded it is
 # emptied at the next start, and without it info() of a job settled in an earlier run
 # had no started_at.
@@ -231,9 +237,9 @@ class SQLiteStore:
         self._reader_lock = threading.Lock()
         self._power = durability == "power"
         self._synced = self._power  # whether the writer connection is at FULL now
-        # Rows per statement at most: within SQLite's limit on parameters (13 a row).
+        # Rows per statement at most: within SQLite's limit on parameters (8 a row).
         limit = self._writer_db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        self._chunk = 1 << (min(512, limit // 13).bit_length() - 1)
+        self._chunk = 1 << (min(512, limit // 8).bit_length() - 1)
         # Settled jobs memory let go of before their ends were committed, by id: what a
         # read answers from until the disk can. The lock makes asking the journal
         # whether an end is committed, and hearing that it is, one step each.
@@ -582,7 +588,7 @@ def _insert_one_by_one(db: sqlite3.Connection, adds: list[Pending]) -> None:
 
 @functools.cache
 def _insert_sql(rows: int) -> str:
-    return INSERT + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return INSERT + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
 
 
 @functools.cache
@@ -757,12 +763,7 @@ def _row(record: Record, offset: float) -> tuple[object, ...]:
         record.max_retries,
         record.status.value,
         record.attempts,
-        record.last_error,
         record.enqueued + offset,
-        None,  # started_at
-        None,  # finished_at
-        None,  # due_at
-        None,  # delay
     )
 
 
