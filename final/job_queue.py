@@ -365,12 +365,8 @@ class JobQueue:
         self._running: set[Record] = set()  # jobs with an attempt running
         self._tokens = itertools.count(1)  # one per attempt; 0 means "timed out"
         self._records: dict[str, Record] = {}  # every job we remember, by id
-        # The settled ones, oldest first. A replayed job settles again later, and its
-        # old entry is then recognised by its settle number and skipped. Each number
-        # is taken as its entry is appended, so an entry's number is its place in
-        # this order, and only the oldest's is kept: a (number, record) tuple per
-        # job would be one more object for the garbage collector to walk, again and
-        # again, for as long as the history remembers the job.
+        # The settled ones, oldest first: a replayed job settles again later, and its
+        # old entry is then recognised by its settle number and skipped (_let_go).
         self._settled: deque[Record] = deque()
         self._settle_numbers = itertools.count(1)
         self._oldest = 1  # the settle number of _settled[0]
@@ -1041,6 +1037,10 @@ class JobQueue:
         """Forget the oldest settled jobs, down to ``history``. Holds the lock."""
         gone: list[Record] = []
         while len(self._settled) > self._history_size:
+            # Each settle number is taken as its entry goes in, so an entry's number
+            # is its place in the order, and only the oldest's is kept: a (number,
+            # record) tuple per job would be one more object for the garbage
+            # collector to walk, again and again, while the history holds the job.
             old = self._settled.popleft()
             number, self._oldest = self._oldest, self._oldest + 1
             if old.settled != number:

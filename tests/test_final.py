@@ -468,6 +468,23 @@ def test_settled_jobs_past_the_history_are_let_go_of_with_their_keys(
     assert any("dead letter dead let go of" in r.getMessage() for r in caplog.records)
 
 
+def test_a_replayed_job_is_let_go_of_by_its_latest_settle_not_its_first(queues: Any) -> None:
+    q = queues(
+        Recorder(fail=lambda job, n: (job.id, n) == ("phoenix", 1)), history=2, max_retries=0
+    )
+    q.enqueue(Job(id="phoenix"))  # dies: its first entry in the settle order
+    assert q.join(timeout=PATIENCE)
+    q.retry_dead("phoenix")  # completes: its second entry, the one that counts
+    assert q.join(timeout=PATIENCE)
+    q.enqueue(Job(id="a"))  # pushes the first entry out: it is stale, and skipped
+    assert q.join(timeout=PATIENCE)
+    assert q.status("phoenix") is Status.COMPLETED
+    q.enqueue(Job(id="b"))  # pushes the second out: now it is let go of
+    assert q.join(timeout=PATIENCE)
+    assert q.status("phoenix") is None
+    assert (q.status("a"), q.status("b")) == (Status.COMPLETED, Status.COMPLETED)
+
+
 def resident_bytes() -> int:
     """This process's resident memory now (Linux), or its peak elsewhere."""
     try:
