@@ -340,18 +340,19 @@ class JobQueue:
                     raise QueueFull(f"the {job.priority.name} lane is full")
                 not_full = self._lane_not_full[job.priority]
                 endtime = None if timeout is None else time.monotonic() + timeout
-                while len(lane) >= self._queue_size and not self._closing:
-                    remaining = None if endtime is None else endtime - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise QueueFull(
-                            f"the {job.priority.name} lane stayed full for {timeout}s; "
-                            "slow the producer down, or add workers"
-                        )
-                    self._blocked[job.priority] += 1
-                    try:
+                # Counted, so that a worker taking a job notifies only while one waits.
+                self._blocked[job.priority] += 1
+                try:
+                    while len(lane) >= self._queue_size and not self._closing:
+                        remaining = None if endtime is None else endtime - time.monotonic()
+                        if remaining is not None and remaining <= 0:
+                            raise QueueFull(
+                                f"the {job.priority.name} lane stayed full for {timeout}s; "
+                                "slow the producer down, or add workers"
+                            )
                         not_full.wait(remaining)
-                    finally:
-                        self._blocked[job.priority] -= 1
+                finally:
+                    self._blocked[job.priority] -= 1
             if self._closing:
                 raise QueueClosed("the queue is closed; create a new JobQueue to run more jobs")
             lane.append((job, 0))
