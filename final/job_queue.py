@@ -233,8 +233,9 @@ def _log_failure(
     returns; a logging handler must therefore not call back into the queue.
     """
     if last:
+        attempts = "1 attempt" if number == 1 else f"{number} attempts"
         logger.error(
-            "job %s failed for good after %d attempts: %s", job_id, number, reason, exc_info=error
+            "job %s failed for good after %s: %s", job_id, attempts, reason, exc_info=error
         )
     else:
         logger.warning("job %s attempt %d failed: %s", job_id, number, reason)
@@ -763,9 +764,9 @@ class JobQueue:
         # A key or id only the disk remembers is caught by the store's constraints,
         # outside this lock.
         if key is not None and (first := self._keys.get(key)):
-            raise DuplicateJob(first, f"idempotency key {key!r} was used by job {first}")
+            raise _duplicate(job, first)
         if job.id in self._records:
-            raise DuplicateJob(job.id, f"a job with id {job.id!r} was accepted before")
+            raise _duplicate(job, job.id)
         priority = job.priority
         if len(self._lanes[priority]) + self._reserved[priority] > self._queue_size - room_for:
             self._wait_for_room(job, timeout, room_for)
@@ -800,9 +801,9 @@ class JobQueue:
                 error = QueueClosed("the queue closed while this enqueue waited for room")
             # Another producer may have taken the key or the id while we waited.
             elif key is not None and (first := self._keys.get(key)):
-                error = DuplicateJob(first, f"idempotency key {key!r} was used by job {first}")
+                error = _duplicate(job, first)
             elif job.id in self._records:
-                error = DuplicateJob(job.id, f"a job with id {job.id!r} was accepted before")
+                error = _duplicate(job, job.id)
             if error is not None:
                 raise error  # every waiter was woken: none relies on this one passing it on
 
@@ -851,7 +852,8 @@ class JobQueue:
             if self._closing:
                 self._all_settled.notify_all()  # close() waits for reservations to end
         if duplicate is not None:
-            error = DuplicateJob(duplicate.first, f"job {duplicate.job_id}: already on disk")
+            refused = records[len(stored)].job
+            error = _duplicate(refused, duplicate.first)
             error.accepted = len(stored)
             raise error
 
@@ -1048,7 +1050,7 @@ class JobQueue:
             del self._records[old.job.id]
             gone.append(old)
             self._drop_key(old)
-            if self._dead.pop(old.job.id, None) is not None:
+            if self._dead.pop(old.job.id, None) is not None and not self._durable:
                 logger.warning(
                     "dead letter %s let go of: more than history=%d settled jobs",
                     old.job.id,
@@ -1179,6 +1181,15 @@ def _forked() -> QueueClosed:
 
 
 os.register_at_fork(after_in_child=_disown_after_fork)
+
+
+def _duplicate(job: Job, first: str) -> DuplicateJob:
+    """The refusal of ``job``, whose key or id the job ``first`` holds: the same words
+    whether memory or the disk remembered it."""
+    if first == job.id:
+        return DuplicateJob(first, f"a job with id {job.id!r} was accepted before")
+    key = job.idempotency_key
+    return DuplicateJob(first, f"idempotency key {key!r} was used by job {first}")
 
 
 def _check_final_options(

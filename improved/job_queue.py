@@ -204,8 +204,9 @@ def _log_failure(
     returns; a logging handler must therefore not call back into the queue.
     """
     if last:
+        attempts = "1 attempt" if number == 1 else f"{number} attempts"
         logger.error(
-            "job %s failed for good after %d attempts: %s", job_id, number, reason, exc_info=error
+            "job %s failed for good after %s: %s", job_id, attempts, reason, exc_info=error
         )
     else:
         logger.warning("job %s attempt %d failed: %s", job_id, number, reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import subprocess
@@ -95,6 +96,10 @@ def test_a_restart_keeps_dead_letters_keys_and_retry_counts(
     with pytest.raises(DuplicateJob) as dup:
         q2.enqueue(Job(idempotency_key="order-1"))
     assert dup.value.job_id == "dead"
+    # Remembered by the disk alone, refused in the words memory would use.
+    assert str(dup.value) == "idempotency key 'order-1' was used by job dead"
+    with pytest.raises(DuplicateJob, match=r"^a job with id 'dead' was accepted before$"):
+        q2.enqueue(Job(id="dead"))
     q2.retry_dead("dead")
     assert q2.join(timeout=PATIENCE)
     assert q2.status("dead") is Status.COMPLETED
@@ -486,6 +491,21 @@ def test_dead_letter_info_reads_the_store_once_for_all_the_dead_letters(
     assert all(info.status is Status.FAILED and info.attempts == 1 for info in infos)
     assert all(info.last_error is not None for info in infos)
     assert [info.id for info in infos] == [job.id for job in q.dead_letters()]
+
+
+def test_a_dead_letter_memory_lets_go_of_is_not_logged_as_lost_when_the_disk_keeps_it(
+    path: str, opened: list[JobQueue], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="final")
+    q = reopen(path, opened, Recorder(fail=lambda job, n: job.id == "dead"), history=1)
+    q.enqueue(Job(id="dead", max_retries=0))
+    assert q.join(timeout=PATIENCE)
+    q.enqueue_many(Job() for _ in range(3))  # memory lets go of the dead letter
+    assert q.join(timeout=PATIENCE)
+    assert [job.id for job in q.dead_letters()] == ["dead"]  # the disk still has it
+    assert not any("let go of" in r.getMessage() for r in caplog.records)
+    # Its one record says how many attempts it had, in words.
+    assert any("failed for good after 1 attempt:" in r.getMessage() for r in caplog.records)
 
 
 def test_a_queue_takes_a_path_or_a_store_not_both(path: str) -> None:
