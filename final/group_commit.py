@@ -20,7 +20,6 @@ queue's commits go on between two of them and none waits for more than one.
 from __future__ import annotations
 
 import enum
-import logging
 import math
 import threading
 import time
@@ -29,8 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from final.store import DuplicateRow, StoreError
-
-logger = logging.getLogger(__name__)
 
 # How long the first lagging write waits for the flusher's commit. Short, so that a
 # crash reruns few jobs; long enough that a busy queue's commit carries many.
