@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,7 +49,7 @@ BATCH = 30  # jobs enqueued before each kill
 @dataclass(frozen=True)
 class PgTally:
     kills: int  # SIGKILLs sent by the harness
-    self_kills: int  # processes the poison job killed
+    self_kills: int  # processes the poison job killed: one per attempt of it
     processes: int  # worker processes started in all
     acknowledged: int  # ids whose enqueue returned (the poison job aside)
     completed: int  # acknowledged ids completed at the end
@@ -114,25 +113,21 @@ def kill_workers_repeatedly(
     enqueued: list[str] = []
     started = 0
     done_kills = 0
-    self_kills = 0
     live: list[subprocess.Popen[str]] = []
     try:
         producer.enqueue(Job(id=POISON, payload=b"kill", max_retries=POISON_RETRIES))
         live += [_worker(queue_dsn, ledger, lease, logs, i) for i in range(PROCESSES)]
         started = PROCESSES
 
-        def replace_dead(victim: int | None) -> int:
-            """Start a process in place of each dead one; how many died by the poison."""
+        def replace_dead(victim: int | None) -> None:
+            """Start a process in place of the victim and of any the poison job killed."""
             nonlocal started
-            died = 0
             for i, child in enumerate(live):
                 if child.poll() is None and i != victim:
                     continue
                 child.wait()
-                died += i != victim and child.returncode == -signal.SIGKILL
                 live[i] = _worker(queue_dsn, ledger, lease, logs, started)
                 started += 1
-            return died
 
         while done_kills < kills:
             batch = [
@@ -142,17 +137,18 @@ def kill_workers_repeatedly(
             producer.enqueue_many(batch)
             enqueued += [job.id for job in batch]
             time.sleep(rng.uniform(0.05, 0.5))  # the random moment
+            replace_dead(None)  # so that the kill below hits a live process
             victim = rng.randrange(PROCESSES)
             live[victim].kill()
             done_kills += 1
             if progress and done_kills % 50 == 0:
                 print(f"  {done_kills} kills, {len(enqueued)} jobs acknowledged", flush=True)
-            self_kills += replace_dead(victim)
+            replace_dead(victim)
         deadline = time.monotonic() + 60 + 2 * lease
         while not _settled(queue_dsn):  # the poison job may still be killing processes
             if time.monotonic() > deadline:
                 raise RuntimeError("the queue did not settle after the last kill")
-            self_kills += replace_dead(None)
+            replace_dead(None)
             time.sleep(0.1)  # a harness: polling the database is fine here
         for child in live:
             child.terminate()
@@ -174,10 +170,11 @@ def kill_workers_repeatedly(
     acked = set(enqueued)
     completed = {job_id for job_id, (status, _) in rows.items() if status == "completed"}
     expected = len(distinct) + failures
+    poison_claims = sum(1 for e in poison if e.event == "start")
     poison_status, poison_attempts = rows.get(POISON, ("missing", 0))
     return PgTally(
         kills=done_kills,
-        self_kills=self_kills,
+        self_kills=poison_claims,
         processes=started,
         acknowledged=len(acked),
         completed=len(acked & completed),
@@ -186,8 +183,8 @@ def kill_workers_repeatedly(
         runs=len(runs),
         expected_runs=expected,
         repeats=len(runs) - expected,
-        repeat_bound=(done_kills + self_kills) * per_kill_bound(),
-        poison_claims=sum(1 for e in poison if e.event == "start"),
+        repeat_bound=(done_kills + poison_claims) * per_kill_bound(),
+        poison_claims=poison_claims,
         poison_dead=poison_status == "failed" and poison_attempts == POISON_RETRIES + 1,
         seconds=time.monotonic() - begun,
     )
