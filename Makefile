@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 DEV    := $(VENV)/.installed-dev
 TOUR   := $(VENV)/.installed-tour
 
-.PHONY: demo test lint typecheck bench bench-full notebooks crash-test matrix clean
+.PHONY: demo test lint typecheck bench bench-full notebooks crash-test crash-test-pg matrix clean
 
 # The tour: the same six scenarios on every tier, then a table side by side.
 demo: $(TOUR)
@@ -49,6 +49,11 @@ notebooks: $(DEV)
 # kill -9 the final tier on disk 1,000 times at random moments, and tally (~4 min here).
 crash-test: $(DEV)
 	$(PY) -m benchmarks.crash --kills 1000 --json benchmarks/results/crash.json
+
+# kill -9 worker processes of final on PostgreSQL 200 times, and tally (~1 min here);
+# the server is $JOBQ_TEST_DSN, as for the tests.
+crash-test-pg: $(DEV)
+	$(PY) -m benchmarks.crash_pg --kills 200 --json benchmarks/results/crash-pg.json
 
 # The README's tier matrix, from the contract suite's lacks markers (tests/matrix.py).
 matrix: $(DEV)

@@ -771,20 +771,22 @@ class SharedQueue(JobQueue):
         """
         import psycopg
 
+        # complete and give_back take (id, token) pairs: the log names the ids only.
+        jobs = args[0] if isinstance(args[0], str) else ", ".join(i for i, _ in args[0])
         pause = 0.05
         while True:
             try:
                 held = bool(function(self._claimer, self._queue, *args))
                 break
             except psycopg.Error as error:
-                logger.warning("could not settle job %s (%s); trying again", args[0], error)
+                logger.warning("could not settle job %s (%s); trying again", jobs, error)
                 self._reopen_claimer()
                 if self._left:
                     return False  # the rescue will, once this process's lease has passed
                 time.sleep(pause)  # the server is away: nothing to wait on but time
                 pause = min(self._lease / 3, pause * 2)
         if not held:
-            logger.warning("job %s: the claim moved on; this attempt's result is ignored", args[0])
+            logger.warning("job %s: the claim moved on; this attempt's result is ignored", jobs)
         return held
 
     def _reopen_claimer(self) -> None:
