@@ -152,6 +152,55 @@ def targets(run: Run) -> list[Target]:
                 worst_fair < 50 and worst_strict > 10 * worst_fair,
             )
         )
+    return found + postgres_targets(run)
+
+
+def postgres_figures(run: Run) -> dict[str, dict[str, Any]]:
+    """Scenario 8's rows by figure: drain, enqueue_one, enqueue_many, latency."""
+    return {r["figure"]: r for r in run.rows("8 postgresql")}
+
+
+def postgres_targets(run: Run) -> list[Target]:
+    """final on PostgreSQL against pgqueuer and procrastinate, measured in the same run."""
+    pg = postgres_figures(run)
+    found: list[Target] = []
+
+    def beside(figure: str, peer: str, at_least: float, floor: float | None = None) -> None:
+        goal = f"final-pg {figure} >= {at_least:g}x {peer}" + (
+            f" ({floor:g}x at the least)" if floor is not None else ""
+        )
+        rates = pg.get(figure, {}).get("jobs_per_s", {})
+        if "final-pg" not in rates or peer not in rates:
+            found.append(Target(goal, "not measured", None))
+            return
+        x = rates["final-pg"] / rates[peer]
+        measured = f"{x:.2f}x ({rates['final-pg']:,.0f} vs {rates[peer]:,.0f} jobs/s)"
+        if floor is not None and x < at_least:
+            measured += f"; {'above' if x >= floor else 'below'} the {floor:g}x floor"
+        found.append(Target(goal, measured, x >= at_least))
+
+    beside("drain", "pgqueuer", 1.5, floor=1)
+    beside("drain", "procrastinate", 10)
+    beside("enqueue_one", "pgqueuer", 1)
+    beside("enqueue_many", "pgqueuer", 1)
+    goal = "final-pg enqueue to start at 200 jobs/s: p50 <= 1.2 ms, p99 <= 2.5 ms"
+    lat = pg.get("latency", {}).get("latency", {})
+    if "final-pg" not in lat:
+        found.append(Target(goal, "not measured", None))
+    else:
+        mine = lat["final-pg"]
+        peers = "; ".join(
+            f"{s} {r['p50_ms']:.2f} / {r['p99_ms']:.2f} ms"
+            for s, r in lat.items()
+            if s != "final-pg"
+        )
+        found.append(
+            Target(
+                goal,
+                f"{mine['p50_ms']:.2f} / {mine['p99_ms']:.2f} ms ({peers})",
+                mine["p50_ms"] <= 1.2 and mine["p99_ms"] <= 2.5,
+            )
+        )
     return found
 
 

@@ -71,6 +71,7 @@ __all__ = [
     "tables_present",
     "take_tokens",
     "unsettled",
+    "waiting",
 ]
 
 Connection = psycopg.Connection[Any]
@@ -416,6 +417,12 @@ def counts(conn: Connection, queue: str) -> dict[tuple[int, str], int]:
     """How many jobs wait or run, by ``(priority, status)``; absent pairs are 0."""
     rows = conn.execute(q.COUNTS, {"queue": queue})
     return {(priority, status): count for priority, status, count in rows}
+
+
+def waiting(conn: Connection, queue: str, cap: int, lanes: Sequence[int]) -> dict[int, int]:
+    """Queued jobs of each priority in ``lanes``, counted up to ``cap`` (an int >= 0)."""
+    rows = conn.execute(q.WAITING, {"queue": queue, "cap": cap, "lanes": list(lanes)})
+    return {int(p): int(n) for p, n in rows.fetchall()}
 
 
 def status_counts(conn: Connection, queue: str) -> dict[tuple[str, int], int]:

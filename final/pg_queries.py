@@ -55,6 +55,7 @@ __all__ = [
     "TABLES_PRESENT",
     "TAKE_TOKENS",
     "UNSETTLED",
+    "WAITING",
 ]
 
 # The queue's notification channel: one per schema and queue name, short enough for
@@ -310,6 +311,20 @@ COUNTS = """
 SELECT priority, status, count(*) FROM jobq_jobs
 WHERE queue = %(queue)s AND status IN ('queued', 'scheduled', 'retrying', 'processing')
 GROUP BY priority, status
+"""
+
+# Each lane's queued jobs, counted no further than %(cap)s: what the claim's fairness
+# and enqueue's bound need to know, read from the waiting index in O(cap), where a
+# full count would read the whole backlog before every claim and every enqueue.
+WAITING = """
+SELECT p.priority, (
+    SELECT count(*) FROM (
+        SELECT 1 FROM jobq_jobs
+        WHERE queue = %(queue)s AND status = 'queued' AND priority = p.priority
+        LIMIT %(cap)s
+    ) AS lane
+)
+FROM unnest(%(lanes)s::int[]) AS p (priority)
 """
 
 # python -m final inspect --dsn: every job of the queue by status and priority, and

@@ -210,6 +210,10 @@ class SharedQueue(JobQueue):
         self._stopped = threading.Condition(self._mutex)  # upkeep: a stop
         self._api_lock = threading.Lock()  # the API connection, one statement at a time
         self._reopen_lock = threading.Lock()  # one thread re-opens the claim connection
+        self._settle_lock = threading.Lock()  # completions waiting to share one statement
+        self._settle_done = threading.Condition(self._settle_lock)
+        self._settle_queue: list[list[Any]] = []  # [id, token, held or None]
+        self._settling = False  # a worker is settling a batch now
         self._buffer: deque[Attempt] = deque()  # claimed, not started: given back at close
         self._in_flight: dict[Attempt, float | None] = {}  # started, with local deadlines
         self._waiting = {p: 0 for p in Priority}  # lanes' waiting counts, for fairness
@@ -342,8 +346,9 @@ class SharedQueue(JobQueue):
         while True:
             if self._closing:
                 raise QueueClosed("the queue is closed; enqueue through another handle")
-            counts = self._call(pg_engine.counts, self._queue)
-            room = {p: self._queue_size - counts.get((int(p), "queued"), 0) for p in Priority}
+            lanes = [int(p) for p in Priority]
+            counts = self._call(pg_engine.waiting, self._queue, self._queue_size, lanes)
+            room = {p: self._queue_size - counts.get(int(p), 0) for p in Priority}
             fit = 0
             for job in jobs:
                 if room[job.priority] <= 0:
@@ -646,9 +651,10 @@ class SharedQueue(JobQueue):
                 return []
         picks: dict[Priority, int] = {}
         if self._picker.fairness:  # strict priority needs no count: the claim's order is it
-            counts = engine.counts(self._claimer, self._queue)
+            # No pick takes more than ``free`` from a lane: counting further is waste.
+            counts = engine.waiting(self._claimer, self._queue, free, [int(p) for p in Priority])
             for p in Priority:
-                self._waiting[p] = counts.get((int(p), "queued"), 0)
+                self._waiting[p] = counts.get(int(p), 0)
         for _ in range(free if self._picker.fairness else 0):
             lane = self._picker.pick()
             if lane is None:
@@ -737,9 +743,33 @@ class SharedQueue(JobQueue):
         return True
 
     def _complete(self, attempt: Attempt) -> None:
+        """Settle a success; those that end while one is on its way share the next one.
+
+        One statement settles every completion waiting for it (the engine's COMPLETE
+        takes arrays): at no-op speed four workers end together, and four settles
+        become one round trip. Each worker still returns only once its own is done.
+        """
         job = attempt.job
-        held = self._settle_claim(self._engine.complete, [(job.id, attempt._token)])
-        if held:
+        mine: list[Any] = [job.id, attempt._token, None]
+        with self._settle_lock:
+            self._settle_queue.append(mine)
+            while mine[2] is None and self._settling:
+                self._settle_done.wait()
+            if mine[2] is None:  # no settle on its way: this worker takes the line
+                self._settling = True
+                batch, self._settle_queue = self._settle_queue, []
+        if mine[2] is None:
+            held: set[str] = set()
+            try:
+                claims = [(e[0], e[1]) for e in batch]
+                held = self._settle_claim(self._engine.complete, claims) or set()
+            finally:
+                with self._settle_lock:
+                    for entry in batch:
+                        entry[2] = entry[0] in held
+                    self._settling = False
+                    self._settle_done.notify_all()
+        if mine[2]:
             with self._mutex:
                 self._counts[job.priority]["completed"] += 1
 
@@ -748,11 +778,13 @@ class SharedQueue(JobQueue):
         last = number > attempt._record.max_retries
         _log_failure(job.id, number, reason, error, last)
         if last:
-            held = self._settle_claim(self._engine.fail, job.id, attempt._token, reason)
+            held = bool(self._settle_claim(self._engine.fail, job.id, attempt._token, reason))
             counter = "failed"
         else:
             delay = backoff_delay(number, self._backoff, self._max_backoff)
-            held = self._settle_claim(self._engine.retry, job.id, attempt._token, reason, delay)
+            held = bool(
+                self._settle_claim(self._engine.retry, job.id, attempt._token, reason, delay)
+            )
             counter = "retried"
             with self._mutex:
                 heapq.heappush(self._due, time.monotonic() + delay)
@@ -760,8 +792,8 @@ class SharedQueue(JobQueue):
             with self._mutex:
                 self._counts[job.priority][counter] += 1
 
-    def _settle_claim(self, function: Any, *args: Any) -> bool:
-        """A fenced move on the claim connection; False (logged) when the claim was lost.
+    def _settle_claim(self, function: Any, *args: Any) -> Any:
+        """A fenced move on the claim connection; falsy (logged) when the claim was lost.
 
         A move that fails with the connection is tried again on a new one until it
         goes through (or the handle has left): this process is alive, so no rescue
@@ -776,7 +808,7 @@ class SharedQueue(JobQueue):
         pause = 0.05
         while True:
             try:
-                held = bool(function(self._claimer, self._queue, *args))
+                held = function(self._claimer, self._queue, *args)
                 break
             except psycopg.Error as error:
                 logger.warning("could not settle job %s (%s); trying again", jobs, error)
@@ -785,8 +817,12 @@ class SharedQueue(JobQueue):
                     return False  # the rescue will, once this process's lease has passed
                 time.sleep(pause)  # the server is away: nothing to wait on but time
                 pause = min(self._lease / 3, pause * 2)
-        if not held:
-            logger.warning("job %s: the claim moved on; this attempt's result is ignored", jobs)
+        if isinstance(held, set):  # a batch of (id, token) pairs: name the ones refused
+            refused = ", ".join(i for i, _ in args[0] if i not in held)
+        else:
+            refused = "" if held else jobs
+        if refused:
+            logger.warning("job %s: the claim moved on; this attempt's result is ignored", refused)
         return held
 
     def _reopen_claimer(self) -> None:

@@ -1,0 +1,90 @@
+"""Scenario 8: final on PostgreSQL beside procrastinate and pgqueuer, one server, one run.
+
+Every figure is measured in interleaved rounds (final-pg, pgqueuer, procrastinate,
+then again), so that a neighbour's load on the shared machine falls on all three
+alike; the median round counts. Skipped when no server answers at ``PGBENCH_DSN``
+or the peers extra is missing. ``benchmarks/pg_peers.py`` says how each is driven.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import pytest
+
+from benchmarks.conftest import Benchmark, Mode, measure
+
+pg_peers = pytest.importorskip("benchmarks.pg_peers", reason="psycopg is not installed")
+pytest.importorskip("procrastinate", reason="the peers extra is not installed")
+pytest.importorskip("pgqueuer", reason="the peers extra is not installed")
+pytest.importorskip("asyncpg", reason="the peers extra is not installed")
+
+if (why := pg_peers.server_answers()) is not None:
+    pytestmark = pytest.mark.skip(reason=why)
+
+
+def sizes(mode: Mode) -> dict[str, Any]:
+    quick = mode.name == "quick"
+    return {
+        "drain": 3_000 if quick else 20_000,
+        "one": 500 if quick else 3_000,
+        "many": 10_000 if quick else 50_000,
+        "latency_s": 2.0 if quick else 10.0,
+        "rounds": 2 if quick else 3,
+    }
+
+
+@pytest.fixture(scope="module")
+def systems() -> Any:
+    with pg_peers.opened() as opened:
+        yield opened
+
+
+def interleaved(systems: dict[str, Any], rounds: int, figure: Any) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {s: [] for s in systems}
+    for _ in range(rounds):
+        for name, system in systems.items():
+            found[name].append(figure(system))
+    return found
+
+
+@pytest.mark.parametrize("figure", ["drain", "enqueue_one", "enqueue_many"])
+def test_pg_rates(benchmark: Benchmark, mode: Mode, systems: Any, figure: str) -> None:
+    n = sizes(mode)
+    jobs = {"drain": n["drain"], "enqueue_one": n["one"], "enqueue_many": n["many"]}[figure]
+    rates = measure(
+        benchmark,
+        "8 postgresql",
+        1,
+        lambda: interleaved(systems, n["rounds"], lambda s: getattr(s, figure)(jobs)),
+    )[0]
+    benchmark.extra_info.update(
+        figure=figure,
+        jobs=jobs,
+        workers=pg_peers.WORKERS,
+        jobs_per_s={s: statistics.median(r) for s, r in rates.items()},
+        rounds_jobs_per_s=rates,
+    )
+
+
+def test_pg_latency(benchmark: Benchmark, mode: Mode, systems: Any) -> None:
+    n = sizes(mode)
+    rate = 200
+
+    def one_round(system: Any) -> dict[str, float]:
+        delays = system.latency(rate, n["latency_s"])
+        return {
+            "p50_ms": pg_peers.percentile(delays, 50),
+            "p99_ms": pg_peers.percentile(delays, 99),
+            "jobs": len(delays),
+        }
+
+    rounds = measure(
+        benchmark, "8 postgresql", 1, lambda: interleaved(systems, n["rounds"], one_round)
+    )[0]
+    # The round with the median p99 counts, as in scenario 2.
+    chosen = {s: sorted(r, key=lambda x: x["p99_ms"])[len(r) // 2] for s, r in rounds.items()}
+    benchmark.extra_info.update(
+        figure="latency", offered_per_s=rate, latency=chosen, rounds_latency=rounds
+    )
