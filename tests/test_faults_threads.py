@@ -262,9 +262,13 @@ print("parent done", q.metrics().completed, flush=True)
 """
 
 
-def run_fork_scenario(tier: Tier, options: dict[str, Any]) -> list[str]:
+def run_fork_scenario(
+    tier: Tier, options: dict[str, Any], template: str = FORK_SCRIPT
+) -> list[str]:
+    """Run ``template`` for ``tier`` in a fresh interpreter (a fork must not happen in
+    pytest's own process), and return what it printed; its exit must be clean."""
     script = (
-        FORK_SCRIPT.replace("{tier}", tier.name)
+        template.replace("{tier}", tier.name)
         .replace("{options}", repr(options))
         .replace("{patience}", str(PATIENCE / 2))
     )
@@ -338,20 +342,7 @@ def test_a_child_forked_by_a_handler_runs_none_of_the_parents_jobs(
     tier: Tier, tmp_path: Path, on_disk: bool
 ) -> None:
     options = {"path": str(tmp_path / "queue.db")} if on_disk and tier.supports("path") else {}
-    script = (
-        FORK_IN_HANDLER_SCRIPT.replace("{tier}", tier.name)
-        .replace("{options}", repr(options))
-        .replace("{patience}", str(PATIENCE / 2))
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=PATIENCE * 2,
-    )
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    lines = run_fork_scenario(tier, options, FORK_IN_HANDLER_SCRIPT)
     parent = lines[-1].split()[1]
     assert lines[-1] == f"parent {parent} 3"
     assert [line for line in lines if line.startswith("ran")] == [
