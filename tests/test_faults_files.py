@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +29,6 @@ from tests.support import PATIENCE, Boom, Recorder
 pytestmark = pytest.mark.tiers("final")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> str:
-    return str(tmp_path / "jobs.db")
-
-
-@pytest.fixture
-def opened() -> Iterator[list[JobQueue]]:
-    """Queues a test opened; closed at the end so their files are let go of."""
-    queues: list[JobQueue] = []
-    yield queues
-    for q in queues:
-        q.close(timeout=PATIENCE)
 
 
 def wait_for_status(q: JobQueue, job_id: str, status: Status) -> None:

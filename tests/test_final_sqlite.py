@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +29,6 @@ pytestmark = pytest.mark.tiers("final")
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"backoff": 0.001, "max_backoff": 0.01}
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> str:
-    return str(tmp_path / "jobs.db")
-
-
-@pytest.fixture
-def opened() -> Iterator[list[JobQueue]]:
-    """Queues a test opened; closed at the end so their files are unlocked."""
-    queues: list[JobQueue] = []
-    yield queues
-    for q in queues:
-        q.close(timeout=PATIENCE)
 
 
 def held(path: str, opened: list[JobQueue], **options: Any) -> tuple[JobQueue, Recorder]:
