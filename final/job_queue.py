@@ -122,6 +122,8 @@ class LaneMetrics:
     queued: int
     retrying: int
     in_flight: int
+    scheduled: int = 0  # gauge: jobs waiting for their run_at
+    cancelled: int = 0  # jobs called off by cancel() before they started
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +150,8 @@ class Metrics:
     wait_p50: float | None  # seconds from entering a lane to starting, recent attempts
     wait_p99: float | None
     utilization: float  # share of worker time spent in handlers since the queue began
+    scheduled: int = 0  # gauge: jobs waiting for their run_at
+    cancelled: int = 0  # jobs called off by cancel() before they started (settled)
 
 
 @dataclass(slots=True, eq=False)

@@ -6,6 +6,7 @@ layer can share these types without importing each other.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import threading
 import time
@@ -32,14 +33,17 @@ class Job:
     priority: Priority = Priority.MEDIUM
     idempotency_key: str | None = None  # a second job with this key is refused
     max_retries: int | None = None  # this job's own budget; None: the queue's
+    run_at: datetime.datetime | None = None  # not started before this instant (timezone-aware)
 
 
 class Status(enum.Enum):
+    SCHEDULED = "scheduled"  # waiting for its run_at; holds no lane room and no worker
     QUEUED = "queued"  # waiting in its lane
     PROCESSING = "processing"  # an attempt is running
     RETRYING = "retrying"  # waiting out a backoff before its next attempt
     COMPLETED = "completed"  # succeeded
     FAILED = "failed"  # failed for good: in the dead letters
+    CANCELLED = "cancelled"  # called off by cancel() before it started: never runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,7 @@ class JobInfo:
     enqueued_at: float
     started_at: float | None  # the latest attempt's start
     finished_at: float | None
+    run_at: float | None = None  # the job's run_at as a time.time() value, if it has one
 
 
 @dataclass(slots=True, eq=False)

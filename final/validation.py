@@ -8,6 +8,7 @@ and ``ValueError`` for one out of range, naming the option or field.
 
 from __future__ import annotations
 
+import datetime
 import math
 
 from final.jobs import Job, Priority
@@ -17,6 +18,7 @@ __all__ = [
     "check_int",
     "check_job",
     "check_key",
+    "check_run_at",
     "check_seconds",
     "check_timeout",
 ]
@@ -71,3 +73,16 @@ def check_job(job: object) -> None:
         check_key("Job.idempotency_key", job.idempotency_key)
     if job.max_retries is not None:
         check_int("Job.max_retries", job.max_retries, minimum=0)
+    if job.run_at is not None:
+        check_run_at(job.run_at)
+
+
+def check_run_at(run_at: object) -> None:
+    """``TypeError`` unless a datetime; ``ValueError`` for a naive one, whose instant is unknown."""
+    if not isinstance(run_at, datetime.datetime):
+        raise TypeError(f"Job.run_at must be a datetime, got {type(run_at).__name__}")
+    if run_at.tzinfo is None or run_at.utcoffset() is None:
+        raise ValueError(
+            f"Job.run_at must be timezone-aware, got the naive datetime {run_at.isoformat()}"
+            " (use datetime.now(timezone.utc) + timedelta(...))"
+        )
