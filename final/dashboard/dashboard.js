@@ -8,6 +8,8 @@
   const SPAN = 120; // samples the charts keep: two minutes at one a second
   const KEY = "job-queue-token"; // sessionStorage: gone when the tab closes
   const SVG = "http://www.w3.org/2000/svg";
+  const FIGURES = ["in-flight", "throughput", "completed", "failed", "dead", "utilization",
+    "wait-now", "wait-top", "rate-top"];
 
   let token = sessionStorage.getItem(KEY);
   let samples = []; // {p50, p99, rate, depth}, oldest first
@@ -85,7 +87,7 @@
     previous = null;
     for (const body of document.querySelectorAll("#board tbody")) body.replaceChildren();
     for (const svg of document.querySelectorAll("#board svg")) svg.replaceChildren();
-    for (const dd of document.querySelectorAll("#board dd, #board .caption span")) dd.textContent = "–";
+    for (const figure of FIGURES) $(figure).textContent = "–";
     $("dead-total").textContent = "";
   }
 
