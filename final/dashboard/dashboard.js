@@ -5,7 +5,8 @@
 
 (() => {
   const PERIOD = 1000; // ms between reads (the contract asks for 2 s at most)
-  const SPAN = 120; // samples the charts keep: two minutes at one a second
+  const SPAN = 60; // samples the charts keep: a minute at one a second
+  const LISTED = 10; // failures and dead letters shown, the newest
   const KEY = "job-queue-token"; // sessionStorage: gone when the tab closes
   const SVG = "http://www.w3.org/2000/svg";
   const FIGURES = ["in-flight", "throughput", "completed", "failed", "dead", "utilization",
@@ -43,8 +44,8 @@
     let allowed = true;
     try {
       const [overview, dead] = await Promise.all([
-        request("GET", "/overview"),
-        request("GET", "/dlq?limit=50"),
+        request("GET", "/overview?failures=" + LISTED),
+        request("GET", "/dlq?limit=" + LISTED),
       ]);
       show(overview, dead);
       setState("live · " + new Date(overview.time).toLocaleTimeString(), false);
@@ -135,7 +136,7 @@
   }
 
   function showLanes(lanes) {
-    // The bars share one scale, the deepest lane of the last two minutes, so that a
+    // The bars share one scale, the deepest lane of the last minute, so that a
     // lane draining shows as a bar shrinking.
     const scale = Math.max(10, ...samples.map((s) => s.depth));
     const rows = lanes.map((lane) => {
@@ -263,7 +264,7 @@
     $("dead-letters").tBodies[0].replaceChildren(...rows);
     $("dead-empty").hidden = rows.length > 0;
     $("dead-total").textContent = dead.total > dead.jobs.length
-      ? dead.jobs.length + " of " + dead.total + " shown"
+      ? "the oldest " + dead.jobs.length + " of " + dead.total
       : String(dead.total);
   }
 
