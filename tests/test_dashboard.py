@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
-from final import Job, Priority
+from final import Job, JobQueue, Priority, Status
 from final.dashboard import ASSETS
 from tests.browser import Served, chromium, served, why_no_browser
 from tests.pg import Database
@@ -243,3 +244,42 @@ def test_the_overview_of_a_queue_on_postgresql_reads_the_database(db: Database) 
     assert [f["id"] for f in overview["failures"]] == ["dead-on-pg"]
     assert overview["failures"][0]["last_error"] == "Boom: dead-on-pg attempt 1"
     assert overview["dead"] == 1 and [job["id"] for job in dead["jobs"]] == ["dead-on-pg"]
+
+
+@pytest.mark.parametrize("where", ["memory", "sqlite", "postgresql"])
+def test_recent_failures_are_the_retries_and_the_dead_newest_first(
+    where: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    options: dict[str, Any] = {"workers": 1, "max_retries": 1, "backoff": 60, "max_backoff": 60}
+    if where == "sqlite":
+        options["path"] = tmp_path / "jobs.db"
+    elif where == "postgresql":
+        pytest.importorskip("psycopg")
+        options["dsn"] = request.getfixturevalue("db").queue_dsn
+    recorder = Recorder(fail=lambda job, n: job.id != "fine")
+    q = JobQueue(recorder, **options)
+    try:
+        q.enqueue(Job(id="dead", max_retries=0))
+        q.enqueue(Job(id="fine"))
+        recorder.wait_until(lambda r: "fine" in r.succeeded, "the job that succeeds")
+        q.enqueue(Job(id="retrying"))  # its retry waits a minute
+        recorder.wait_started(3)
+        wait_until(lambda: len(q.recent_failures()) == 2, "the retry to be scheduled")
+        failures = q.recent_failures()
+        assert [(f.id, f.status, f.last_error) for f in failures] == [
+            ("retrying", Status.RETRYING, "Boom: retrying attempt 1"),
+            ("dead", Status.FAILED, "Boom: dead attempt 1"),
+        ]
+        assert [f.id for f in q.recent_failures(limit=1)] == ["retrying"]
+        with pytest.raises(ValueError, match="limit"):
+            q.recent_failures(limit=0)
+    finally:
+        q.close(timeout=0)
+
+
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    """Poll the queue (a retry is scheduled after the handler returns) until it holds."""
+    deadline = time.monotonic() + PATIENCE
+    while not predicate():
+        assert time.monotonic() < deadline, f"gave up after {PATIENCE}s waiting for {what}"
+        time.sleep(0.005)

@@ -356,6 +356,7 @@ def test_healthz_needs_no_token(server: Server) -> None:
         ("GET", "/dlq"),
         ("POST", "/dlq/abc/retry"),
         ("GET", "/metrics"),
+        ("GET", "/overview"),
     ],
 )
 @pytest.mark.parametrize(
