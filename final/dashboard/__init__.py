@@ -95,7 +95,7 @@ def _failure(info: JobInfo) -> Failure:
     )
 
 
-def percentile(ordered: Sequence[float], q: float) -> float | None:
+def _percentile(ordered: Sequence[float], q: float) -> float | None:
     """The ``q`` quantile (0 to 1) of ``ordered`` (sorted), nearest rank; None if empty."""
     if not ordered:
         return None
@@ -109,7 +109,7 @@ def overview(queue: JobQueue, server_waits: Callable[[], list[float]], failures:
     p50, p99 = m.wait_p50, m.wait_p99
     if p50 is None:
         waits = sorted(server_waits())
-        p50, p99 = percentile(waits, 0.50), percentile(waits, 0.99)
+        p50, p99 = _percentile(waits, 0.50), _percentile(waits, 0.99)
     lanes = [
         Lane(priority=p.name.lower(), **{name: getattr(m.by_priority[p], name) for name in _LANE})
         for p in sorted(m.by_priority, reverse=True)
@@ -131,9 +131,15 @@ def overview(queue: JobQueue, server_waits: Callable[[], list[float]], failures:
 _LANE = tuple(name for name in Lane.model_fields if name != "priority")
 
 
-def _asset(name: str) -> Response:
+def _asset(name: str) -> Callable[[], Response]:
+    """The endpoint that serves the file ``name``, read once, now: a file missing from
+    the install fails the server's start, not the first look at the page."""
     body = resources.files(__name__).joinpath(name).read_bytes()
-    return Response(body, media_type=ASSETS[name], headers=_HEADERS)
+
+    def serve_file() -> Response:
+        return Response(body, media_type=ASSETS[name], headers=_HEADERS)
+
+    return serve_file
 
 
 def dashboard_routes(
@@ -152,7 +158,7 @@ def dashboard_routes(
     for path, name in pages.items():
         router.add_api_route(
             path,
-            lambda name=name: _asset(name),
+            _asset(name),
             methods=["GET"],
             include_in_schema=False,
             dependencies=[refuse_query()],
@@ -171,9 +177,3 @@ def dashboard_routes(
         return overview(queue, server_waits, failures)
 
     return router
-
-
-# Checked once at import: a missing asset is a broken install, not a 500 at the first look.
-for _name in ASSETS:
-    if not resources.files(__name__).joinpath(_name).is_file():
-        raise ImportError(f"final.dashboard: {_name} is missing from the package")
