@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 DEV    := $(VENV)/.installed-dev
 TOUR   := $(VENV)/.installed-tour
 
-.PHONY: demo test lint typecheck bench bench-full notebooks crash-test crash-test-pg matrix clean
+.PHONY: demo test lint typecheck bench bench-full notebooks crash-test crash-test-pg matrix screenshot clean
 
 # The tour: the same six scenarios on every tier, then a table side by side.
 demo: $(TOUR)
@@ -58,6 +58,11 @@ crash-test-pg: $(DEV)
 # The README's tier matrix, from the contract suite's lacks markers (tests/matrix.py).
 matrix: $(DEV)
 	$(PY) -m tests.matrix README.md
+
+# docs/dashboard.png, the README's picture of the dashboard: a real server with jobs
+# flowing, some failing, seen by headless Chromium (apt-get install chromium).
+screenshot: $(DEV)
+	$(PY) -m tests.screenshot docs/dashboard.png
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed; set PYTHON=/path/to/python3.11")'

@@ -15,6 +15,8 @@ the signals handled. The endpoints:
   arrives as ``b'{"to":"a@b.c"}'``.
 - ``GET /jobs/{id}`` (status, attempts, last error, times), ``GET /dlq``,
   ``POST /dlq/{id}/retry`` (202), ``GET /metrics`` (Prometheus), ``GET /healthz``.
+- ``GET /`` is the dashboard, a page that shows the queue live from ``GET /overview``
+  (the queue at a glance, as JSON) and ``GET /dlq``: see ``final/dashboard/``.
 
 The names of priorities and statuses on the wire come from ``Priority`` (its
 members' names, in lower case) and ``Status`` (its values), so they cannot drift
@@ -43,6 +45,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -68,6 +71,7 @@ from pydantic import (
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from final.dashboard import dashboard_routes
 from final.errors import DuplicateJob, QueueClosed, QueueFull
 from final.job_queue import JobQueue
 from final.jobs import Job, JobInfo, Priority, Status
@@ -86,6 +90,9 @@ PRIORITY_NAMES = {priority: priority.name.lower() for priority in Priority}
 PRIORITIES = {name: priority for priority, name in PRIORITY_NAMES.items()}
 WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SHUTTING_DOWN = "the server is shutting down; try another, or again later"
+RECENT_WAITS = (
+    1000  # the waits the dashboard's percentiles are taken over, when the queue's are not
+)
 
 
 # -- the bodies, in and out: the OpenAPI document is made from these ----------------------
@@ -295,6 +302,8 @@ class HttpState:
         )
         for name in PRIORITY_NAMES.values():  # every series exists from the first scrape
             self.wait.labels(name)
+        # For the dashboard, where the queue measures no waits (on PostgreSQL).
+        self.recent_waits: deque[float] = deque(maxlen=RECENT_WAITS)
 
     @property
     def accepting(self) -> bool:
@@ -312,7 +321,9 @@ def instrument(handler: Callable[[Job], object], state: HttpState) -> Callable[[
     def timed(job: Job) -> object:
         acknowledged = state.acknowledged.pop(job.id, None)
         if acknowledged is not None:
-            state.wait.labels(PRIORITY_NAMES[job.priority]).observe(time.monotonic() - acknowledged)
+            waited = time.monotonic() - acknowledged
+            state.wait.labels(PRIORITY_NAMES[job.priority]).observe(waited)
+            state.recent_waits.append(waited)
         return handler(job)
 
     return timed
@@ -678,9 +689,9 @@ def create_app(
     state: HttpState | None = None,
     registry: CollectorRegistry | None = None,
 ) -> FastAPI:
-    """An app serving ``queue``. With a ``token``, every endpoint but ``/healthz`` and
-    the OpenAPI document asks for ``Authorization: Bearer <token>``; an empty token is
-    a ``ValueError``.
+    """An app serving ``queue``. With a ``token``, every endpoint but ``/healthz``, the
+    OpenAPI document and the dashboard's page (which holds nothing of the queue) asks
+    for ``Authorization: Bearer <token>``; an empty token is a ``ValueError``.
 
     Pass the ``state`` (and its ``registry``) whose ``instrument`` wraps the queue's
     handler to get the wait histogram; a fresh one is made otherwise.
@@ -704,4 +715,10 @@ def create_app(
     app.include_router(_job_routes(queue, state, auth))
     app.include_router(_dead_letter_routes(queue, state, auth))
     app.include_router(_operation_routes(state, registry, auth))
+    overview_errors = {**_INVALID, **_STORE_FAILED, **(_UNAUTHORIZED if auth else {})}
+    app.include_router(
+        dashboard_routes(
+            queue, lambda: list(state.recent_waits), auth, _only_query, overview_errors
+        )
+    )
     return app

@@ -695,6 +695,25 @@ class JobQueue:
             self._unsettled += 1
             self._not_empty.notify()
 
+    def recent_failures(self, limit: int = 20) -> list[JobInfo]:
+        """What ``info`` says of the jobs whose latest attempt failed, newest first, at
+        most ``limit`` (an int >= 1): those waiting out a backoff, and the dead letters
+        this queue remembers. ``last_error`` says why each failed.
+
+        Reads only the retries and the newest dead letters, never the whole history,
+        so a dashboard may ask every second. Raises ``ValueError`` for a bad ``limit``.
+        """
+        check_int("limit", limit, minimum=1)
+        if self._forked:
+            raise _forked()
+        with self._mutex:
+            failed = [record for _, _, record in self._retries]
+            failed += itertools.islice(reversed(self._dead.values()), limit)
+            infos = [record.info() for record in failed]
+        # A retry's failure came after its latest start; a dead letter's at its end.
+        infos.sort(key=lambda info: info.finished_at or info.started_at or 0.0, reverse=True)
+        return infos[:limit]
+
     def _after_fork(self) -> None:
         """In the child of an ``os.fork()``: the queue is the parent's, not the child's.
 

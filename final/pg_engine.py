@@ -61,6 +61,7 @@ __all__ = [
     "listen",
     "oldest_waiting",
     "prune",
+    "recent_failures",
     "refund_tokens",
     "register",
     "rescue",
@@ -460,3 +461,12 @@ def listen(conn: Connection, queue: str) -> str:
     channel = str(row[0])
     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
     return channel
+
+
+def recent_failures(conn: Connection, queue: str, limit: int) -> list[StoredJob]:
+    """The jobs whose latest attempt failed, newest failure first, at most ``limit``:
+    those waiting out a backoff (by their latest start), then the dead letters (by
+    their end), each half read from an index rather than the whole table."""
+    return [
+        StoredJob(*row) for row in conn.execute(q.RECENT_FAILURES, {"queue": queue, "limit": limit})
+    ]

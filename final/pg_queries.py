@@ -344,3 +344,17 @@ SET_CONFIG = "SELECT set_config(%(name)s, %(value)s, false)"
 
 # Whether the queue's tables exist, without creating them (inspect is read-only).
 TABLES_PRESENT = "SELECT to_regclass('jobq_version') IS NOT NULL"
+
+# The dashboard's recent failures: the retries (from the waiting index) and the newest
+# dead letters (the settled index, read backwards), merged by when each failed.
+RECENT_FAILURES = f"""
+SELECT * FROM (
+    ({_STORED} WHERE queue = %(queue)s AND status = 'retrying'
+     ORDER BY started_at DESC LIMIT %(limit)s)
+    UNION ALL
+    ({_STORED} WHERE queue = %(queue)s AND status = 'failed'
+     ORDER BY finished_at DESC LIMIT %(limit)s)
+) AS failures
+ORDER BY coalesce(finished_at, started_at) DESC
+LIMIT %(limit)s
+"""

@@ -558,6 +558,17 @@ class SharedQueue(JobQueue):
             if stored is not None:
                 self._counts[Priority(stored.priority)]["submitted"] += 1
 
+    def recent_failures(self, limit: int = 20) -> list[JobInfo]:
+        """What ``info`` says of the queue's jobs whose latest attempt failed, whichever
+        process ran them, newest first, at most ``limit`` (an int >= 1): the retries
+        and the dead letters. Raises ``ValueError`` for a bad ``limit``."""
+        from final import pg_engine
+
+        check_int("limit", limit, minimum=1)
+        return [
+            _info(stored) for stored in self._call(pg_engine.recent_failures, self._queue, limit)
+        ]
+
     def __enter__(self) -> SharedQueue:
         return self
 

@@ -348,6 +348,22 @@ def test_healthz_needs_no_token(server: Server) -> None:
     assert answer.status_code == 200 and answer.json() == {"status": "ok"}
 
 
+def test_the_dashboard_page_needs_no_token_and_its_data_does(
+    server: Server, client: httpx.Client
+) -> None:
+    # The page holds nothing of the queue; what it shows, it reads with the token.
+    # tests/test_dashboard.py drives it in a browser.
+    job_id = post(client, "dashboard")
+    with server.client(token=None) as anonymous:
+        page = anonymous.get("/")
+        assert anonymous.get("/overview").status_code == 401
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert (
+        job_id not in page.text and "default-src 'none'" in page.headers["content-security-policy"]
+    )
+    assert client.get("/overview").json()["lanes"][0]["priority"] == "high"
+
+
 @pytest.mark.parametrize(
     ("method", "url"),
     [
@@ -356,6 +372,7 @@ def test_healthz_needs_no_token(server: Server) -> None:
         ("GET", "/dlq"),
         ("POST", "/dlq/abc/retry"),
         ("GET", "/metrics"),
+        ("GET", "/overview"),
     ],
 )
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ generic names, test files and all, beside whatever else a user has installed.
 from __future__ import annotations
 
 import tomllib
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +59,16 @@ def test_every_package_inside_a_tier_is_installed_with_it() -> None:
 def test_the_license_is_an_spdx_expression_not_a_deprecated_table() -> None:
     # setuptools 77 and later warn at every build when `license` is a table.
     assert isinstance(pyproject()["project"]["license"], str)
+
+
+def test_the_dashboards_files_are_package_data_so_that_a_wheel_carries_them() -> None:
+    # Served from the installed package: a file the wheel leaves out is a page that
+    # breaks only once installed, never in a checkout.
+    globs = pyproject()["tool"]["setuptools"].get("package-data", {}).get("final.dashboard", [])
+    folder = ROOT / "final" / "dashboard"
+    files = {path.name for path in folder.iterdir() if path.is_file() and path.suffix != ".py"}
+    assert files and "final.dashboard" in packaged()
+    assert [name for name in files if not any(fnmatch(name, glob) for glob in globs)] == []
+    from final.dashboard import ASSETS
+
+    assert set(ASSETS) == files, "the server serves exactly the files shipped"
