@@ -59,6 +59,7 @@ __all__ = [
     "give_back",
     "heartbeat",
     "listen",
+    "next_due",
     "oldest_waiting",
     "prune",
     "refund_tokens",
@@ -123,6 +124,7 @@ class Claim:
     ready_at: datetime.datetime
     seq: int
     deadline: datetime.datetime | None
+    run_at: datetime.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,7 @@ class StoredJob:
     ready_at: datetime.datetime
     started_at: datetime.datetime | None
     finished_at: datetime.datetime | None
+    run_at: datetime.datetime | None = None  # the time it was enqueued to wait for
 
 
 def register(conn: Connection, queue: str, lease: float) -> int:
@@ -363,19 +366,20 @@ def rescue(conn: Connection, queue: str) -> list[Rescued]:
 
 
 def prune(conn: Connection, queue: str, retention: float, batch: int = 1000) -> int:
-    """Delete completed jobs that completed over ``retention`` seconds ago.
+    """Delete completed and cancelled jobs that settled over ``retention`` seconds ago.
 
     Deletes at most ``batch`` rows per transaction, committing between batches when
     ``conn`` is in autocommit mode; returns how many it deleted in all.
     """
     deleted = 0
-    while True:
-        count = conn.execute(
-            q.PRUNE, {"queue": queue, "retention": retention, "batch": batch}
-        ).rowcount
-        deleted += count
-        if count < batch:
-            return deleted
+    for status in ("completed", "cancelled"):
+        params = {"queue": queue, "status": status, "retention": retention, "batch": batch}
+        while True:
+            count = conn.execute(q.PRUNE, params).rowcount
+            deleted += count
+            if count < batch:
+                break
+    return deleted
 
 
 def find(conn: Connection, queue: str, job_id: str) -> StoredJob | None:
@@ -403,6 +407,13 @@ def cancel(conn: Connection, queue: str, job_id: str) -> bool | None:
     assert row is not None
     cancelled, known = row
     return bool(cancelled) if known else None
+
+
+def next_due(conn: Connection, queue: str, lanes: Sequence[int]) -> float | None:
+    """Seconds (by the server's clock) until the first job of ``lanes`` that waits for
+    its ``run_at`` or its backoff is due; None when no job waits for a time."""
+    row = conn.execute(q.NEXT_DUE, {"queue": queue, "lanes": list(lanes)}).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
 
 
 def unsettled(conn: Connection, queue: str, job_ids: Sequence[str]) -> set[str]:
@@ -452,8 +463,10 @@ def listen(conn: Connection, queue: str) -> str:
     """Subscribe ``conn`` (in autocommit mode) to the queue's wake-ups; return the channel.
 
     A notification arrives once per transaction that made jobs claimable: read them
-    with ``conn.notifies(timeout=...)``. It is a hint to claim now, never a promise:
-    a claimer still polls, because notifications are lost while a connection is down.
+    with ``conn.notifies(timeout=...)``. Its payload is empty when jobs are due now,
+    or the seconds (a float, by the server's clock) until the first job it enqueued
+    is due. It is a hint, never a promise: a claimer still polls, because
+    notifications are lost while a connection is down.
     """
     row = conn.execute(q.CHANNEL, {"queue": queue}).fetchone()
     assert row is not None

@@ -345,7 +345,9 @@ def test_one_wake_up_per_transaction_that_enqueues(db: Database, conn: Connectio
 # --- retention ----------------------------------------------------------------------
 
 
-def test_prune_deletes_only_completed_jobs_past_retention_in_batches(conn: Connection) -> None:
+def test_prune_deletes_only_completed_and_cancelled_jobs_past_retention_in_batches(
+    conn: Connection,
+) -> None:
     jobs = [new(f"old{i}", key=f"k{i}") for i in range(5)]
     jobs += [new("recent"), new("dead"), new("waiting")]
     engine.enqueue(conn, QUEUE, jobs)
@@ -354,18 +356,20 @@ def test_prune_deletes_only_completed_jobs_past_retention_in_batches(conn: Conne
     done = [(c.id, c.token) for c in claims.values() if c.id != "dead"]
     assert len(engine.complete(conn, QUEUE, done)) == 6
     engine.fail(conn, QUEUE, "dead", claims["dead"].token, "boom")
+    engine.enqueue(conn, QUEUE, [new("called-off", key="kc"), new("called-off-now")])
+    assert engine.cancel(conn, QUEUE, "called-off") and engine.cancel(conn, QUEUE, "called-off-now")
     conn.execute(
         "UPDATE jobq_jobs SET finished_at = now() - interval '2 hours'"
-        " WHERE id LIKE 'old%%' OR id = 'dead'"
+        " WHERE id LIKE 'old%%' OR id IN ('dead', 'called-off')"
     )
 
-    params = {"queue": QUEUE, "retention": 3600.0, "batch": 3}
+    params = {"queue": QUEUE, "status": "completed", "retention": 3600.0, "batch": 3}
     assert conn.execute(pg_queries.PRUNE, params).rowcount == 3  # one batch, no more
-    assert engine.prune(conn, QUEUE, retention=3600.0, batch=1) == 2
+    assert engine.prune(conn, QUEUE, retention=3600.0, batch=1) == 3
     left = {row[0] for row in conn.execute("SELECT id FROM jobq_jobs")}
-    assert left == {"recent", "dead", "waiting"}
-    # A pruned job's idempotency key may be used again.
-    assert engine.enqueue(conn, QUEUE, [new("new0", key="k0")]) is None
+    assert left == {"recent", "dead", "waiting", "called-off-now"}
+    # A pruned job's idempotency key may be used again; a cancelled one's too.
+    assert engine.enqueue(conn, QUEUE, [new("new0", key="k0"), new("new1", key="kc")]) is None
 
 
 # --- what a handle asks of every job ------------------------------------------------
