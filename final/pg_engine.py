@@ -416,12 +416,17 @@ def next_due(conn: Connection, queue: str, lanes: Sequence[int]) -> float | None
     return None if row is None or row[0] is None else float(row[0])
 
 
-def unsettled(conn: Connection, queue: str, job_ids: Sequence[str]) -> set[str]:
-    """The ids among ``job_ids`` whose jobs have not settled (a pruned job has)."""
+def unsettled(
+    conn: Connection, queue: str, job_ids: Sequence[str], scheduled: bool = True
+) -> set[str]:
+    """The ids among ``job_ids`` whose jobs have not settled (a pruned job has).
+
+    ``scheduled=False`` leaves out the jobs whose ``run_at`` has not come yet.
+    """
     if not job_ids:
         return set()
-    rows = conn.execute(q.UNSETTLED, {"queue": queue, "ids": list(job_ids)})
-    return {row[0] for row in rows}
+    params = {"queue": queue, "ids": list(job_ids), "scheduled": scheduled}
+    return {row[0] for row in conn.execute(q.UNSETTLED, params)}
 
 
 def counts(conn: Connection, queue: str) -> dict[tuple[int, str], int]:

@@ -326,11 +326,13 @@ SELECT EXISTS (SELECT FROM cancelled),
 """
 
 # Of these ids, the ones not settled yet: what join() waits for. An id that is gone
-# was pruned, so it had settled.
+# was pruned, so it had settled. Without %(scheduled)s, a job whose run_at has not
+# come does not count: what close() waits for.
 UNSETTLED = """
 SELECT id FROM jobq_jobs
 WHERE queue = %(queue)s AND id = ANY (%(ids)s::text[])
   AND status NOT IN ('completed', 'failed', 'cancelled')
+  AND (%(scheduled)s OR status <> 'scheduled' OR ready_at <= now())
 """
 
 # The jobs waiting, running and cancelled, by priority and state as status() shows

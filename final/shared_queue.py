@@ -406,16 +406,21 @@ class SharedQueue(JobQueue):
         ``False`` if ``timeout`` passed first. The jobs are polled in the database,
         every 10 ms at first, slowing to every 250 ms.
         """
+        _refuse_from_handler(self, "join")
+        return self._wait_settled(timeout, scheduled=True)
+
+    def _wait_settled(self, timeout: float | None, *, scheduled: bool) -> bool:
+        """``join``; without ``scheduled``, jobs whose run_at has not come do not count."""
         from final import pg_engine
 
-        _refuse_from_handler(self, "join")
         endtime = None if timeout is None else time.monotonic() + timeout
         pause = 0.01
         while True:
             with self._mutex:
                 ids = list(self._accepted)
-            left = self._call(pg_engine.unsettled, self._queue, ids) if ids else set()
+            left = self._call(pg_engine.unsettled, self._queue, ids, scheduled) if ids else set()
             with self._mutex:
+                # Without scheduled, those not due are dropped too: close() leaves them.
                 self._accepted.difference_update(set(ids) - left)
                 if not self._accepted:
                     return True
@@ -429,7 +434,9 @@ class SharedQueue(JobQueue):
         """Stop: wait for this handle's jobs to settle, then give back and leave.
 
         Without ``timeout``, waits (as ``join``) for every job this handle accepted,
-        while its workers keep claiming; with ``timeout``, for at most that long.
+        while its workers keep claiming, except the jobs whose ``run_at`` has not come:
+        they wait in the database for whichever process runs then. With ``timeout``,
+        for at most that long.
         Then it stops claiming, gives back the jobs it claimed and did not start (no
         attempt counted, their place in line kept), lets the attempts running finish
         and settle (never abandoned), leaves the table of processes and closes its
@@ -444,7 +451,7 @@ class SharedQueue(JobQueue):
         first = not self._closing
         self._closing = True
         if first and self._workers:
-            self.join(timeout)
+            self._wait_settled(timeout, scheduled=False)
         with self._mutex:
             if self._stopping:
                 if timeout is None:  # a second close() waits for the attempts in flight
