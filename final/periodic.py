@@ -198,9 +198,7 @@ class _Schedule:
                 return
             except (QueueFull, StoreError) as error:
                 if period_of(time.time(), self._every) > period:
-                    logger.warning(
-                        "periodic %r: period %d skipped: %s", self._name, period, error
-                    )
+                    logger.warning("periodic %r: period %d skipped: %s", self._name, period, error)
                     return
                 self._stopped.wait(_RETRY)
 

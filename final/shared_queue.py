@@ -82,9 +82,22 @@ What it still gets wrong, or leaves to you:
 - ``close(timeout)`` leaves what it did not settle in the database, for the other
   processes (none of it is ``lost``): a last process that closes leaves it for the
   next one to start.
-- ``retention`` prunes completed rows in batches, on the upkeep connection at each
-  rescue round; jobs in time and exactly-once effects are not wired here yet, though
-  the engine has their statements.
+- ``retention`` prunes completed and cancelled rows in batches, on the upkeep
+  connection at each rescue round; exactly-once effects are not wired here yet,
+  though the engine has their statements.
+
+Jobs in time. A job with a ``run_at`` is a row like any other, ``'scheduled'`` until
+the database's clock reaches it: it holds no claim, no worker and no lane room, and
+it keeps its time across restarts. The claim takes it once due, in its line by its
+due time. A claimer learns when to wake without polling for it: the enqueue's NOTIFY
+says in how many seconds its first job is due, and after each wait that ended on
+time (a poll, a due time) the claimer asks the database when the next one is due
+(``NEXT_DUE``, one step down the waiting index per lane), so that a job scheduled
+before this process started, or announced while its listening connection was down,
+starts on time too. ``cancel`` is one statement that only a job not yet claimed
+matches, so it and a claim cannot both win. ``close()`` does not wait for jobs whose
+``run_at`` has not come: they wait in the database. ``periodic`` is the in-process
+queue's (``final/periodic.py``), over the public ``enqueue`` and ``status``.
 """
 
 from __future__ import annotations

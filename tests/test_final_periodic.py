@@ -8,6 +8,7 @@ from how long something took. Every interval is long against the load of a share
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -67,9 +68,8 @@ def test_declaring_a_schedule_again_in_one_queue_changes_nothing(caplog: Any) ->
 def test_bad_schedules_are_refused_naming_the_value(
     every: Any, job: Any, error: type[Exception], words: str
 ) -> None:
-    with JobQueue(lambda job: None) as q:
-        with pytest.raises(error, match=words):
-            q.periodic("tick", every, job)
+    with JobQueue(lambda job: None) as q, pytest.raises(error, match=words):
+        q.periodic("tick", every, job)
 
 
 def test_a_name_reused_with_another_interval_is_refused_naming_both() -> None:
@@ -106,10 +106,9 @@ def test_a_job_factory_that_fails_is_logged_and_the_schedule_goes_on(caplog: Any
             return "not a job"
         return Job()
 
-    with caplog.at_level(logging.ERROR, logger="final.periodic"):
-        with JobQueue(recorder, workers=1) as q:
-            q.periodic("tick", EVERY, flaky)
-            recorder.wait_started(1)
+    with caplog.at_level(logging.ERROR, logger="final.periodic"), JobQueue(recorder) as q:
+        q.periodic("tick", EVERY, flaky)
+        recorder.wait_started(1)
     assert "periodic 'tick': job() raised" in caplog.text
     assert "periodic 'tick': job() returned str, not a Job" in caplog.text
 
@@ -129,7 +128,7 @@ def test_a_failing_schedule_keeps_one_job_at_a_time(caplog: Any) -> None:
     # No job started before the one of the period before it had ended: never two at once.
     order = recorder.order
     spans = [(order.index(j), len(order) - order[::-1].index(j)) for j in dict.fromkeys(order)]
-    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans))
     assert "skipped, job periodic:tick:0.2s:" in caplog.text
 
 
@@ -145,9 +144,11 @@ def test_restarts_on_sqlite_enqueue_one_job_per_period(path: str) -> None:
         q.periodic("tick", EVERY, Job)
         if len(starts) % 3 == 0:  # some lives see a period turn
             turn = period_of(time.time(), EVERY) + 1
-            recorder.wait_until(
-                lambda r, turn=turn: any(p >= turn for p in periods(r.order)), "a period's turn"
-            )
+
+            def turned(r: Recorder, turn: int = turn) -> bool:
+                return any(p >= turn for p in periods(r.order))
+
+            recorder.wait_until(turned, "a period's turn")
         q.close()
         ran += recorder.order
     count = periods(ran)
