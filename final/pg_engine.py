@@ -39,6 +39,7 @@ import psycopg
 from psycopg import sql
 
 from final import pg_queries as q
+from final.jobs import Priority
 
 __all__ = [
     "Claim",
@@ -267,14 +268,12 @@ def claim(
     ``lane``: only jobs of that priority (fairness's turn for a lower lane).
     Jobs locked by another claimer are skipped, never waited for.
     """
-    lowest, highest = (0, 32767) if lane is None else (lane, lane)
     params = {
         "queue": queue,
         "process": process,
         "limit": limit,
         "timeout": timeout,
-        "lowest": lowest,
-        "highest": highest,
+        "lanes": [int(p) for p in Priority] if lane is None else [lane],
     }
     rows = conn.execute(q.CLAIM, params).fetchall()
     claims = [Claim(*row) for row in rows]

@@ -120,16 +120,25 @@ LIMIT 1
 # Up to `limit` due jobs, highest priority first, then by their place in the line.
 # The attempt is counted here, at the claim, so that an attempt that kills its
 # process still counts. The rows come back in no order: the caller sorts them.
+# Lane by lane (%(lanes)s, highest first), each a range of the waiting index that
+# ends at now(): one index scan over every lane would step over each job of a higher
+# lane that is not due yet, and jobs may wait for their time by the hundred thousand.
+# The outer LIMIT pulls rows as it needs them, so a lower lane is read, and its rows
+# locked, only when the lanes above it had too few.
 CLAIM = """
 WITH picked AS MATERIALIZED (
-    SELECT id FROM jobq_jobs
-    WHERE queue = %(queue)s
-      AND status IN ('queued', 'scheduled', 'retrying')
-      AND ready_at <= now()
-      AND priority BETWEEN %(lowest)s AND %(highest)s
-    ORDER BY priority DESC, ready_at, seq
+    SELECT lane.id
+    FROM unnest(%(lanes)s::int[]) AS p (priority), LATERAL (
+        SELECT id FROM jobq_jobs
+        WHERE queue = %(queue)s
+          AND status IN ('queued', 'scheduled', 'retrying')
+          AND priority = p.priority
+          AND ready_at <= now()
+        ORDER BY ready_at, seq
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS lane
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 )
 UPDATE jobq_jobs AS j
 SET status = 'processing',

@@ -117,22 +117,31 @@ def test_a_run_at_in_the_past_is_queued_at_once(queues: Any) -> None:
     starts.wait(1)
 
 
-def test_scheduled_jobs_hold_no_lane_room_and_no_worker(queues: Any) -> None:
-    recorder = Recorder()
-    worker = queues(recorder, workers=1, queue_size=2)
-    worker.enqueue_many(
+def test_scheduled_jobs_hold_no_lane_room(queues: Any) -> None:
+    producer = queues(workers=0, queue_size=2)
+    producer.enqueue_many(
         [Job(id=f"later{i}", priority=Priority.HIGH, run_at=later(3600)) for i in range(5)],
         timeout=0,
     )
-    worker.enqueue(Job(id="now", priority=Priority.LOW), timeout=0)
+    producer.enqueue_many([Job(id=f"now{i}", priority=Priority.HIGH) for i in range(2)], timeout=0)
+    with pytest.raises(QueueFull):
+        producer.enqueue(Job(id="one-too-many", priority=Priority.HIGH), timeout=0)
+    metrics = producer.metrics()
+    assert metrics.scheduled == 5 and metrics.by_priority[Priority.HIGH].scheduled == 5
+    assert metrics.queued == 2
+
+
+def test_scheduled_jobs_hold_no_worker(queues: Any) -> None:
+    recorder = Recorder()
+    worker = queues(recorder, workers=1)
+    worker.enqueue_many(
+        [Job(id=f"later{i}", priority=Priority.HIGH, run_at=later(3600)) for i in range(5)]
+    )
+    worker.enqueue(Job(id="now", priority=Priority.LOW))
     recorder.wait_until(lambda r: r.succeeded == ["now"], "the job due now to run")
     wait_for_status(worker, "now", Status.COMPLETED)
     metrics = worker.metrics()
-    assert metrics.scheduled == 5 and metrics.by_priority[Priority.HIGH].scheduled == 5
-    assert metrics.queued == 0 and metrics.in_flight == 0
-    worker.enqueue_many([Job(id="a"), Job(id="b")], timeout=0)  # the lane's room is whole
-    with pytest.raises(QueueFull):
-        worker.enqueue_many([Job(id=f"x{i}") for i in range(3)], timeout=0)
+    assert metrics.scheduled == 5 and metrics.queued == 0 and metrics.in_flight == 0
 
 
 def test_a_scheduled_job_keeps_its_time_across_a_restart(queues: Any, db: Database) -> None:
