@@ -342,6 +342,45 @@ def test_one_wake_up_per_transaction_that_enqueues(db: Database, conn: Connectio
         assert wake_ups(listener, conn, channel) == 1
 
 
+def payloads(listener: Connection, conn: Connection, channel: str) -> list[str]:
+    """The payloads of the wake-ups that arrived before a marker sent now."""
+    conn.execute("SELECT pg_notify(%s, 'marker')", (channel,))
+    found = []
+    for note in listener.notifies(timeout=PATIENCE):
+        if note.payload == "marker":
+            return found
+        found.append(note.payload)
+    pytest.fail(f"no marker on {channel} within {PATIENCE} s")
+
+
+def test_an_enqueue_of_jobs_not_due_yet_says_when_the_first_is_due(
+    db: Database, conn: Connection
+) -> None:
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30)
+    with db.connect() as listener:
+        channel = engine.listen(listener, QUEUE)
+        engine.enqueue(conn, QUEUE, [new("a", run_at=soon + datetime.timedelta(seconds=60))])
+        first = payloads(listener, conn, channel)
+        engine.enqueue(conn, QUEUE, [new("b", run_at=soon + datetime.timedelta(seconds=9))])
+        second = payloads(listener, conn, channel)
+        engine.enqueue(conn, QUEUE, [new("c"), new("d", run_at=soon)])
+        both = payloads(listener, conn, channel)
+    assert 80 < float(*first) <= 90 and 30 < float(*second) <= 39
+    assert sorted(both)[0] == "" and 20 < float(sorted(both)[1]) <= 30  # now, and in 30 s
+
+
+def test_next_due_is_when_the_first_job_waiting_for_a_time_is_due(conn: Connection) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    assert engine.next_due(conn, QUEUE, [2, 1, 0]) is None
+    engine.enqueue(conn, QUEUE, [new("now"), new("past", run_at=now - datetime.timedelta(hours=1))])
+    engine.enqueue(conn, QUEUE, [new("m", MEDIUM, run_at=now + datetime.timedelta(seconds=50))])
+    engine.enqueue(conn, QUEUE, [new("l", LOW, run_at=now + datetime.timedelta(seconds=20))])
+    due = engine.next_due(conn, QUEUE, [2, 1, 0])
+    assert due is not None and 10 < due <= 20
+    assert engine.next_due(conn, QUEUE, [int(MEDIUM)]) == pytest.approx(50, abs=10)
+    assert status(conn, "past") == "queued"
+
+
 # --- retention ----------------------------------------------------------------------
 
 
