@@ -315,6 +315,9 @@ class SharedQueue(JobQueue):
     def enqueue(self, job: Job, timeout: float | None = None) -> None:
         """Commit ``job`` to the shared queue; on return it is in the database.
 
+        A job with a ``run_at`` still to come is ``SCHEDULED`` until the database's
+        clock reaches it, and holds no lane room meanwhile; one already past is queued.
+
         Raises ``DuplicateJob`` when its id or idempotency key is taken by a job of
         the queue (whoever enqueued it), ``QueueClosed`` once ``close()`` has begun,
         ``StoreError`` when the server cannot be reached (nothing was accepted),
@@ -965,8 +968,8 @@ class SharedQueue(JobQueue):
                     conn = self._connect()
                     self._engine.listen(conn, self._queue)
                 for notice in conn.notifies(timeout=0.5, stop_after=1):
-                    if notice.payload:  # jobs due later: wake then, not now
-                        self._note_due(float(notice.payload))
+                    if (due := _seconds(notice.payload)) is not None:
+                        self._note_due(due)  # jobs due later: wake then, not now
                         continue
                     with self._mutex:
                         self._hinted = True
@@ -1013,6 +1016,14 @@ def _check_shared(
     check_seconds("lease", lease, positive=True)
     if retention is not None:
         check_seconds("retention", retention)
+
+
+def _seconds(payload: str) -> float | None:
+    """The seconds a wake-up's payload says its jobs are due in; None: due now."""
+    try:
+        return float(payload) if payload else None
+    except ValueError:  # not ours (someone else's NOTIFY on the channel): a hint
+        return None
 
 
 class _Count:
