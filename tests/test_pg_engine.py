@@ -345,7 +345,7 @@ def test_one_wake_up_per_transaction_that_enqueues(db: Database, conn: Connectio
 def payloads(listener: Connection, conn: Connection, channel: str) -> list[str]:
     """The payloads of the wake-ups that arrived before a marker sent now."""
     conn.execute("SELECT pg_notify(%s, 'marker')", (channel,))
-    found = []
+    found: list[str] = []
     for note in listener.notifies(timeout=PATIENCE):
         if note.payload == "marker":
             return found
