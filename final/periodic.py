@@ -175,21 +175,23 @@ class _Schedule:
     def _enqueue(self, period: int) -> None:
         """Enqueue ``period``'s job unless its key is used or the previous job is unsettled."""
         key = period_key(self._name, self._every, period)
+        job: Job | None = None  # made once per period, whatever the tries to enqueue it
         while not self._stopped.is_set():
             try:
-                waiting = self._unsettled(period)
-                if waiting is not None:
-                    logger.warning(
-                        "periodic %r: period %d skipped, job %s of an earlier one has not"
-                        " settled yet",
-                        self._name,
-                        period,
-                        waiting,
-                    )
-                    return
-                job = self._make(key)
                 if job is None:
-                    return
+                    waiting = self._unsettled(period)
+                    if waiting is not None:
+                        logger.warning(
+                            "periodic %r: period %d skipped, job %s of an earlier one has"
+                            " not settled yet",
+                            self._name,
+                            period,
+                            waiting,
+                        )
+                        return
+                    job = self._make(key)
+                    if job is None:
+                        return
                 self._queue.enqueue(job, timeout=_RETRY)
                 self._last = key
                 return

@@ -209,3 +209,36 @@ def test_a_job_that_never_settles_holds_later_periods_back() -> None:
     finally:
         recorder.release()
         q.close()
+
+
+class _Heard(logging.Handler):
+    """Sets an event when a record whose message holds ``words`` is logged."""
+
+    def __init__(self, words: str) -> None:
+        super().__init__()
+        self.words = words
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.words in record.getMessage():
+            self.event.set()
+
+
+def test_a_period_whose_lane_stays_full_is_tried_until_it_ends_then_logged() -> None:
+    recorder = Recorder(hold=lambda job: True)
+    q = JobQueue(recorder, workers=1, queue_size=1)
+    heard = _Heard("skipped: ")
+    logger = logging.getLogger("final.periodic")
+    logger.addHandler(heard)
+    try:
+        q.enqueue(Job(id="running"))
+        recorder.wait_started(1)
+        q.enqueue(Job(id="waiting"))  # the MEDIUM lane is full now
+        q.periodic("tick", EVERY, Job)
+        assert heard.event.wait(PATIENCE)
+        assert q.status(period_key("tick", EVERY, period_of(time.time(), EVERY) - 1)) is None
+    finally:
+        logger.removeHandler(heard)
+        recorder.release()
+        q.close()
+    assert "running" in recorder.order and "waiting" in recorder.order

@@ -233,6 +233,18 @@ def test_cancel_and_a_claim_racing_for_a_job_exactly_one_wins(queues: Any) -> No
 
 # --- periodic across processes ----------------------------------------------------------
 
+
+def test_a_handle_without_workers_may_declare_a_schedule(queues: Any) -> None:
+    recorder = Recorder()
+    queues(recorder, workers=1)
+    web = queues(workers=0)
+    web.periodic("tick", 0.5, lambda: Job(payload=b"tick"))
+    recorder.wait_until(lambda r: len(r.succeeded) >= 2, "two periods' jobs")
+    first = recorder.succeeded[0]
+    assert first.startswith("periodic:tick:0.5s:")
+    assert web.status(first) in (Status.PROCESSING, Status.COMPLETED)
+
+
 _DECLARER = textwrap.dedent(
     """
     import sys, time
