@@ -102,9 +102,8 @@ def read_pg(dsn: str, queue: str = "default", *, limit: int = 20) -> Snapshot:
         raise StoreError(f"cannot read the queue in PostgreSQL: {exc}") from exc
     counts = {status: dict.fromkeys(PRIORITY_NAMES.values(), 0) for status in STATUSES}
     for (status, priority), n in by_status.items():
-        shown = "queued" if status == "scheduled" else status
-        counts.setdefault(shown, dict.fromkeys(PRIORITY_NAMES.values(), 0))
-        counts[shown][_priority_name(priority)] += n
+        counts.setdefault(status, dict.fromkeys(PRIORITY_NAMES.values(), 0))
+        counts[status][_priority_name(priority)] += n
     dead = [
         DeadLetter(
             d.id,

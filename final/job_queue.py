@@ -83,6 +83,7 @@ from typing import TypeVar
 from final.errors import DuplicateJob, NotADeadLetter, QueueClosed, QueueFull
 from final.fairness import FairPicker
 from final.jobs import Job, JobInfo, Priority, Record, Status
+from final.periodic import Schedules
 from final.rate_limit import TokenBucket
 from final.sqlite_store import RETENTION, SQLiteStore
 from final.store import DuplicateRow, MemoryStore, Store, StoreError
@@ -264,6 +265,8 @@ class JobQueue:
     # package imports. A hook rather than an import, because the shared queue is built
     # on this module's pieces, and imports go one way, down.
     _shared: type[JobQueue] | None = None
+    # The schedules of periodic(), made at the first: most queues have none.
+    _schedules: Schedules | None = None
 
     def __new__(cls, handler: Handler, **options: object) -> JobQueue:
         if options.get("dsn") is not None and cls is JobQueue:
@@ -535,6 +538,7 @@ class JobQueue:
         if self._forked:
             return  # the parent's to close: see _after_fork
         _refuse_from_handler(self, "close")
+        self._periodic_schedules().close()  # before the queue refuses their enqueues
         endtime = None if timeout is None else time.monotonic() + timeout
         with self._mutex:
             self._closing = True
@@ -726,6 +730,35 @@ class JobQueue:
         """
         self._forked = True
         atexit.unregister(self._atexit_hook)
+
+    def periodic(self, name: str, every: float, job: Callable[[], Job]) -> None:
+        """From now on, enqueue ``job()`` once every ``every`` seconds, under ``name``.
+
+        Declare it again at each start, as code is. One job per period of ``every``
+        seconds (counted from the epoch, by the wall clock), however many processes
+        declare the same schedule and however often they restart: the job's id and
+        idempotency key are ``periodic:<name>:<every>s:<period number>``, replacing
+        those ``job()`` gave. At a start, the current period's job is enqueued at once
+        if nobody has; periods missed before are not. A period whose previous job has
+        not settled is skipped, so a failing job does not pile up. ``job()`` that
+        raises or returns no ``Job`` is logged, and the schedule goes on. See
+        ``final/periodic.py``; ``close()`` stops the schedules.
+
+        Raises ``TypeError`` for a ``name`` that is not a str or a ``job`` that is not
+        callable, ``ValueError`` for an ``every`` that is not a number of seconds > 0,
+        an empty name, or a name this queue has with another ``every``;
+        ``QueueClosed`` once ``close()`` has begun.
+        """
+        if self._forked:
+            raise _forked()
+        self._periodic_schedules().add(name, every, job)
+
+    def _periodic_schedules(self) -> Schedules:
+        """This queue's schedules, made at the first use (``close()`` makes them closed)."""
+        with self._mutex:
+            if self._schedules is None:
+                self._schedules = Schedules(self)
+            return self._schedules
 
     def __enter__(self) -> JobQueue:
         return self

@@ -39,6 +39,7 @@ import psycopg
 from psycopg import sql
 
 from final import pg_queries as q
+from final.jobs import Priority
 
 __all__ = [
     "Claim",
@@ -59,6 +60,7 @@ __all__ = [
     "give_back",
     "heartbeat",
     "listen",
+    "next_due",
     "oldest_waiting",
     "prune",
     "recent_failures",
@@ -124,6 +126,7 @@ class Claim:
     ready_at: datetime.datetime
     seq: int
     deadline: datetime.datetime | None
+    run_at: datetime.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,7 @@ class StoredJob:
     ready_at: datetime.datetime
     started_at: datetime.datetime | None
     finished_at: datetime.datetime | None
+    run_at: datetime.datetime | None = None  # the time it was enqueued to wait for
 
 
 def register(conn: Connection, queue: str, lease: float) -> int:
@@ -265,14 +269,12 @@ def claim(
     ``lane``: only jobs of that priority (fairness's turn for a lower lane).
     Jobs locked by another claimer are skipped, never waited for.
     """
-    lowest, highest = (0, 32767) if lane is None else (lane, lane)
     params = {
         "queue": queue,
         "process": process,
         "limit": limit,
         "timeout": timeout,
-        "lowest": lowest,
-        "highest": highest,
+        "lanes": [int(p) for p in Priority] if lane is None else [lane],
     }
     rows = conn.execute(q.CLAIM, params).fetchall()
     claims = [Claim(*row) for row in rows]
@@ -364,19 +366,20 @@ def rescue(conn: Connection, queue: str) -> list[Rescued]:
 
 
 def prune(conn: Connection, queue: str, retention: float, batch: int = 1000) -> int:
-    """Delete completed jobs that completed over ``retention`` seconds ago.
+    """Delete completed and cancelled jobs that settled over ``retention`` seconds ago.
 
     Deletes at most ``batch`` rows per transaction, committing between batches when
     ``conn`` is in autocommit mode; returns how many it deleted in all.
     """
     deleted = 0
-    while True:
-        count = conn.execute(
-            q.PRUNE, {"queue": queue, "retention": retention, "batch": batch}
-        ).rowcount
-        deleted += count
-        if count < batch:
-            return deleted
+    for status in ("completed", "cancelled"):
+        params = {"queue": queue, "status": status, "retention": retention, "batch": batch}
+        while True:
+            count = conn.execute(q.PRUNE, params).rowcount
+            deleted += count
+            if count < batch:
+                break
+    return deleted
 
 
 def find(conn: Connection, queue: str, job_id: str) -> StoredJob | None:
@@ -406,12 +409,24 @@ def cancel(conn: Connection, queue: str, job_id: str) -> bool | None:
     return bool(cancelled) if known else None
 
 
-def unsettled(conn: Connection, queue: str, job_ids: Sequence[str]) -> set[str]:
-    """The ids among ``job_ids`` whose jobs have not settled (a pruned job has)."""
+def next_due(conn: Connection, queue: str, lanes: Sequence[int]) -> float | None:
+    """Seconds (by the server's clock) until the first job of ``lanes`` that waits for
+    its ``run_at`` or its backoff is due; None when no job waits for a time."""
+    row = conn.execute(q.NEXT_DUE, {"queue": queue, "lanes": list(lanes)}).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def unsettled(
+    conn: Connection, queue: str, job_ids: Sequence[str], scheduled: bool = True
+) -> set[str]:
+    """The ids among ``job_ids`` whose jobs have not settled (a pruned job has).
+
+    ``scheduled=False`` leaves out the jobs whose ``run_at`` has not come yet.
+    """
     if not job_ids:
         return set()
-    rows = conn.execute(q.UNSETTLED, {"queue": queue, "ids": list(job_ids)})
-    return {row[0] for row in rows}
+    params = {"queue": queue, "ids": list(job_ids), "scheduled": scheduled}
+    return {row[0] for row in conn.execute(q.UNSETTLED, params)}
 
 
 def counts(conn: Connection, queue: str) -> dict[tuple[int, str], int]:
@@ -453,8 +468,10 @@ def listen(conn: Connection, queue: str) -> str:
     """Subscribe ``conn`` (in autocommit mode) to the queue's wake-ups; return the channel.
 
     A notification arrives once per transaction that made jobs claimable: read them
-    with ``conn.notifies(timeout=...)``. It is a hint to claim now, never a promise:
-    a claimer still polls, because notifications are lost while a connection is down.
+    with ``conn.notifies(timeout=...)``. Its payload is empty when jobs are due now,
+    or the seconds (a float, by the server's clock) until the first job it enqueued
+    is due. It is a hint, never a promise: a claimer still polls, because
+    notifications are lost while a connection is down.
     """
     row = conn.execute(q.CHANNEL, {"queue": queue}).fetchone()
     assert row is not None

@@ -19,7 +19,9 @@ Rules every statement here keeps:
   once the guess was large).
 - A statement that makes jobs claimable notifies the queue's channel with an empty
   payload; PostgreSQL folds identical notifications of one transaction into one, so a
-  transaction wakes the listeners once however many statements it ran.
+  transaction wakes the listeners once however many statements it ran. An enqueue of
+  jobs not due yet notifies the seconds until the first of them is due, by the
+  server's clock, so that a claimer can wake then without asking.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ __all__ = [
     "GIVE_BACK",
     "HEARTBEAT",
     "HOLDER",
+    "NEXT_DUE",
     "NOTIFY",
     "OLDEST_WAITING",
     "PRUNE",
@@ -80,23 +83,30 @@ DEREGISTER = "DELETE FROM jobq_processes WHERE id = %(process)s"
 # whose id or idempotency key is taken (by an earlier row of the batch too), and waits
 # for an uncommitted row that holds one. The caller compares the ids returned with
 # the batch to find the first refused. A job not due yet is 'scheduled'; a job enters
-# its line when it is due, so ready_at is its place in the line.
+# its line when it is due, so ready_at is its place in the line (a run_at already
+# past joins the back of the line, as a job enqueued now). The wake-ups: an empty
+# one when some job is due now, the seconds until the first is due when some is not.
 ENQUEUE = f"""
 WITH inserted AS (
     INSERT INTO jobq_jobs (
-        queue, id, payload, priority, idempotency_key, max_retries, status, ready_at
+        queue, id, payload, priority, idempotency_key, max_retries, status, ready_at, run_at
     )
     SELECT %(queue)s, j.id, j.payload, j.priority, j.idempotency_key, j.max_retries,
            CASE WHEN j.run_at > now() THEN 'scheduled' ELSE 'queued' END,
-           greatest(j.run_at, now())
+           greatest(j.run_at, now()), j.run_at
     FROM unnest(
         %(ids)s::text[], %(payloads)s::bytea[], %(priorities)s::smallint[],
         %(keys)s::text[], %(max_retries)s::integer[], %(run_at)s::timestamptz[]
     ) AS j (id, payload, priority, idempotency_key, max_retries, run_at)
     ON CONFLICT DO NOTHING
-    RETURNING id
+    RETURNING id, status, ready_at
 )
-SELECT array_agg(id), pg_notify({_CHANNEL}, '') FROM inserted HAVING count(*) > 0
+SELECT array_agg(id),
+       CASE WHEN bool_or(status = 'queued') THEN pg_notify({_CHANNEL}, '') END,
+       CASE WHEN bool_or(status = 'scheduled') THEN pg_notify({_CHANNEL}, extract(
+           epoch FROM min(ready_at) FILTER (WHERE status = 'scheduled') - now()
+       )::float8::text) END
+FROM inserted HAVING count(*) > 0
 """
 
 # The job that holds a refused job's id, or else its idempotency key.
@@ -110,16 +120,25 @@ LIMIT 1
 # Up to `limit` due jobs, highest priority first, then by their place in the line.
 # The attempt is counted here, at the claim, so that an attempt that kills its
 # process still counts. The rows come back in no order: the caller sorts them.
+# Lane by lane (%(lanes)s, highest first), each a range of the waiting index that
+# ends at now(): one index scan over every lane would step over each job of a higher
+# lane that is not due yet, and jobs may wait for their time by the hundred thousand.
+# The outer LIMIT pulls rows as it needs them, so a lower lane is read, and its rows
+# locked, only when the lanes above it had too few.
 CLAIM = """
 WITH picked AS MATERIALIZED (
-    SELECT id FROM jobq_jobs
-    WHERE queue = %(queue)s
-      AND status IN ('queued', 'scheduled', 'retrying')
-      AND ready_at <= now()
-      AND priority BETWEEN %(lowest)s AND %(highest)s
-    ORDER BY priority DESC, ready_at, seq
+    SELECT lane.id
+    FROM unnest(%(lanes)s::int[]) AS p (priority), LATERAL (
+        SELECT id FROM jobq_jobs
+        WHERE queue = %(queue)s
+          AND status IN ('queued', 'scheduled', 'retrying')
+          AND priority = p.priority
+          AND ready_at <= now()
+        ORDER BY ready_at, seq
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS lane
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 )
 UPDATE jobq_jobs AS j
 SET status = 'processing',
@@ -130,7 +149,21 @@ SET status = 'processing',
     deadline = now() + make_interval(secs => %(timeout)s::float8)
 WHERE j.queue = %(queue)s AND j.id = ANY (ARRAY(SELECT id FROM picked))
 RETURNING j.id, j.claim, j.payload, j.priority, j.idempotency_key, j.max_retries,
-          j.attempts, j.enqueued_at, j.ready_at, j.seq, j.deadline
+          j.attempts, j.enqueued_at, j.ready_at, j.seq, j.deadline, j.run_at
+"""
+
+# Seconds from now until the first waiting job that is not due yet (scheduled, or
+# waiting out a backoff) is due, or NULL: when a claimer with nothing to do should
+# look again. One step down the waiting index per lane: what is due sorts before.
+NEXT_DUE = """
+SELECT extract(epoch FROM min(n.ready_at) - now())::float8
+FROM unnest(%(lanes)s::int[]) AS p (priority), LATERAL (
+    SELECT ready_at FROM jobq_jobs
+    WHERE queue = %(queue)s AND status IN ('queued', 'scheduled', 'retrying')
+      AND priority = p.priority AND ready_at > now()
+    ORDER BY ready_at
+    LIMIT 1
+) AS n
 """
 
 # A queue's shared token bucket (rate_limit across processes): its row is made once,
@@ -248,12 +281,13 @@ SWEEP_PROCESSES = """
 DELETE FROM jobq_processes WHERE queue = %(queue)s AND heartbeat_at < now() - lease
 """
 
-# One batch of completed jobs past retention, oldest first. Batches keep each
-# transaction short: a long one holds back vacuum on every table of the database.
+# One batch of completed (or cancelled) jobs past retention, oldest first. Batches
+# keep each transaction short: a long one holds back vacuum on every table of the
+# database. One status at a time, so that the settled index gives them in order.
 PRUNE = """
 WITH old AS MATERIALIZED (
     SELECT id FROM jobq_jobs
-    WHERE queue = %(queue)s AND status = 'completed'
+    WHERE queue = %(queue)s AND status = %(status)s
       AND finished_at < now() - make_interval(secs => %(retention)s::float8)
     ORDER BY finished_at
     LIMIT %(batch)s
@@ -262,13 +296,16 @@ WITH old AS MATERIALIZED (
 DELETE FROM jobq_jobs WHERE queue = %(queue)s AND id = ANY (ARRAY(SELECT id FROM old))
 """
 
-# What status(), info() and dead_letters() read. A job waiting for a time that has
-# come shows as 'queued': it is in its line.
-_STORED = """
-SELECT id, payload, priority, idempotency_key, max_retries,
-       CASE WHEN status IN ('scheduled', 'retrying') AND ready_at <= now() THEN 'queued'
-            ELSE status END,
-       attempts, last_error, enqueued_at, ready_at, started_at, finished_at
+# A job waiting for a time that has come is in its line: it shows as 'queued'.
+_SHOWN = """
+CASE WHEN status IN ('scheduled', 'retrying') AND ready_at <= now() THEN 'queued'
+     ELSE status END
+"""
+
+# What status(), info() and dead_letters() read.
+_STORED = f"""
+SELECT id, payload, priority, idempotency_key, max_retries, {_SHOWN},
+       attempts, last_error, enqueued_at, ready_at, started_at, finished_at, run_at
 FROM jobq_jobs
 """
 FIND = _STORED + "WHERE queue = %(queue)s AND id = %(id)s"
@@ -298,44 +335,51 @@ SELECT EXISTS (SELECT FROM cancelled),
 """
 
 # Of these ids, the ones not settled yet: what join() waits for. An id that is gone
-# was pruned, so it had settled.
+# was pruned, so it had settled. Without %(scheduled)s, a job whose run_at has not
+# come does not count: what close() waits for.
 UNSETTLED = """
 SELECT id FROM jobq_jobs
 WHERE queue = %(queue)s AND id = ANY (%(ids)s::text[])
   AND status NOT IN ('completed', 'failed', 'cancelled')
+  AND (%(scheduled)s OR status <> 'scheduled' OR ready_at <= now())
 """
 
-# The jobs waiting and running, by priority and state: gauges, and the approximate
-# lane sizes that queue_size can bound. Both partial indexes answer it.
-COUNTS = """
-SELECT priority, status, count(*) FROM jobq_jobs
-WHERE queue = %(queue)s AND status IN ('queued', 'scheduled', 'retrying', 'processing')
-GROUP BY priority, status
+# The jobs waiting, running and cancelled, by priority and state as status() shows
+# it: the gauges. The partial indexes answer it.
+COUNTS = f"""
+SELECT priority, {_SHOWN}, count(*) FROM jobq_jobs
+WHERE queue = %(queue)s
+  AND status IN ('queued', 'scheduled', 'retrying', 'processing', 'cancelled')
+GROUP BY 1, 2
 """
 
-# Each lane's queued jobs, counted no further than %(cap)s: what the claim's fairness
-# and enqueue's bound need to know, read from the waiting index in O(cap), where a
-# full count would read the whole backlog before every claim and every enqueue.
+# Each lane's jobs due (queued, or scheduled or retrying whose time has come), counted
+# no further than %(cap)s: what the claim's fairness and enqueue's bound need to know,
+# read from the waiting index in O(cap), where a full count would read the whole
+# backlog before every claim and every enqueue. A job not due yet holds no room.
 WAITING = """
 SELECT p.priority, (
     SELECT count(*) FROM (
         SELECT 1 FROM jobq_jobs
-        WHERE queue = %(queue)s AND status = 'queued' AND priority = p.priority
+        WHERE queue = %(queue)s AND status IN ('queued', 'scheduled', 'retrying')
+          AND priority = p.priority AND ready_at <= now()
         LIMIT %(cap)s
     ) AS lane
 )
 FROM unnest(%(lanes)s::int[]) AS p (priority)
 """
 
-# python -m final inspect --dsn: every job of the queue by status and priority, and
-# when the oldest waiting job was enqueued (seconds since the epoch), in one read.
-STATUS_COUNTS = """
-SELECT status, priority, count(*) FROM jobq_jobs WHERE queue = %(queue)s
-GROUP BY status, priority
+# python -m final inspect --dsn: every job of the queue by status (as status() shows
+# it) and priority, and when the oldest waiting job was enqueued (seconds since the
+# epoch), in one read.
+STATUS_COUNTS = f"""
+SELECT {_SHOWN}, priority, count(*) FROM jobq_jobs WHERE queue = %(queue)s
+GROUP BY 1, 2
 """
 OLDEST_WAITING = """
 SELECT extract(epoch FROM min(enqueued_at))::float8 FROM jobq_jobs
 WHERE queue = %(queue)s AND status IN ('queued', 'scheduled', 'retrying')
+  AND ready_at <= now()
 """
 
 # A session setting of one connection (the claim connection's asynchronous commit),

@@ -27,12 +27,13 @@ from final.store import StoreError
 
 __all__ = ["SCHEMA_VERSION", "SchemaMismatch", "ensure_schema"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: run_at, the time a job was asked to wait for
 
 # The states a row can be in. Waiting: 'queued' (due now, or since), 'scheduled' (not
 # before its ready_at), 'retrying' (waiting out a backoff). Running: 'processing'.
-# Settled: 'completed', 'failed' (a dead letter), 'cancelled'. All seven are here
-# from the start, so that jobs in time need no new version of the tables.
+# Settled: 'completed', 'failed' (a dead letter), 'cancelled'. ready_at is where a
+# waiting job stands in its line; run_at is the time it was enqueued to wait for, kept
+# for info() after a retry has moved ready_at.
 _TABLES = """
 CREATE TABLE IF NOT EXISTS jobq_version (
     version integer NOT NULL,
@@ -64,6 +65,7 @@ CREATE TABLE IF NOT EXISTS jobq_jobs (
     last_error text,
     enqueued_at timestamptz NOT NULL DEFAULT now(),
     ready_at timestamptz NOT NULL DEFAULT now(),
+    run_at timestamptz,
     started_at timestamptz,
     finished_at timestamptz,
     process_id bigint,

@@ -82,9 +82,22 @@ What it still gets wrong, or leaves to you:
 - ``close(timeout)`` leaves what it did not settle in the database, for the other
   processes (none of it is ``lost``): a last process that closes leaves it for the
   next one to start.
-- ``retention`` prunes completed rows in batches, on the upkeep connection at each
-  rescue round; jobs in time and exactly-once effects are not wired here yet, though
-  the engine has their statements.
+- ``retention`` prunes completed and cancelled rows in batches, on the upkeep
+  connection at each rescue round; exactly-once effects are not wired here yet,
+  though the engine has their statements.
+
+Jobs in time. A job with a ``run_at`` is a row like any other, ``'scheduled'`` until
+the database's clock reaches it: it holds no claim, no worker and no lane room, and
+it keeps its time across restarts. The claim takes it once due, in its line by its
+due time. A claimer learns when to wake without polling for it: the enqueue's NOTIFY
+says in how many seconds its first job is due, and after each wait that ended on
+time (a poll, a due time) the claimer asks the database when the next one is due
+(``NEXT_DUE``, one step down the waiting index per lane), so that a job scheduled
+before this process started, or announced while its listening connection was down,
+starts on time too. ``cancel`` is one statement that only a job not yet claimed
+matches, so it and a claim cannot both win. ``close()`` does not wait for jobs whose
+``run_at`` has not come: they wait in the database. ``periodic`` is the in-process
+queue's (``final/periodic.py``), over the public ``enqueue`` and ``status``.
 """
 
 from __future__ import annotations
@@ -93,6 +106,7 @@ import atexit
 import contextlib
 import heapq
 import logging
+import math
 import os
 import threading
 import time
@@ -130,14 +144,8 @@ __all__ = ["SharedQueue"]
 logger = logging.getLogger(__name__)
 
 _POLL = 1.0  # seconds between claims when no notification comes: the backstop
-_STATUS = {
-    "queued": Status.QUEUED,
-    "scheduled": Status.QUEUED,
-    "retrying": Status.RETRYING,
-    "processing": Status.PROCESSING,
-    "completed": Status.COMPLETED,
-    "failed": Status.FAILED,
-}
+_LANES = [int(p) for p in Priority]
+_STATUS = {status.value: status for status in Status}  # the rows' statuses are its values
 
 
 class SharedQueue(JobQueue):
@@ -222,6 +230,12 @@ class SharedQueue(JobQueue):
         self._due: list[float] = []  # a heap: when retries this process scheduled fall due
         self._accepted: set[str] = set()  # ids this handle accepted and has not seen settle
         self._hinted = True  # claim at once at start: jobs may be waiting already
+        # When the first job known to wait for a time (a run_at, a backoff) is due, as
+        # a time.monotonic() value: lowered by each enqueue's wake-up that says so, and
+        # by a look in the database after each wait that ended on time; raised only
+        # when it has come, and then looked up again (min-only: no wake-up is lost).
+        self._next_due = math.inf
+        self._look_ahead = True
         self._closing = False
         self._stopping = False  # no more claims; workers leave after their attempt
         self._left = False  # deregistered, connections closed
@@ -301,6 +315,9 @@ class SharedQueue(JobQueue):
     def enqueue(self, job: Job, timeout: float | None = None) -> None:
         """Commit ``job`` to the shared queue; on return it is in the database.
 
+        A job with a ``run_at`` still to come is ``SCHEDULED`` until the database's
+        clock reaches it, and holds no lane room meanwhile; one already past is queued.
+
         Raises ``DuplicateJob`` when its id or idempotency key is taken by a job of
         the queue (whoever enqueued it), ``QueueClosed`` once ``close()`` has begun,
         ``StoreError`` when the server cannot be reached (nothing was accepted),
@@ -377,6 +394,7 @@ class SharedQueue(JobQueue):
                 int(job.priority),
                 self._max_retries if job.max_retries is None else job.max_retries,
                 job.idempotency_key,
+                job.run_at,
             )
             for job in jobs
         ]
@@ -404,16 +422,21 @@ class SharedQueue(JobQueue):
         ``False`` if ``timeout`` passed first. The jobs are polled in the database,
         every 10 ms at first, slowing to every 250 ms.
         """
+        _refuse_from_handler(self, "join")
+        return self._wait_settled(timeout, scheduled=True)
+
+    def _wait_settled(self, timeout: float | None, *, scheduled: bool) -> bool:
+        """``join``; without ``scheduled``, jobs whose run_at has not come do not count."""
         from final import pg_engine
 
-        _refuse_from_handler(self, "join")
         endtime = None if timeout is None else time.monotonic() + timeout
         pause = 0.01
         while True:
             with self._mutex:
                 ids = list(self._accepted)
-            left = self._call(pg_engine.unsettled, self._queue, ids) if ids else set()
+            left = self._call(pg_engine.unsettled, self._queue, ids, scheduled) if ids else set()
             with self._mutex:
+                # Without scheduled, those not due are dropped too: close() leaves them.
                 self._accepted.difference_update(set(ids) - left)
                 if not self._accepted:
                     return True
@@ -427,7 +450,9 @@ class SharedQueue(JobQueue):
         """Stop: wait for this handle's jobs to settle, then give back and leave.
 
         Without ``timeout``, waits (as ``join``) for every job this handle accepted,
-        while its workers keep claiming; with ``timeout``, for at most that long.
+        while its workers keep claiming, except the jobs whose ``run_at`` has not come:
+        they wait in the database for whichever process runs then. With ``timeout``,
+        for at most that long.
         Then it stops claiming, gives back the jobs it claimed and did not start (no
         attempt counted, their place in line kept), lets the attempts running finish
         and settle (never abandoned), leaves the table of processes and closes its
@@ -438,10 +463,11 @@ class SharedQueue(JobQueue):
         _refuse_from_handler(self, "close")
         if self._forked:
             return
+        self._periodic_schedules().close()
         first = not self._closing
         self._closing = True
         if first and self._workers:
-            self.join(timeout)
+            self._wait_settled(timeout, scheduled=False)
         with self._mutex:
             if self._stopping:
                 if timeout is None:  # a second close() waits for the attempts in flight
@@ -485,7 +511,13 @@ class SharedQueue(JobQueue):
         self._close_connections()
 
     def metrics(self) -> Metrics:
-        """This handle's counters, and the whole queue's gauges read from the database."""
+        """This handle's counters, and the whole queue's gauges read from the database.
+
+        Gauges: ``queued`` (a job whose ``run_at`` or backoff has come is queued),
+        ``scheduled``, ``retrying``, ``in_flight``, ``dead``, and ``cancelled``: the
+        cancelled jobs the database keeps (until ``retention`` prunes them), whichever
+        handle cancelled them.
+        """
         from final import pg_engine
 
         counts = self._call(pg_engine.counts, self._queue)
@@ -494,9 +526,11 @@ class SharedQueue(JobQueue):
             lanes = {
                 p: LaneMetrics(
                     **self._counts[p],
-                    queued=counts.get((int(p), "queued"), 0) + counts.get((int(p), "scheduled"), 0),
+                    queued=counts.get((int(p), "queued"), 0),
                     retrying=counts.get((int(p), "retrying"), 0),
                     in_flight=counts.get((int(p), "processing"), 0),
+                    scheduled=counts.get((int(p), "scheduled"), 0),
+                    cancelled=counts.get((int(p), "cancelled"), 0),
                 )
                 for p in Priority
             }
@@ -517,6 +551,8 @@ class SharedQueue(JobQueue):
             wait_p50=None,
             wait_p99=None,
             utilization=min(1.0, busy / elapsed) if elapsed > 0 else 0.0,
+            scheduled=sum(m.scheduled for m in lanes.values()),
+            cancelled=sum(m.cancelled for m in lanes.values()),
         )
 
     def info(self, job_id: str) -> JobInfo | None:
@@ -557,6 +593,24 @@ class SharedQueue(JobQueue):
             self._accepted.add(job_id)
             if stored is not None:
                 self._counts[Priority(stored.priority)]["submitted"] += 1
+
+    def cancel(self, job_id: str) -> bool:
+        """Call off a job of the queue that has not started, whoever enqueued it.
+
+        ``True``: it was queued, scheduled or waiting out a backoff, and now it is
+        ``CANCELLED`` and never runs (its idempotency key stays used until
+        ``retention`` prunes it). ``False``: it is running or has settled, and
+        nothing changed. Raises ``KeyError`` for an id the queue does not know.
+        One statement decides against the claim: if a worker of any process takes
+        the job at the same instant, exactly one of the two wins. Answers after
+        ``close()`` too, as the lookups do.
+        """
+        from final import pg_engine
+
+        cancelled: bool | None = self._call(pg_engine.cancel, self._queue, job_id)
+        if cancelled is None:
+            raise KeyError(job_id)
+        return cancelled
 
     def recent_failures(self, limit: int = 20) -> list[JobInfo]:
         """What ``info`` says of the queue's jobs whose latest attempt failed, whichever
@@ -608,7 +662,8 @@ class SharedQueue(JobQueue):
     # -- claiming and running ----------------------------------------------------------
 
     def _dispatcher(self) -> None:
-        """Claim as many jobs as there are idle workers; wake on a hint, a slot or a poll."""
+        """Claim as many jobs as there are idle workers; wake on a hint, a slot, a
+        poll, or the time a job waiting for one is due."""
         import psycopg
 
         while True:
@@ -617,16 +672,17 @@ class SharedQueue(JobQueue):
                 free = self._workers - len(self._in_flight) - len(self._buffer)
                 if self._stopping:
                     return
-                if free <= 0 or not self._hinted:
-                    self._wake.wait(self._next_wait())
+                if (free <= 0 or not self._hinted) and not self._wake.wait(self._next_wait()):
+                    self._look_ahead = True  # a poll, or a due time: what is due next?
                 self._hinted = True  # a poll after every wait, notified or not
                 free = self._workers - len(self._in_flight) - len(self._buffer)
                 if self._stopping:
                     return
-            if free <= 0:
-                continue
+                look_ahead, self._look_ahead = self._look_ahead, False
             try:
-                claimed = self._claim(free)
+                claimed = self._claim(free) if free > 0 else []
+                if look_ahead:
+                    self._note_due(self._engine.next_due(self._claimer, self._queue, _LANES))
             except psycopg.Error as error:
                 # A claim whose answer was lost may have committed: those jobs come
                 # back through the rescue after the lease, the attempt counted.
@@ -634,17 +690,34 @@ class SharedQueue(JobQueue):
                 self._reopen_claimer()
                 time.sleep(_POLL)
                 continue
+            if free <= 0:
+                continue
             with self._mutex:
                 self._hinted = len(claimed) == free  # a full claim: there may be more
                 self._buffer.extend(claimed)
                 self._work.notify(len(claimed))
 
+    def _note_due(self, seconds: float | None) -> None:
+        """A job waiting for a time is due in ``seconds`` (None: no such job is known)."""
+        if seconds is None:
+            return
+        with self._mutex:
+            due = time.monotonic() + seconds
+            if due < self._next_due:
+                self._next_due = due
+                self._wake.notify()  # the dispatcher may sleep towards a later time
+
     def _next_wait(self) -> float:
-        """Seconds until the next poll, local deadline, or retry of ours due. Under the lock."""
+        """Seconds until the next poll, local deadline, retry of ours due, or job
+        waiting for a time due. Under the lock."""
         now = time.monotonic()
+        if self._next_due <= now:
+            self._next_due = math.inf  # it has come: claim it, then look ahead again
+            return 0.0
         while self._due and self._due[0] <= now:
             heapq.heappop(self._due)  # a retry of ours fell due: the claim after this wait
         times = [d for d in self._in_flight.values() if d is not None] + self._due[:1]
+        times.append(self._next_due)
         if self._token_due is not None:
             times.append(self._token_due)
             self._token_due = None
@@ -697,6 +770,7 @@ class SharedQueue(JobQueue):
             Priority(claim.priority),
             claim.idempotency_key,
             claim.max_retries,
+            claim.run_at,
         )
         record = Record(
             job, claim.max_retries, Status.PROCESSING, claim.attempts, token=claim.token
@@ -904,7 +978,10 @@ class SharedQueue(JobQueue):
                 if conn is None or conn.closed:
                     conn = self._connect()
                     self._engine.listen(conn, self._queue)
-                for _ in conn.notifies(timeout=0.5, stop_after=1):
+                for notice in conn.notifies(timeout=0.5, stop_after=1):
+                    if (due := _seconds(notice.payload)) is not None:
+                        self._note_due(due)  # jobs due later: wake then, not now
+                        continue
                     with self._mutex:
                         self._hinted = True
                         self._wake.notify()
@@ -952,6 +1029,14 @@ def _check_shared(
         check_seconds("retention", retention)
 
 
+def _seconds(payload: str) -> float | None:
+    """The seconds a wake-up's payload says its jobs are due in; None: due now."""
+    try:
+        return float(payload) if payload else None
+    except ValueError:  # not ours (someone else's NOTIFY on the channel): a hint
+        return None
+
+
 class _Count:
     """A lane as ``FairPicker`` sees it: the number of its jobs due in the database."""
 
@@ -974,6 +1059,7 @@ def _info(stored: pg_engine.StoredJob) -> JobInfo:
         stored.enqueued_at.timestamp(),
         None if stored.started_at is None else stored.started_at.timestamp(),
         None if stored.finished_at is None else stored.finished_at.timestamp(),
+        None if stored.run_at is None else stored.run_at.timestamp(),
     )
 
 
@@ -984,6 +1070,7 @@ def _job(stored: pg_engine.StoredJob) -> Job:
         Priority(stored.priority),
         stored.idempotency_key,
         stored.max_retries,
+        stored.run_at,
     )
 
 

@@ -342,10 +342,51 @@ def test_one_wake_up_per_transaction_that_enqueues(db: Database, conn: Connectio
         assert wake_ups(listener, conn, channel) == 1
 
 
+def payloads(listener: Connection, conn: Connection, channel: str) -> list[str]:
+    """The payloads of the wake-ups that arrived before a marker sent now."""
+    conn.execute("SELECT pg_notify(%s, 'marker')", (channel,))
+    found: list[str] = []
+    for note in listener.notifies(timeout=PATIENCE):
+        if note.payload == "marker":
+            return found
+        found.append(note.payload)
+    pytest.fail(f"no marker on {channel} within {PATIENCE} s")
+
+
+def test_an_enqueue_of_jobs_not_due_yet_says_when_the_first_is_due(
+    db: Database, conn: Connection
+) -> None:
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30)
+    with db.connect() as listener:
+        channel = engine.listen(listener, QUEUE)
+        engine.enqueue(conn, QUEUE, [new("a", run_at=soon + datetime.timedelta(seconds=60))])
+        first = payloads(listener, conn, channel)
+        engine.enqueue(conn, QUEUE, [new("b", run_at=soon + datetime.timedelta(seconds=9))])
+        second = payloads(listener, conn, channel)
+        engine.enqueue(conn, QUEUE, [new("c"), new("d", run_at=soon)])
+        both = payloads(listener, conn, channel)
+    assert 80 < float(*first) <= 90 and 30 < float(*second) <= 39
+    assert sorted(both)[0] == "" and 20 < float(sorted(both)[1]) <= 30  # now, and in 30 s
+
+
+def test_next_due_is_when_the_first_job_waiting_for_a_time_is_due(conn: Connection) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    assert engine.next_due(conn, QUEUE, [2, 1, 0]) is None
+    engine.enqueue(conn, QUEUE, [new("now"), new("past", run_at=now - datetime.timedelta(hours=1))])
+    engine.enqueue(conn, QUEUE, [new("m", MEDIUM, run_at=now + datetime.timedelta(seconds=50))])
+    engine.enqueue(conn, QUEUE, [new("l", LOW, run_at=now + datetime.timedelta(seconds=20))])
+    due = engine.next_due(conn, QUEUE, [2, 1, 0])
+    assert due is not None and 10 < due <= 20
+    assert engine.next_due(conn, QUEUE, [int(MEDIUM)]) == pytest.approx(50, abs=10)
+    assert status(conn, "past") == "queued"
+
+
 # --- retention ----------------------------------------------------------------------
 
 
-def test_prune_deletes_only_completed_jobs_past_retention_in_batches(conn: Connection) -> None:
+def test_prune_deletes_only_completed_and_cancelled_jobs_past_retention_in_batches(
+    conn: Connection,
+) -> None:
     jobs = [new(f"old{i}", key=f"k{i}") for i in range(5)]
     jobs += [new("recent"), new("dead"), new("waiting")]
     engine.enqueue(conn, QUEUE, jobs)
@@ -354,18 +395,20 @@ def test_prune_deletes_only_completed_jobs_past_retention_in_batches(conn: Conne
     done = [(c.id, c.token) for c in claims.values() if c.id != "dead"]
     assert len(engine.complete(conn, QUEUE, done)) == 6
     engine.fail(conn, QUEUE, "dead", claims["dead"].token, "boom")
+    engine.enqueue(conn, QUEUE, [new("called-off", key="kc"), new("called-off-now")])
+    assert engine.cancel(conn, QUEUE, "called-off") and engine.cancel(conn, QUEUE, "called-off-now")
     conn.execute(
         "UPDATE jobq_jobs SET finished_at = now() - interval '2 hours'"
-        " WHERE id LIKE 'old%%' OR id = 'dead'"
+        " WHERE id LIKE 'old%%' OR id IN ('dead', 'called-off')"
     )
 
-    params = {"queue": QUEUE, "retention": 3600.0, "batch": 3}
+    params = {"queue": QUEUE, "status": "completed", "retention": 3600.0, "batch": 3}
     assert conn.execute(pg_queries.PRUNE, params).rowcount == 3  # one batch, no more
-    assert engine.prune(conn, QUEUE, retention=3600.0, batch=1) == 2
+    assert engine.prune(conn, QUEUE, retention=3600.0, batch=1) == 3
     left = {row[0] for row in conn.execute("SELECT id FROM jobq_jobs")}
-    assert left == {"recent", "dead", "waiting"}
-    # A pruned job's idempotency key may be used again.
-    assert engine.enqueue(conn, QUEUE, [new("new0", key="k0")]) is None
+    assert left == {"recent", "dead", "waiting", "called-off-now"}
+    # A pruned job's idempotency key may be used again; a cancelled one's too.
+    assert engine.enqueue(conn, QUEUE, [new("new0", key="k0"), new("new1", key="kc")]) is None
 
 
 # --- what a handle asks of every job ------------------------------------------------
