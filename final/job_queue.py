@@ -1263,7 +1263,10 @@ class JobQueue:
                 while self._retries and self._retries[0][0] <= now:
                     _, _, record = heapq.heappop(self._retries)
                     self._timed[record.status][record.job.priority] -= 1
-                    if record.status is Status.SCHEDULED and (left := _until_run_at(record.job)) > 0:
+                    if (
+                        record.status is Status.SCHEDULED
+                        and (left := _until_run_at(record.job)) > 0
+                    ):
                         # Judged by the wall clock too: never before its run_at, even
                         # by a few microseconds of drift between the two clocks.
                         self._wait_until(record, now + left)

@@ -264,7 +264,7 @@ class FinalOnDisk(RuleBasedStateMachine):
         self.all_settled()
         self.check_settled(self.queue)
         m = self.queue.metrics()
-        assert m.submitted == m.completed + m.failed + m.lost, m
+        assert m.submitted == m.completed + m.failed + m.lost + m.cancelled, m
         assert (m.lost, m.queued, m.retrying, m.in_flight) == (0, 0, 0, 0), m
 
     @rule()
