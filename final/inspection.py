@@ -159,7 +159,7 @@ def _counts(db: sqlite3.Connection, started: dict[str, int]) -> dict[str, dict[s
         counts[status][_priority_name(priority)] = n
     unsettled = db.execute(
         "SELECT id, status, priority, attempts FROM jobs"
-        " WHERE status IN ('queued', 'processing', 'retrying')"
+        " WHERE status IN ('scheduled', 'queued', 'processing', 'retrying')"
     )
     for job_id, status, priority, attempts in unsettled:
         if started.get(job_id, 0) > attempts and status != "processing":

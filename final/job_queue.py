@@ -740,14 +740,16 @@ class JobQueue:
             raise _forked()
         with self._mutex:
             record = self._records.get(job_id)
-            if record is not None:
+            if record is None:
+                was = None
+            else:
                 was = self._call_off(record)
                 if was is None:
                     return False
                 if not self._durable:
                     self._settle_cancelled(record)
                     return True
-        if record is None:
+        if record is None or was is None:
             return self._cancel_on_disk(job_id)
         try:
             self._store.cancelled(record)  # outside the lock, as an enqueue's write is

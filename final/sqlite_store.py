@@ -771,7 +771,7 @@ def _wait(now: float, row: tuple[Any, ...]) -> float:
     """Seconds the unsettled job of ``row`` waits at a start: until its run_at if it
     is scheduled, by the wall clock ``now``; else what is left of its backoff."""
     if row[5] == "scheduled":
-        return max(0.0, row[13] - now)
+        return 0.0 if row[13] is None else max(0.0, row[13] - now)
     return _left(now, row[11], row[12])
 
 
@@ -785,6 +785,13 @@ def _left(now: float, due_at: float | None, delay: float | None) -> float:
     return left if delay is None else min(left, delay)
 
 
+def _scheduled(record: Record) -> bool:
+    """Whether a job being added waits for its run_at: the queue set its ``ready``, the
+    time it enters its lane, to its run_at (the queue marks it SCHEDULED only once it
+    is stored and accepted)."""
+    return record.job.run_at is not None and record.ready > record.enqueued
+
+
 def _row(record: Record, offset: float) -> tuple[object, ...]:
     """The values INSERT binds for ``record``: COLUMNS of them, and its run_at if it
     has one. A scheduled job is stored as such, so that a start finds it waiting."""
@@ -795,7 +802,7 @@ def _row(record: Record, offset: float) -> tuple[object, ...]:
         int(job.priority),
         job.idempotency_key,
         record.max_retries,
-        "scheduled" if record.ready != record.enqueued else record.status.value,
+        "scheduled" if _scheduled(record) else record.status.value,
         record.attempts,
         record.enqueued + offset,
     )

@@ -11,8 +11,8 @@ What each write must survive decides how it is called:
 - ``add`` (the jobs of one ``enqueue`` or ``enqueue_many``), ``revived`` (a
   replay from the dead letters) and ``cancelled`` (a job called off before it
   started) are durable when they return, because returning is how the queue
-  acknowledges them: a cancel that a crash undid would run the job. The queue calls them outside its lock, so that
-  a disk write never stalls the other threads.
+  acknowledges them (a cancel that a crash undid would run the job). The queue
+  calls them outside its lock, so that a disk write never stalls the other threads.
 - ``claimed`` (an attempt about to start, with its attempt count) survives the
   death of the process when it returns, so that a handler which kills the process
   is still counted, and its job ends in the dead letters instead of crashing every

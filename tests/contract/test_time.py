@@ -153,7 +153,7 @@ def test_a_run_at_without_a_time_zone_or_not_a_datetime_is_refused_whole(tier: T
     with pytest.raises(TypeError, match="str"):
         q.enqueue(tier.Job(run_at="2030-01-01T09:00:00+00:00"))
     good = [tier.Job(id=f"ok-{i}", run_at=in_(LATER)) for i in range(3)]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="naive"):
         q.enqueue_many([*good[:2], tier.Job(run_at=naive), good[2]])
     assert q.metrics().submitted == 0  # checked whole before any was accepted
     assert q.status("ok-0") is None
@@ -198,7 +198,8 @@ def race_cancel_against_a_worker(tier: Tier, rounds: int, **options: Any) -> tup
             time.sleep(random.uniform(0, 0.0002))
         cancelled[target] = q.cancel(target)
         opener.join()
-        recorder.wait_until(lambda r, i=i: f"gate-{i}" in r.succeeded, f"gate-{i} to end")
+        gate = f"gate-{i}"
+        recorder.wait_until(lambda r: gate in r.succeeded, f"{gate} to end")  # noqa: B023
         assert q.join(timeout=PATIENCE)
         ran = recorder.attempts[target]
         assert ran + cancelled[target] == 1, (target, ran, cancelled[target])
