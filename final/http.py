@@ -641,8 +641,10 @@ def _job_routes(queue: JobQueue, state: HttpState, auth: list[Any]) -> APIRouter
         info = queue.info(job_id)
         if info is None:  # settled and let go of since: it was not ours to cancel
             return _error(409, f"job {job_id} has settled")
+        if info.status is Status.PROCESSING:  # a retried job was running again, say
+            return _error(409, f"job {job_id} has started: too late to cancel it")
         if not cancelled:
-            return _error(409, f"job {job_id} is {info.status.value}: too late to cancel it")
+            return _error(409, f"job {job_id} has settled ({info.status.value}): nothing to cancel")
         return _view(info)
 
     return router

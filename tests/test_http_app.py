@@ -292,14 +292,14 @@ def test_run_at_schedules_the_job_and_delete_cancels_it() -> None:
             assert deleted.json()["status"] == "cancelled"
             again = await c.delete(f"/jobs/{job_id}")
             assert again.status_code == 409
-            assert "cancelled" in again.json()["detail"]
+            assert "has settled (cancelled)" in again.json()["detail"]
             assert (await c.delete("/jobs/nobody")).status_code == 404
             now = await c.post("/jobs", json={"payload": "y", "priority": "low"})
             assert payloads.of(now.json()["id"]) == b"y"
             assert q.join(timeout=PATIENCE)
             done = await c.delete(f"/jobs/{now.json()['id']}")
             assert done.status_code == 409
-            assert "completed" in done.json()["detail"]
+            assert "has settled (completed)" in done.json()["detail"]
 
         drive(app)(steps)
     assert list(payloads.seen.values()) == [b"y"]  # the cancelled job never ran
@@ -346,3 +346,21 @@ def test_the_metrics_endpoint_shows_scheduled_and_cancelled_jobs() -> None:
             assert 'job_queue_cancelled_total{priority="high"} 1.0' in text
 
         drive(app)(steps)
+
+
+def test_delete_of_a_running_job_is_a_409_and_it_runs_on() -> None:
+    recorder = Recorder(hold=lambda job: job.id == "busy")
+    with JobQueue(recorder, workers=1) as q:
+        app = create_app(q)
+        q.enqueue(Job(id="busy"))
+        recorder.wait_started(1)
+
+        async def steps(c: httpx.AsyncClient) -> None:
+            answer = await c.delete("/jobs/busy")
+            assert answer.status_code == 409, answer.text
+            assert answer.json() == {"detail": "job busy has started: too late to cancel it"}
+
+        drive(app)(steps)
+        recorder.release()
+        assert q.join(timeout=PATIENCE)
+    assert recorder.succeeded == ["busy"]
