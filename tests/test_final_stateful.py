@@ -3,8 +3,10 @@
 Each example runs a queue on a file of its own, and hypothesis chooses a sequence
 of steps: enqueue (with idempotency keys, some reused, and ids, some reused),
 ``enqueue_many``, ``join``, a graceful close and a reopen, an early close
-(``close(timeout=0)`` while every worker is held in a handler) and a reopen, and
-replays from the dead letters. The model knows what each job's handler will do,
+(``close(timeout=0)`` while every worker is held in a handler) and a reopen,
+replays from the dead letters, and cancels (of jobs in any state: whether one wins
+is up to the timing, and the model takes the queue's word, then holds it to it).
+The model knows what each job's handler will do,
 so it knows how every job must end and after how many attempts; after every step
 it checks that each acknowledged job is in a state it allows, and that no job has
 used more attempts than its budget.
@@ -65,17 +67,22 @@ class Expected:
     budget: int  # max_retries + 1
     settled: bool = False  # known settled: a join or a graceful close since it was accepted
     calls_before: int = 0  # handler calls in its earlier lives (before replays)
+    cancelled_after: int | None = None  # attempts it had when a cancel won
 
     @property
     def dies(self) -> bool:
-        return self.fails >= self.budget
+        return self.cancelled_after is None and self.fails >= self.budget
 
     @property
     def end(self) -> Status:
+        if self.cancelled_after is not None:
+            return Status.CANCELLED
         return Status.FAILED if self.dies else Status.COMPLETED
 
     @property
     def attempts(self) -> int:
+        if self.cancelled_after is not None:
+            return self.cancelled_after
         return self.budget if self.dies else self.fails + 1
 
 
@@ -303,6 +310,22 @@ class FinalOnDisk(RuleBasedStateMachine):
         self.queue.retry_dead(job_id)
         expected.calls_before += expected.attempts
         expected.fails, expected.settled = fails, False
+
+    @precondition(lambda self: bool(self.jobs))
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        job_id = data.draw(st.sampled_from(sorted(self.jobs)))
+        expected = self.jobs[job_id]
+        won = self.queue.cancel(job_id)
+        info = self.queue.info(job_id)
+        assert info is not None
+        if won:
+            # Only a job that had not settled, and from now on it never runs again.
+            assert not expected.settled and expected.cancelled_after is None, expected
+            assert info.status is Status.CANCELLED
+            expected.cancelled_after = info.attempts
+        else:
+            assert info.status is not Status.CANCELLED or expected.cancelled_after is not None
 
     @rule(data=st.data())
     def replay_a_job_that_is_not_dead(self, data: st.DataObject) -> None:
