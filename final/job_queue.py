@@ -466,8 +466,7 @@ class JobQueue:
             if not self._durable:
                 self._publish(record)  # nothing to store: accepted at once
                 return
-            if record.ready == record.enqueued:  # a scheduled job takes no lane room
-                self._reserved[job.priority] += 1  # room held while the store writes
+            self._reserved[job.priority] += 1  # room held while the store writes
         self._store_and_publish([record])
 
     def enqueue_many(self, jobs: Iterable[Job], timeout: float | None = None) -> None:
@@ -510,8 +509,7 @@ class JobQueue:
                         error = exc
                         break
                     if self._durable:
-                        if record.ready == record.enqueued:  # not scheduled: see enqueue
-                            self._reserved[record.job.priority] += 1
+                        self._reserved[record.job.priority] += 1
                     else:
                         self._publish(record)
                     batch.append(record)
@@ -889,8 +887,7 @@ class JobQueue:
     def _unadmit(self, records: Sequence[Record]) -> None:
         """The store refused these: forget them as if never admitted. Holds the lock."""
         for record in records:
-            if record.ready == record.enqueued:  # it held room: see enqueue
-                self._reserved[record.job.priority] -= 1
+            self._reserved[record.job.priority] -= 1
             del self._records[record.job.id]
             if record.job.idempotency_key is not None:
                 self._keys.pop(record.job.idempotency_key, None)
@@ -921,8 +918,7 @@ class JobQueue:
         with self._mutex:
             self._unadmit(records[len(stored) :])
             for record in stored:
-                if record.ready == record.enqueued:  # it held room: see enqueue
-                    self._reserved[record.job.priority] -= 1
+                self._reserved[record.job.priority] -= 1
                 if self._stopping:
                     # close(timeout) gave up waiting for this write: the job is on
                     # disk, accepted, and the next start runs it.
@@ -947,6 +943,10 @@ class JobQueue:
         if record.ready != record.enqueued:
             record.status = Status.SCHEDULED
             self._wait_until(record, record.ready)
+            if self._blocked[priority]:
+                # It held room while it was stored (a few milliseconds: simpler than
+                # a reservation of its own), and lets go of it without entering.
+                self._lane_not_full[priority].notify_all()
             return
         self._lanes[priority].append(record)
         if self._idle:
