@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from final import Job, JobQueue, Priority, QueueFull, Status
+from final import Job, JobQueue, Priority, QueueFull, Status, StoreError
 from final.inspection import format_snapshot
 from final.inspection import read as read_snapshot
 from final.jobs import Record
@@ -267,3 +267,32 @@ def test_a_scheduled_job_costs_no_more_than_a_few_hundred_bytes(opened: list[Job
     tracemalloc.stop()
     assert q.metrics().scheduled == 2000
     assert (after - before) / 2000 < 600
+
+
+class RefusesCancels(SQLiteStore):
+    """A store whose disk refuses the write of a cancel, as a full disk would."""
+
+    def cancelled(self, record: Record) -> None:
+        raise StoreError(f"{self.path}: database or disk is full")
+
+
+def test_a_cancel_the_disk_refuses_leaves_the_job_where_it_was(path: str) -> None:
+    recorder = Recorder(hold=lambda job: job.id == "gate")
+    q = JobQueue(recorder, workers=1, store=RefusesCancels(path))
+    try:
+        q.enqueue(Job(id="gate"))
+        recorder.wait_started(1)
+        q.enqueue(Job(id="queued"))
+        q.enqueue(Job(id="later", run_at=in_(timedelta(seconds=0.2))))
+        for job_id in ("queued", "later"):
+            with pytest.raises(StoreError, match="disk is full"):
+                q.cancel(job_id)
+        assert q.status("queued") is Status.QUEUED
+        assert q.status("later") is Status.SCHEDULED
+        assert q.metrics().scheduled == 1
+        recorder.release()
+        assert q.join(PATIENCE)
+        assert sorted(recorder.succeeded) == ["gate", "later", "queued"]
+        assert q.metrics().cancelled == 0
+    finally:
+        q.close()
