@@ -558,7 +558,7 @@ async def _enqueue(queue: JobQueue, state: HttpState, job: Job) -> None:
 
 
 def _job_routes(queue: JobQueue, state: HttpState, auth: list[Any]) -> APIRouter:
-    """``POST /jobs``, ``GET /jobs/{id}`` and ``DELETE /jobs/{id}``."""
+    """``POST /jobs`` and ``GET /jobs/{id}``."""
     router = APIRouter(dependencies=[*auth, _only_query()])
     auth_errors = _UNAUTHORIZED if auth else {}
 
@@ -613,6 +613,15 @@ def _job_routes(queue: JobQueue, state: HttpState, auth: list[Any]) -> APIRouter
         if info is None:
             return _error(404, f"no job with id {job_id}")
         return _view(info)
+
+    return router
+
+
+def _cancel_routes(queue: JobQueue, auth: list[Any]) -> APIRouter:
+    """``DELETE /jobs/{id}``: only the queue's public ``cancel`` and ``info``, so that
+    any queue that has them (in memory, on SQLite, in PostgreSQL) serves it."""
+    router = APIRouter(dependencies=[*auth, _only_query()])
+    auth_errors = _UNAUTHORIZED if auth else {}
 
     @router.delete(
         "/jobs/{job_id}",
@@ -778,6 +787,7 @@ def create_app(
     app.state.http = state
     _install_error_handlers(app)
     app.include_router(_job_routes(queue, state, auth))
+    app.include_router(_cancel_routes(queue, auth))
     app.include_router(_dead_letter_routes(queue, state, auth))
     app.include_router(_operation_routes(state, registry, auth))
     return app

@@ -250,7 +250,13 @@ def _log_failure(
 
 Handler = Callable[[Job], object]
 _T = TypeVar("_T")
-_Retry = tuple[float, int, Record]  # (due, tie-breaker, record): a retry or a scheduled job
+# An entry of the scheduler's heap, of the jobs waiting for a time: retries waiting
+# out a backoff (RETRYING) and jobs waiting for their run_at (SCHEDULED). Neither
+# holds lane room nor a worker; the scheduler moves each into its lane when due.
+_Retry = tuple[float, int, Record]  # (due, tie-breaker, record)
+# The statuses of the heap's jobs. How many of each wait there, by lane, are the
+# gauges, kept as they change: metrics() must not walk a heap of many scheduled jobs.
+_TIMED = (Status.RETRYING, Status.SCHEDULED)
 _COUNTERS = (
     "submitted",
     "started",
@@ -378,13 +384,8 @@ class JobQueue:
         self._picker = FairPicker(fairness, self._lanes)
         now = time.monotonic()
         self._bucket = None if rate_limit is None else TokenBucket(rate_limit, now)
-        # A heap, soonest first, of the jobs waiting for a time: retries waiting out
-        # a backoff (RETRYING) and jobs waiting for their run_at (SCHEDULED). Neither
-        # holds lane room nor a worker; the scheduler moves each into its lane when due.
-        self._retries: list[_Retry] = []
-        # How many of each wait in the heap, by lane: the gauges, kept as they change,
-        # since the heap may hold many scheduled jobs and metrics() must not walk it.
-        self._timed = {s: dict.fromkeys(Priority, 0) for s in (Status.RETRYING, Status.SCHEDULED)}
+        self._retries: list[_Retry] = []  # a heap, soonest first: see _Retry
+        self._timed = {s: dict.fromkeys(Priority, 0) for s in _TIMED}  # see _TIMED
         self._running: set[Record] = set()  # jobs with an attempt running
         self._tokens = itertools.count(1)  # one per attempt; 0 means "timed out"
         self._records: dict[str, Record] = {}  # every job we remember, by id

@@ -4,9 +4,9 @@ Each example runs a queue on a file of its own, and hypothesis chooses a sequenc
 of steps: enqueue (with idempotency keys, some reused, and ids, some reused),
 ``enqueue_many``, ``join``, a graceful close and a reopen, an early close
 (``close(timeout=0)`` while every worker is held in a handler) and a reopen,
-replays from the dead letters, and cancels (of jobs in any state: whether one wins
-is up to the timing, and the model takes the queue's word, then holds it to it).
-The model knows what each job's handler will do,
+replays from the dead letters, and cancels (of a job waiting behind busy workers,
+which wins, and of a settled job, which does not). The model knows what each job's
+handler will do,
 so it knows how every job must end and after how many attempts; after every step
 it checks that each acknowledged job is in a state it allows, and that no job has
 used more attempts than its budget.
@@ -311,21 +311,36 @@ class FinalOnDisk(RuleBasedStateMachine):
         expected.calls_before += expected.attempts
         expected.fails, expected.settled = fails, False
 
-    @precondition(lambda self: bool(self.jobs))
     @rule(data=st.data())
-    def cancel(self, data: st.DataObject) -> None:
-        job_id = data.draw(st.sampled_from(sorted(self.jobs)))
-        expected = self.jobs[job_id]
-        won = self.queue.cancel(job_id)
-        info = self.queue.info(job_id)
-        assert info is not None
-        if won:
-            # Only a job that had not settled, and from now on it never runs again.
-            assert not expected.settled and expected.cancelled_after is None, expected
-            assert info.status is Status.CANCELLED
-            expected.cancelled_after = info.attempts
-        else:
-            assert info.status is not Status.CANCELLED or expected.cancelled_after is not None
+    def cancel_a_job_waiting_behind_busy_workers(self, data: st.DataObject) -> None:
+        # Every worker held in a handler, as for an early close: the job waits in its
+        # lane, so the cancel wins, whatever the timing (the model stays deterministic).
+        held = []
+        for _ in range(WORKERS):
+            job, fails = self.make_job(data, self.fresh_id(), keyed=False)
+            self.plan(job, fails)
+            held.append((job, fails))
+        self.handler.hold([job.id for job, _ in held])
+        for job, fails in held:
+            self.queue.enqueue(job)
+            self.accepted(job, fails)
+        self.handler.wait_held(WORKERS)
+        job, fails = self.make_job(data, self.fresh_id(), keyed=False)
+        self.plan(job, fails)
+        self.queue.enqueue(job)
+        self.accepted(job, fails)
+        assert self.queue.cancel(job.id)
+        self.jobs[job.id].cancelled_after = 0
+        self.handler.release()
+
+    @precondition(lambda self: any(e.settled for e in self.jobs.values()))
+    @rule(data=st.data())
+    def cancel_a_settled_job(self, data: st.DataObject) -> None:
+        settled = sorted(i for i, e in self.jobs.items() if e.settled)
+        job_id = data.draw(st.sampled_from(settled))
+        status = self.queue.status(job_id)
+        assert self.queue.cancel(job_id) is False
+        assert self.queue.status(job_id) is status
 
     @rule(data=st.data())
     def replay_a_job_that_is_not_dead(self, data: st.DataObject) -> None:

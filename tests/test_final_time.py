@@ -296,3 +296,29 @@ def test_a_cancel_the_disk_refuses_leaves_the_job_where_it_was(path: str) -> Non
         assert q.metrics().cancelled == 0
     finally:
         q.close()
+
+
+def test_a_job_cancelled_during_its_backoff_stays_cancelled_after_a_restart(path: str) -> None:
+    # The end of its failed attempt is a write that may lag; the cancel takes it along
+    # in its own commit, so that it cannot land after the cancel and undo it.
+    recorder = Recorder(fail=lambda job, n: True)
+    q = JobQueue(recorder, path=path, backoff=60.0, max_backoff=60.0)
+    try:
+        q.enqueue(Job(id="failing"))
+        recorder.wait_started(1)
+        deadline = time.monotonic() + PATIENCE
+        while q.status("failing") is not Status.RETRYING:  # settled after the handler raised
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert q.cancel("failing")
+    finally:
+        q.close()
+    q = JobQueue(recorder, path=path)
+    try:
+        assert q.join(PATIENCE)
+        info = q.info("failing")
+        assert info is not None
+        assert (info.status, info.attempts) == (Status.CANCELLED, 1)
+        assert recorder.attempts["failing"] == 1
+    finally:
+        q.close()
