@@ -183,6 +183,7 @@ def test_a_file_of_an_earlier_version_is_upgraded_in_place_and_then_schedules(
     db.execute(f"PRAGMA user_version = {version}")
     db.commit()
     db.close()
+    assert read_snapshot(path).counts["queued"]["medium"] == 1  # inspect reads it as it is
     recorder = Recorder()
     q = JobQueue(recorder, path=path)
     try:
@@ -238,18 +239,27 @@ def test_close_waits_for_no_run_at_in_memory_it_counts_them_lost(opened: list[Jo
     assert m.submitted == m.completed + m.failed + m.lost + m.cancelled
 
 
-def test_inspect_shows_scheduled_and_cancelled_jobs(path: str) -> None:
+def test_inspect_shows_scheduled_and_cancelled_jobs(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     q = JobQueue(Recorder(), path=path)
     try:
         q.enqueue_many([Job(id=f"later-{i}", run_at=in_(LATER)) for i in range(3)])
+        q.enqueue(Job(id="much-later", run_at=in_(3 * LATER)))
         assert q.cancel("later-0")
         snapshot = read_snapshot(path)
     finally:
         q.close()
-    assert snapshot.counts["scheduled"]["medium"] == 2
+    assert snapshot.counts["scheduled"]["medium"] == 3
     assert snapshot.counts["cancelled"]["medium"] == 1
     table = format_snapshot(snapshot, now=time.time())
     assert "scheduled" in table and "cancelled" in table
+    # Two hours on, the file still says scheduled (nothing is written when a job falls
+    # due), and inspect counts the two that are due as queued.
+    true_time = time.time
+    monkeypatch.setattr(time, "time", lambda: true_time() + 2 * LATER.total_seconds())
+    later = read_snapshot(path)
+    assert (later.counts["scheduled"]["medium"], later.counts["queued"]["medium"]) == (1, 2)
 
 
 def test_a_scheduled_job_costs_no_more_than_a_few_hundred_bytes(opened: list[JobQueue]) -> None:
