@@ -9,7 +9,7 @@ TOUR   := $(VENV)/.installed-tour
 
 .PHONY: demo test lint typecheck bench bench-full notebooks crash-test crash-test-pg matrix screenshot clean
 
-# The tour: the same six scenarios on every tier, then a table side by side.
+# The tour: the same seven scenarios on every tier, then a table side by side.
 demo: $(TOUR)
 	$(PY) -m benchmarks.tour
 

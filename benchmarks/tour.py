@@ -1,4 +1,4 @@
-"""The tour: the same six scenarios on naive, improved and final, then one table.
+"""The tour: the same seven scenarios on naive, improved and final, then one table.
 
 ``python -m benchmarks.tour`` (``make demo``) runs each scenario on each tier in turn,
 with a progress bar while it runs (a line per step into a pipe), and prints a side-by-side
@@ -9,7 +9,8 @@ table at the end:
 3. a HIGH flood with a few LOW jobs: how long LOW waited, per tier;
 4. flaky handlers: retries, backoff, dead letters;
 5. ``close()`` with jobs still queued: what each tier did with them;
-6. a crash: a child process is killed with SIGKILL mid-run and restarted.
+6. a crash: a child process is killed with SIGKILL mid-run and restarted;
+7. jobs in time: jobs scheduled a moment ahead, half of them called off before.
 
 It ends by itself in well under a minute on two cores; ``--quick`` shrinks every
 scenario to a few seconds in all (what the test runs), ``--plot DIR`` also writes one
@@ -24,6 +25,7 @@ used only through the contract they share, as a user's code would use them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import itertools
 import logging
@@ -37,6 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -402,6 +405,54 @@ def crash(tier: str, size: Size, scenario: Scenario) -> None:
     }
 
 
+# -- 7. jobs in time ------------------------------------------------------------------
+
+TIMED_JOBS = 20  # 7: jobs scheduled a moment ahead, the odd ones cancelled before
+AHEAD = 0.3  # 7: seconds ahead they are scheduled, the first; the others 10 ms apart
+
+
+def jobs_in_time(tier: str, size: Size, scenario: Scenario) -> None:
+    """Jobs scheduled ``AHEAD`` seconds ahead and 10 ms apart; the odd ones are
+    cancelled while they wait. Final starts each at its run_at, never before, and
+    runs none it called off; naive and improved have no run_at (a job for later
+    needs a timer outside the queue) and no cancel (a queued job runs, whatever
+    happened since it was queued)."""
+    module = _module(tier)
+    if "run_at" not in {f.name for f in dataclasses.fields(module.Job)}:
+        scenario.row("started after its run_at by (p50 / max)").put(tier, "no run_at", None)
+        scenario.row(f"{TIMED_JOBS // 2} of them cancelled while they waited").put(
+            tier, "no cancel", None
+        )
+        scenario.plot[tier] = None
+        return
+    started: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def handler(job: Any) -> None:
+        with lock:
+            started[job.id] = time.time()
+
+    base = datetime.now(UTC) + timedelta(seconds=AHEAD)
+    run_at = {f"t-{i}": base + timedelta(seconds=i / 100) for i in range(TIMED_JOBS)}
+    with _queue(module, handler, workers=2) as q:
+        q.enqueue_many(module.Job(id=i, run_at=when) for i, when in run_at.items())
+        scheduled = q.metrics().scheduled
+        cancelled = sum(q.cancel(f"t-{i}") for i in range(1, TIMED_JOBS, 2))
+        q.join()
+        m = q.metrics()
+    late = sorted(started[i] - run_at[i].timestamp() for i in started)
+    p50, worst = late[len(late) // 2], late[-1]
+    early = sum(1 for x in late if x < 0)
+    cell = f"{_ms(p50)} / {_ms(worst)}, {early} early"
+    scenario.row("started after its run_at by (p50 / max)").put(tier, cell, late)
+    ran_anyway = sum(1 for i in range(1, TIMED_JOBS, 2) if f"t-{i}" in started)
+    cell = f"{cancelled} cancelled, {ran_anyway} ran ({scheduled} were scheduled)"
+    scenario.row(f"{TIMED_JOBS // 2} of them cancelled while they waited").put(
+        tier, cell, {"cancelled": m.cancelled, "ran": ran_anyway}
+    )
+    scenario.plot[tier] = late
+
+
 # -- the tour ------------------------------------------------------------------------
 
 Step = Callable[[str, Size, Scenario], None]
@@ -433,6 +484,14 @@ SCENARIOS: dict[int, tuple[str, Step, list[str]]] = {
         "a crash: SIGKILL mid-run, then a restart",
         crash,
         ["acknowledged before the kill", "acknowledged, never ran", "ran twice (at least once)"],
+    ),
+    7: (
+        f"jobs in time: {TIMED_JOBS} scheduled {AHEAD} s ahead, half then cancelled",
+        jobs_in_time,
+        [
+            "started after its run_at by (p50 / max)",
+            f"{TIMED_JOBS // 2} of them cancelled while they waited",
+        ],
     ),
 }
 

@@ -95,6 +95,18 @@ def _crash(ax: Axes, data: dict[str, Any]) -> None:
     ax.legend()
 
 
+def _in_time(ax: Axes, data: dict[str, Any]) -> None:
+    for n, tier in enumerate(TIERS):
+        late = data.get(tier)
+        if late is None:
+            ax.text(n, 0, "no run_at", ha="center", va="bottom", color=COLOURS[tier])
+            continue
+        ms = [x * 1000 for x in late]
+        ax.plot([n] * len(ms), ms, "o", alpha=0.6, color=COLOURS[tier])
+    ax.set_xticks(range(len(TIERS)), TIERS)
+    ax.set_ylabel("ms from run_at to start")
+
+
 DRAW: dict[int, Callable[[Axes, dict[str, Any]], None]] = {
     1: _fast_producer,
     2: _mixed_priorities,
@@ -102,6 +114,7 @@ DRAW: dict[int, Callable[[Axes, dict[str, Any]], None]] = {
     4: _flaky,
     5: _close,
     6: _crash,
+    7: _in_time,
 }
 
 

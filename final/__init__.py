@@ -1,6 +1,6 @@
 """The final tier: fairness, status, dead letters, idempotency, rate limiting. See job_queue.py."""
 
-from final.errors import NotADeadLetter
+from final.errors import NotADeadLetter, UnknownJob
 from final.job_queue import (
     Attempt,
     DuplicateJob,
@@ -34,6 +34,7 @@ __all__ = [
     "SharedQueue",
     "Status",
     "StoreError",
+    "UnknownJob",
     "backoff_delay",
     "current_attempt",
 ]

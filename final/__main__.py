@@ -161,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve a queue over HTTP (needs the http extra)",
         description="Serve a JobQueue over HTTP until SIGINT or SIGTERM (a second one exits"
-        " at once). Endpoints: POST /jobs, GET /jobs/{id}, GET /dlq, POST /dlq/{id}/retry,"
-        " GET /metrics, GET /healthz, GET /openapi.json.",
+        " at once). Endpoints: POST /jobs, GET /jobs/{id}, DELETE /jobs/{id}, GET /dlq,"
+        " POST /dlq/{id}/retry, GET /metrics, GET /healthz, GET /openapi.json.",
         formatter_class=shown,
     )
     _serve_arguments(serve)

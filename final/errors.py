@@ -5,7 +5,7 @@ A leaf, like ``final/jobs.py``: every layer may raise or catch these.
 
 from __future__ import annotations
 
-__all__ = ["DuplicateJob", "NotADeadLetter", "QueueClosed", "QueueFull"]
+__all__ = ["DuplicateJob", "NotADeadLetter", "QueueClosed", "QueueFull", "UnknownJob"]
 
 
 class QueueFull(Exception):
@@ -41,3 +41,14 @@ class NotADeadLetter(KeyError):
         # KeyError's own str() is the repr of its argument, right for a bare key but
         # not for a sentence: that printed in double quotes, the id quoted inside.
         return f"job {self.job_id!r} is not in the dead letters"
+
+
+class UnknownJob(KeyError):
+    """``cancel`` of an id the queue does not know: ``args[0]`` is the id."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"no job with id {self.job_id!r} was accepted by this queue"

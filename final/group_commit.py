@@ -39,8 +39,13 @@ class Write(enum.Enum):
 
     ADD = "add"  # new jobs: acknowledged
     REVIVED = "revived"  # a replay from the dead letters: acknowledged
+    CANCELLED = "cancelled"  # a job called off before it started: acknowledged
     RETRYING = "retrying"  # the end of an attempt that will be retried: may lag
     SETTLED = "settled"  # the end of a job: may lag
+
+
+# The acknowledgements that take the lagging writes along (see GroupCommit._lead).
+_CARRY = frozenset({Write.REVIVED, Write.CANCELLED})
 
 
 def _held_lock() -> threading.Lock:
@@ -174,8 +179,8 @@ class GroupCommit:
         statement, its own transaction, where each more statement is one more wait
         for the GIL on the path every enqueue waits on. Except when they are overdue
         (the flusher found a commit under way: better they ride in this one than it
-        wait for this one to end), and for a replay: the end of that job's earlier
-        life may still lag, and must not land after it.
+        wait for this one to end), and for a replay or a cancel: the end of that job's
+        earlier life (an attempt to be retried) may still lag, and must not land after it.
         """
         if self._crowd > 1:
             # The last commit carried several callers: more are on their way back with
@@ -199,7 +204,7 @@ class GroupCommit:
             self._crowd = len(writes)
             since = self._lagging_since
             overdue = since is not None and time.monotonic() - since >= LAG
-            if lagging or overdue or any(w.kind is Write.REVIVED for w in writes):
+            if lagging or overdue or any(w.kind in _CARRY for w in writes):
                 writes = self._lagging_writes + writes
                 self._lagging_writes = []
                 self._lagging_since = None

@@ -4,7 +4,7 @@
 the signals handled. The endpoints:
 
 - ``POST /jobs`` accepts ``{"payload": any JSON value, "priority": "high"|"medium"|"low",
-  "idempotency_key": str?, "max_retries": int?}`` and answers 201 with the job's id
+  "idempotency_key": str?, "max_retries": int?, "run_at": str?}`` and answers 201 with the job's id
   and a ``Location``; 409 with the first job's id for a used idempotency key; 503
   with ``Retry-After`` when the job's lane is full or the server is shutting down
   (the server enqueues with ``timeout=0``: it never holds a request on a full lane);
@@ -12,8 +12,14 @@ the signals handled. The endpoints:
   not validate. A string ``payload`` reaches the handler as its UTF-8 bytes; any
   other JSON value (object, array, number, boolean, null) as its compact encoding,
   ``json.dumps(value, separators=(",", ":"))`` in UTF-8, so ``{"to": "a@b.c"}``
-  arrives as ``b'{"to":"a@b.c"}'``.
-- ``GET /jobs/{id}`` (status, attempts, last error, times), ``GET /dlq``,
+  arrives as ``b'{"to":"a@b.c"}'``. ``run_at``, an ISO 8601 date and time with an
+  offset (``2030-01-01T09:00:00+02:00``, or ``Z`` for UTC), schedules the job: it is
+  not started before that instant. Without an offset the instant is unknown: a 422
+  that names the value, as for a string that is not a date and time.
+- ``DELETE /jobs/{id}`` cancels a job that has not started: 200 with the job, now
+  ``cancelled``; 409 once it has started or settled; 404 for an id the queue does
+  not know.
+- ``GET /jobs/{id}`` (status, attempts, last error, times, run_at), ``GET /dlq``,
   ``POST /dlq/{id}/retry`` (202), ``GET /metrics`` (Prometheus), ``GET /healthz``.
 - ``GET /`` is the dashboard, a page that shows the queue live from ``GET /overview``
   (the queue at a glance, as JSON) and ``GET /dlq``: see ``final/dashboard/``.
@@ -84,6 +90,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024  # bytes in a request body
 MAX_RETRIES = 100  # the most a client may ask for: a bound, so a huge number is a 422
+MAX_RUN_AT = 64  # characters in a run_at: any ISO 8601 instant fits, and a 422 may repeat it
 ID_PATTERN = r"^[A-Za-z0-9._~-]{1,1024}$"  # what an id in a URL may be: unreserved characters
 RETRY_AFTER = "1"  # seconds a client is told to wait after a 503
 PRIORITY_NAMES = {priority: priority.name.lower() for priority in Priority}
@@ -154,6 +161,13 @@ class JobRequest(BaseModel):
         le=MAX_RETRIES,
         description="retries after the first attempt; default: the server's",
     )
+    run_at: str | None = Field(
+        default=None,
+        max_length=MAX_RUN_AT,
+        json_schema_extra={"format": "date-time"},
+        description="not started before this instant: ISO 8601 with an offset,"
+        " such as 2030-01-01T09:00:00+00:00; default: at once",
+    )
 
     @field_validator("payload", mode="after")
     @classmethod
@@ -163,6 +177,13 @@ class JobRequest(BaseModel):
             payload_bytes(value)
         except ValueError:
             raise ValueError("payload holds a number too large for JSON") from None
+        return value
+
+    @field_validator("run_at", mode="after")
+    @classmethod
+    def _instant(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_run_at(value)  # the ValueError names the value: the 422 says it
         return value
 
     @field_validator("max_retries", mode="before")
@@ -179,7 +200,25 @@ class JobRequest(BaseModel):
             priority=self.priority,
             idempotency_key=self.idempotency_key,
             max_retries=self.max_retries,
+            run_at=None if self.run_at is None else parse_run_at(self.run_at),
         )
+
+
+def parse_run_at(text: str) -> datetime:
+    """The instant ``text`` names, an ISO 8601 date and time with an offset.
+
+    Raises ``ValueError`` naming ``text`` when it is not one, or has no offset (its
+    instant would depend on the server's time zone)."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"run_at must be an ISO 8601 date and time with an offset, such as"
+            f" 2030-01-01T09:00:00+00:00; got {text!r}"
+        ) from None
+    if when.utcoffset() is None:
+        raise ValueError(f"run_at {text!r} has no offset: add one, such as +00:00 (or Z)")
+    return when
 
 
 class JobCreated(BaseModel):
@@ -197,6 +236,7 @@ class JobView(BaseModel):
     enqueued_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    run_at: datetime | None = Field(description="not started before this instant, if set")
 
 
 class DeadJob(BaseModel):
@@ -279,6 +319,7 @@ def _view(info: JobInfo) -> JobView:
         enqueued_at=datetime.fromtimestamp(info.enqueued_at, UTC),
         started_at=_when(info.started_at),
         finished_at=_when(info.finished_at),
+        run_at=_when(info.run_at),
     )
 
 
@@ -338,10 +379,12 @@ _COUNTERS = {
     "retried": "Retries scheduled",
     "timed_out": "Attempts that ran past the job timeout",
     "lost": "Accepted jobs a close left unrun (never, with a path: they stay on disk)",
+    "cancelled": "Jobs called off before they started",
 }
 _GAUGES = {
     "queued": "Jobs waiting in their lane",
     "retrying": "Jobs waiting out a backoff",
+    "scheduled": "Jobs waiting for their run_at",
     "in_flight": "Attempts running",
 }
 
@@ -585,6 +628,48 @@ def _job_routes(queue: JobQueue, state: HttpState, auth: list[Any]) -> APIRouter
     return router
 
 
+def _cancel_routes(queue: JobQueue, auth: list[Any]) -> APIRouter:
+    """``DELETE /jobs/{id}``: only the queue's public ``cancel`` and ``info``, so that
+    any queue that has them (in memory, on SQLite, in PostgreSQL) serves it."""
+    router = APIRouter(dependencies=[*auth, _only_query()])
+    auth_errors = _UNAUTHORIZED if auth else {}
+
+    @router.delete(
+        "/jobs/{job_id}",
+        response_model=JobView,
+        summary="Cancel a job that has not started: it will never run",
+        responses={
+            404: {"model": Error, "description": "No such job"},
+            409: {"model": Error, "description": "The job has started, or has settled"},
+            **_INVALID,
+            503: {
+                "model": Error,
+                "description": "The server is shutting down, or its storage failed:"
+                " try again later",
+                "headers": _RETRY_AFTER,
+            },
+            **auth_errors,
+        },
+    )
+    def cancel_job(job_id: JobId) -> JobView | JSONResponse:
+        try:
+            cancelled = queue.cancel(job_id)
+        except KeyError:
+            return _error(404, f"no job with id {job_id}")
+        except QueueClosed:
+            return _unavailable("the server is shutting down; cancel the job after a restart")
+        info = queue.info(job_id)
+        if info is None:  # settled and let go of since: it was not ours to cancel
+            return _error(409, f"job {job_id} has settled")
+        if info.status is Status.PROCESSING:  # a retried job was running again, say
+            return _error(409, f"job {job_id} has started: too late to cancel it")
+        if not cancelled:
+            return _error(409, f"job {job_id} has settled ({info.status.value}): nothing to cancel")
+        return _view(info)
+
+    return router
+
+
 def _dead_letter_routes(queue: JobQueue, state: HttpState, auth: list[Any]) -> APIRouter:
     """``GET /dlq`` and ``POST /dlq/{id}/retry``."""
     router = APIRouter(dependencies=auth)
@@ -713,6 +798,7 @@ def create_app(
     app.state.http = state
     _install_error_handlers(app)
     app.include_router(_job_routes(queue, state, auth))
+    app.include_router(_cancel_routes(queue, auth))
     app.include_router(_dead_letter_routes(queue, state, auth))
     app.include_router(_operation_routes(state, registry, auth))
     overview_errors = {**_INVALID, **_STORE_FAILED, **(_UNAUTHORIZED if auth else {})}

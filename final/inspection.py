@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,15 +151,25 @@ def _priority_name(value: int) -> str:
 
 def _counts(db: sqlite3.Connection, started: dict[str, int]) -> dict[str, dict[str, int]]:
     """Jobs by status and priority, an attempt the journal has and the database not yet
-    counted as processing (running now, or ended moments ago, its end not yet committed)."""
+    counted as processing (running now, or ended moments ago, its end not yet committed),
+    and a scheduled job whose run_at has come as queued: the queue writes nothing when
+    one falls due, so the file says scheduled until its attempt starts."""
     counts = {status: dict.fromkeys(PRIORITY_NAMES.values(), 0) for status in STATUSES}
-    rows = db.execute("SELECT status, priority, count(*) FROM jobs GROUP BY status, priority")
+    # A file of a version before run_at (3) is read as it is: it has no scheduled job.
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    shown = "status"
+    if "run_at" in columns:
+        shown = "CASE WHEN status = 'scheduled' AND run_at <= ? THEN 'queued' ELSE status END"
+    rows = db.execute(
+        f"SELECT {shown} AS shown, priority, count(*) FROM jobs GROUP BY shown, priority",
+        (time.time(),) if "run_at" in columns else (),
+    )
     for status, priority, n in rows:
         counts.setdefault(status, dict.fromkeys(PRIORITY_NAMES.values(), 0))
         counts[status][_priority_name(priority)] = n
     unsettled = db.execute(
         "SELECT id, status, priority, attempts FROM jobs"
-        " WHERE status IN ('queued', 'processing', 'retrying')"
+        " WHERE status IN ('scheduled', 'queued', 'processing', 'retrying')"
     )
     for job_id, status, priority, attempts in unsettled:
         if started.get(job_id, 0) > attempts and status != "processing":

@@ -10,7 +10,9 @@ still got wrong:
 8. Status and dead letters. ``status(job_id)`` and ``info(job_id)`` follow a job by
    its id. A job that fails for good is ``FAILED`` and waits in ``dead_letters()``
    (``dead_letter_info()`` for their ``info``) until ``retry_dead(job_id)`` replays
-   it with a fresh retry budget.
+   it with a fresh retry budget. A job may wait for its ``run_at`` (``SCHEDULED``:
+   it holds no worker and no lane room meanwhile), and ``cancel(job_id)`` calls off
+   a job that has not started (``CANCELLED``).
 9. Idempotency. A job may carry an ``idempotency_key``; enqueueing a second job with
    a key already used raises ``DuplicateJob``, which names the first job's id. A job
    may also carry its own ``max_retries``.
@@ -80,7 +82,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
 
-from final.errors import DuplicateJob, NotADeadLetter, QueueClosed, QueueFull
+from final.errors import DuplicateJob, NotADeadLetter, QueueClosed, QueueFull, UnknownJob
 from final.fairness import FairPicker
 from final.jobs import Job, JobInfo, Priority, Record, Status
 from final.periodic import Schedules
@@ -129,7 +131,8 @@ class LaneMetrics:
 
 @dataclass(frozen=True, slots=True)
 class Metrics:
-    """A consistent snapshot: when the queue is idle, submitted == completed + failed + lost.
+    """A consistent snapshot: when the queue is idle,
+    submitted == completed + failed + lost + cancelled.
 
     With a ``path``, jobs that ``close(timeout)`` leaves on disk are none of these:
     they are the next start's ``submitted``.
@@ -248,8 +251,23 @@ def _log_failure(
 
 Handler = Callable[[Job], object]
 _T = TypeVar("_T")
+# An entry of the scheduler's heap, of the jobs waiting for a time: retries waiting
+# out a backoff (RETRYING) and jobs waiting for their run_at (SCHEDULED). Neither
+# holds lane room nor a worker; the scheduler moves each into its lane when due.
 _Retry = tuple[float, int, Record]  # (due, tie-breaker, record)
-_COUNTERS = ("submitted", "started", "completed", "failed", "retried", "timed_out", "lost")
+# The statuses of the heap's jobs. How many of each wait there, by lane, are the
+# gauges, kept as they change: metrics() must not walk a heap of many scheduled jobs.
+_TIMED = (Status.RETRYING, Status.SCHEDULED)
+_COUNTERS = (
+    "submitted",
+    "started",
+    "completed",
+    "failed",
+    "retried",
+    "timed_out",
+    "lost",
+    "cancelled",
+)
 _WAIT_WINDOW = 1000  # attempts the wait percentiles are computed over
 
 
@@ -369,7 +387,8 @@ class JobQueue:
         self._picker = FairPicker(fairness, self._lanes)
         now = time.monotonic()
         self._bucket = None if rate_limit is None else TokenBucket(rate_limit, now)
-        self._retries: list[_Retry] = []  # a heap, soonest first
+        self._retries: list[_Retry] = []  # a heap, soonest first: see _Retry
+        self._timed = {s: dict.fromkeys(Priority, 0) for s in _TIMED}  # see _TIMED
         self._running: set[Record] = set()  # jobs with an attempt running
         self._tokens = itertools.count(1)  # one per attempt; 0 means "timed out"
         self._records: dict[str, Record] = {}  # every job we remember, by id
@@ -542,6 +561,7 @@ class JobQueue:
         endtime = None if timeout is None else time.monotonic() + timeout
         with self._mutex:
             self._closing = True
+            self._leave_scheduled()
             for not_full in self._lane_not_full.values():
                 not_full.notify_all()
             # Enqueues still being written to disk hold reservations: wait for them too.
@@ -578,8 +598,9 @@ class JobQueue:
                 lanes[p] = LaneMetrics(
                     **self._counts[p],
                     queued=len(lane),
-                    retrying=sum(1 for _, _, r in self._retries if r.job.priority is p),
+                    retrying=self._timed[Status.RETRYING][p],
                     in_flight=sum(1 for r in self._running if r.job.priority is p),
+                    scheduled=self._timed[Status.SCHEDULED][p],
                 )
             waits = list(self._waits)
             busy = self._busy + sum(now - (r.started or now) for r in self._running)
@@ -592,6 +613,7 @@ class JobQueue:
             queued=sum(m.queued for m in lanes.values()),
             retrying=sum(m.retrying for m in lanes.values()),
             in_flight=sum(m.in_flight for m in lanes.values()),
+            scheduled=sum(m.scheduled for m in lanes.values()),
             abandoned=abandoned,
             dead=dead,
             by_priority=lanes,
@@ -699,6 +721,52 @@ class JobQueue:
             self._unsettled += 1
             self._not_empty.notify()
 
+    def cancel(self, job_id: str) -> bool:
+        """Call off a job that has not started: it will never run.
+
+        Returns ``True`` for a job queued, scheduled (waiting for its ``run_at``) or
+        waiting out a backoff: its status becomes ``CANCELLED``, a settled state
+        (``join`` counts it as settled, ``metrics`` as ``cancelled``), on disk before
+        this returns when there is a ``path``. Its idempotency key stays used, as a
+        settled job's does: for as long as the queue remembers the job (``history``;
+        with a ``path``, until ``retention`` has passed, as for a completed job).
+        Returns ``False`` for a job that is running or has settled: nothing changes.
+        A worker taking the job and ``cancel`` decide under one lock: the job runs,
+        or it is cancelled, never both.
+
+        Raises ``KeyError`` for an id the queue does not know (an ``enqueue`` that has
+        not returned included), ``QueueClosed`` for a job that ``close(timeout)`` left
+        on disk (cancel it after the next start), and ``StoreError`` when the disk
+        refuses the write: the job then stays as it was, and may still run.
+        """
+        if self._forked:
+            raise _forked()
+        with self._mutex:
+            record = self._records.get(job_id)
+            if record is None:
+                was = None
+            else:
+                was = self._call_off(record)
+                if was is None:
+                    return False
+                if not self._durable:
+                    self._settle_cancelled(record)
+                    return True
+        if record is None or was is None:
+            return self._cancel_on_disk(job_id)
+        try:
+            self._store.cancelled(record)  # outside the lock, as an enqueue's write is
+        except BaseException as exc:
+            with self._mutex:
+                self._put_back(record, *was)
+                closing = self._closing
+            if closing and isinstance(exc, StoreError):  # close() shut the store meanwhile
+                raise QueueClosed("the queue closed while the job was being cancelled") from exc
+            raise
+        with self._mutex:
+            self._settle_cancelled(record)
+        return True
+
     def recent_failures(self, limit: int = 20) -> list[JobInfo]:
         """What ``info`` says of the jobs whose latest attempt failed, newest first, at
         most ``limit`` (an int >= 1): those waiting out a backoff, and the dead letters
@@ -711,7 +779,7 @@ class JobQueue:
         if self._forked:
             raise _forked()
         with self._mutex:
-            failed = [record for _, _, record in self._retries]
+            failed = [r for _, _, r in self._retries if r.status is Status.RETRYING]
             failed += itertools.islice(reversed(self._dead.values()), limit)
             infos = [record.info() for record in failed]
         # A retry's failure came after its latest start; a dead letter's at its end.
@@ -793,9 +861,8 @@ class JobQueue:
                         self._counts[record.job.priority]["failed"] += 1
                         self._settle(record, Status.FAILED, now)
                         continue
-                if record.status is Status.RETRYING and due_in > 0:
-                    self._seq += 1
-                    heapq.heappush(self._retries, (now + due_in, self._seq, record))
+                if record.status in self._timed and due_in > 0:  # a backoff, a run_at
+                    self._wait_until(record, now + due_in)
                     continue
                 record.status = Status.QUEUED
                 record.ready = now
@@ -805,6 +872,10 @@ class JobQueue:
         max_retries = self._max_retries if job.max_retries is None else job.max_retries
         record = Record(job, max_retries)  # positional: keywords cost twice as much here
         record.enqueued = record.ready = time.monotonic()
+        if job.run_at is not None and (left := _until_run_at(job)) > 0:
+            # Scheduled: it will enter its lane at ``ready``. Decided once, here, by
+            # the wall clock of this moment; a run_at already past is queued at once.
+            record.ready += left
         return record
 
     def _admit(self, record: Record, timeout: float | None, room_for: int = 1) -> None:
@@ -824,7 +895,10 @@ class JobQueue:
         if job.id in self._records:
             raise _duplicate(job, job.id)
         priority = job.priority
-        if len(self._lanes[priority]) + self._reserved[priority] > self._queue_size - room_for:
+        if (
+            len(self._lanes[priority]) + self._reserved[priority] > self._queue_size - room_for
+            and record.ready == record.enqueued  # a scheduled job takes no lane room
+        ):
             self._wait_for_room(job, timeout, room_for)
         if key is not None:
             self._keys[key] = job.id
@@ -914,13 +988,31 @@ class JobQueue:
             raise error
 
     def _publish(self, record: Record) -> None:
-        """Stored (or nothing to store), so accepted: into its lane. Holds the lock."""
+        """Stored (or nothing to store), so accepted: into its lane, or to wait for its
+        run_at. Holds the lock."""
         priority = record.job.priority
-        self._lanes[priority].append(record)
         self._counts[priority]["submitted"] += 1
         self._unsettled += 1
+        if record.ready != record.enqueued:
+            record.status = Status.SCHEDULED
+            self._wait_until(record, record.ready)
+            if self._blocked[priority]:
+                # It held room while it was stored (a few milliseconds: simpler than
+                # a reservation of its own), and lets go of it without entering.
+                self._lane_not_full[priority].notify_all()
+            return
+        self._lanes[priority].append(record)
         if self._idle:
             self._not_empty.notify()
+
+    def _wait_until(self, record: Record, due: float) -> None:
+        """Put a RETRYING or SCHEDULED job on the scheduler's heap, to enter its lane at
+        ``due`` (``time.monotonic()``). Holds the lock."""
+        self._seq += 1
+        heapq.heappush(self._retries, (due, self._seq, record))
+        self._timed[record.status][record.job.priority] += 1
+        if due < self._next_wake:
+            self._timer_changed.notify()
 
     def _worker(self) -> None:
         _current.queue = self  # for _refuse_from_handler: this thread runs our handlers
@@ -1064,18 +1156,15 @@ class JobQueue:
             self._forget(record)
         else:
             delay = backoff_delay(record.attempts, self._backoff, self._max_backoff)
-            due = time.monotonic() + delay
-            self._seq += 1
-            heapq.heappush(self._retries, (due, self._seq, record))
             record.status = Status.RETRYING
+            self._wait_until(record, time.monotonic() + delay)
             counts["retried"] += 1
-            if due < self._next_wake:
-                self._timer_changed.notify()
             self._store.retrying(record, delay)
         return False
 
-    def _settle(self, record: Record, status: Status, now: float) -> None:
-        """One accepted job is done with: remembered, within the history. Holds the lock."""
+    def _settle(self, record: Record, status: Status, now: float, store: bool = True) -> None:
+        """One accepted job is done with: remembered, within the history, and told to
+        the store unless ``store`` is False (a cancel has written it). Holds the lock."""
         record.status = status
         record.finished = now
         record.settled = next(self._settle_numbers)
@@ -1086,7 +1175,8 @@ class JobQueue:
         # that most settles pay, and the lock is held for as little as possible.
         if len(self._settled) > self._let_go_at:
             self._let_go()
-        self._store.settled(record)
+        if store:
+            self._store.settled(record)
         self._unsettled -= 1
         if self._unsettled == 0:
             self._all_settled.notify_all()
@@ -1130,6 +1220,83 @@ class JobQueue:
         if key is not None and self._keys.get(key) == record.job.id:
             del self._keys[key]
 
+    # -- calling a job off: cancel() ---------------------------------------------------
+
+    def _call_off(self, record: Record) -> tuple[Status, _Retry | None] | None:
+        """Take a job that has not started out of its lane or the heap, and mark it
+        CANCELLED, so that no worker and no scheduler can take it any more; None for
+        one that has started or settled. Returns what it was and its heap entry, for
+        ``_put_back``. Holds the lock, as a worker taking a job does: one of the two
+        finds the job first, and the other does not find it.
+        """
+        status, priority = record.status, record.job.priority
+        entry = None
+        if status is Status.QUEUED:
+            try:
+                self._lanes[priority].remove(record)  # eq=False: by identity
+            except ValueError:  # admitted, still being stored: not accepted yet
+                raise UnknownJob(record.job.id) from None
+            if self._blocked[priority]:
+                self._lane_not_full[priority].notify_all()
+        elif status in self._timed:
+            # Out of the heap at once, rather than skipped when it falls due: a job
+            # scheduled a year ahead and cancelled would otherwise stay a year.
+            heap = self._retries
+            i = next(i for i, e in enumerate(heap) if e[2] is record)
+            entry, heap[i] = heap[i], heap[-1]
+            heap.pop()
+            heapq.heapify(heap)
+            self._timed[status][priority] -= 1
+        else:
+            return None
+        record.status = Status.CANCELLED
+        return status, entry
+
+    def _put_back(self, record: Record, status: Status, entry: _Retry | None) -> None:
+        """The store refused a cancel: the job is back where ``_call_off`` took it
+        from, or, once close(timeout) has given up, left on disk as it was. Holds the lock."""
+        record.status = status
+        if self._stopping:
+            self._forget(record)
+        elif entry is None:
+            self._lanes[record.job.priority].appendleft(record)  # it had waited already
+            self._not_empty.notify()
+        else:
+            self._wait_until(record, entry[0])
+
+    def _settle_cancelled(self, record: Record) -> None:
+        """A cancel has won (and is on disk, if there is one). Holds the lock."""
+        self._counts[record.job.priority]["cancelled"] += 1
+        self._settle(record, Status.CANCELLED, time.monotonic(), store=False)
+
+    def _cancel_on_disk(self, job_id: str) -> bool:
+        """``cancel`` of a job memory does not hold: settled and let go of (False), or
+        left on disk by close(timeout) (QueueClosed)."""
+        on_disk = self._store.find(job_id)
+        if on_disk is None:
+            raise UnknownJob(job_id)
+        if on_disk.status in (Status.QUEUED, Status.SCHEDULED, Status.RETRYING):
+            raise QueueClosed("the queue is closed; cancel the job after the next start")
+        return False
+
+    def _leave_scheduled(self) -> None:
+        """close() waits for no run_at: the jobs scheduled for later are left, on disk
+        for the next start, or in memory counted as lost. Holds the lock."""
+        now = time.monotonic()
+        kept: list[_Retry] = []
+        for entry in self._retries:
+            record = entry[2]
+            if record.status is Status.SCHEDULED and entry[0] > now:
+                self._timed[Status.SCHEDULED][record.job.priority] -= 1
+                if not self._durable:
+                    self._counts[record.job.priority]["lost"] += 1
+                self._forget(record)
+            else:
+                kept.append(entry)
+        if len(kept) < len(self._retries):
+            heapq.heapify(kept)
+            self._retries = kept
+
     # -- the scheduler: retries falling due, attempts running out of time -------------
 
     def _scheduler(self) -> None:
@@ -1150,9 +1317,19 @@ class JobQueue:
                             wake = min(wake, record.deadline)
                 while self._retries and self._retries[0][0] <= now:
                     _, _, record = heapq.heappop(self._retries)
+                    self._timed[record.status][record.job.priority] -= 1
+                    if (
+                        record.status is Status.SCHEDULED
+                        and (left := _until_run_at(record.job)) > 0
+                    ):
+                        # Judged by the wall clock too: never before its run_at, even
+                        # by a few microseconds of drift between the two clocks.
+                        self._wait_until(record, now + left)
+                        continue
                     # A retry goes back even into a full lane: it was accepted once,
-                    # and backpressure is for new work. A lane can therefore hold up
-                    # to queue_size plus the jobs coming back from a backoff.
+                    # and backpressure is for new work; so does a scheduled job. A
+                    # lane can therefore hold up to queue_size plus the jobs coming
+                    # back from a backoff or falling due.
                     record.status = Status.QUEUED
                     record.ready = now
                     self._lanes[record.job.priority].append(record)
@@ -1207,6 +1384,8 @@ class JobQueue:
         for lane in self._lanes.values():
             lane.clear()
         self._retries.clear()
+        for gauge in self._timed.values():
+            gauge.update(dict.fromkeys(gauge, 0))
         for record in left:
             if not self._durable:  # on disk they wait for the next start: not lost
                 self._counts[record.job.priority]["lost"] += 1
@@ -1279,6 +1458,12 @@ def _open_store(
     if path is None:
         return MemoryStore()
     return SQLiteStore(os.fspath(path), durability, retention)
+
+
+def _until_run_at(job: Job) -> float:
+    """Seconds until ``job.run_at`` by the wall clock now; 0 or less once it is due."""
+    assert job.run_at is not None  # asked only of a job that has one
+    return job.run_at.timestamp() - time.time()
 
 
 def _percentile(ordered: list[float], q: float) -> float | None:

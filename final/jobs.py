@@ -100,4 +100,5 @@ class Record:
             self.enqueued + to_wall,
             None if self.started is None else self.started + to_wall,
             None if self.finished is None else self.finished + to_wall,
+            None if self.job.run_at is None else self.job.run_at.timestamp(),
         )

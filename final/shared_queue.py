@@ -115,7 +115,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from final.errors import DuplicateJob, NotADeadLetter, QueueClosed, QueueFull
+from final.errors import DuplicateJob, NotADeadLetter, QueueClosed, QueueFull, UnknownJob
 from final.fairness import FairPicker
 from final.job_queue import (
     _COUNTERS,
@@ -525,7 +525,7 @@ class SharedQueue(JobQueue):
         with self._mutex:
             lanes = {
                 p: LaneMetrics(
-                    **self._counts[p],
+                    **_handle_counts(self._counts[p]),
                     queued=counts.get((int(p), "queued"), 0),
                     retrying=counts.get((int(p), "retrying"), 0),
                     in_flight=counts.get((int(p), "processing"), 0),
@@ -541,7 +541,7 @@ class SharedQueue(JobQueue):
             elapsed = (now - self._began) * max(1, self._workers)
         totals = {name: sum(getattr(m, name) for m in lanes.values()) for name in _COUNTERS}
         return Metrics(
-            **totals,
+            **_handle_counts(totals),
             queued=sum(m.queued for m in lanes.values()),
             retrying=sum(m.retrying for m in lanes.values()),
             in_flight=sum(m.in_flight for m in lanes.values()),
@@ -600,7 +600,7 @@ class SharedQueue(JobQueue):
         ``True``: it was queued, scheduled or waiting out a backoff, and now it is
         ``CANCELLED`` and never runs (its idempotency key stays used until
         ``retention`` prunes it). ``False``: it is running or has settled, and
-        nothing changed. Raises ``KeyError`` for an id the queue does not know.
+        nothing changed. Raises ``UnknownJob`` (a ``KeyError``) for an id the queue does not know.
         One statement decides against the claim: if a worker of any process takes
         the job at the same instant, exactly one of the two wins. Answers after
         ``close()`` too, as the lookups do.
@@ -609,7 +609,7 @@ class SharedQueue(JobQueue):
 
         cancelled: bool | None = self._call(pg_engine.cancel, self._queue, job_id)
         if cancelled is None:
-            raise KeyError(job_id)
+            raise UnknownJob(job_id)
         return cancelled
 
     def recent_failures(self, limit: int = 20) -> list[JobInfo]:
@@ -1035,6 +1035,11 @@ def _seconds(payload: str) -> float | None:
         return float(payload) if payload else None
     except ValueError:  # not ours (someone else's NOTIFY on the channel): a hint
         return None
+
+
+def _handle_counts(counts: dict[str, int]) -> dict[str, int]:
+    """This handle's counters, less ``cancelled``, which the database counts for the queue."""
+    return {name: n for name, n in counts.items() if name != "cancelled"}
 
 
 class _Count:

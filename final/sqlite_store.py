@@ -51,6 +51,7 @@ had.
 from __future__ import annotations
 
 import ctypes
+import datetime
 import fcntl
 import functools
 import logging
@@ -73,8 +74,11 @@ __all__ = ["APPLICATION_ID", "LAG", "RETENTION", "SCHEMA_VERSION", "SQLiteStore"
 logger = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x4A6F6251  # "JobQ"
-SCHEMA_VERSION = 2  # 2: the column delay
+SCHEMA_VERSION = 3  # 2: the column delay; 3: the column run_at
 DURABILITY = {"power": ("FULL", 2), "process": ("NORMAL", 1)}
+# The column each version added, from version 2 on: UPGRADES[v - 1:] brings a file of
+# version v to SCHEMA_VERSION.
+UPGRADES = ("delay REAL", "run_at REAL")
 
 # Up to this many rows go to one statement of their exact size (see _parts).
 EXACT_ROWS = 32
@@ -99,6 +103,9 @@ _open_files_lock = threading.Lock()
 # wall-clock time, and the wall clock may step between two runs (NTP, a resumed VM):
 # at a start, no retry waits longer than its own backoff, whatever due_at says. It is
 # last, as ALTER TABLE puts it in a file of version 1.
+# run_at (version 3) is the job's own Job.run_at, a wall-clock time: a SCHEDULED job
+# waits for it, judged at each start by the clock of that moment (see load). It stays
+# after the job has started, for info(). Last, for the same reason as delay.
 SCHEMA = """
 CREATE TABLE jobs (
     id TEXT PRIMARY KEY,
@@ -113,7 +120,8 @@ CREATE TABLE jobs (
     started_at REAL,
     finished_at REAL,
     due_at REAL,
-    delay REAL
+    delay REAL,
+    run_at REAL
 );
 -- Partial: most jobs have no key, and an index entry for each NULL would be one
 -- more page written in every commit.
@@ -128,11 +136,15 @@ CREATE UNIQUE INDEX jobs_key ON jobs (idempotency_key) WHERE idempotency_key IS 
 # commit's time.
 # A job just accepted has no error, start, end, due time or delay yet: those columns are
 # left to their default, NULL, rather than bound, since binding a None costs as much
-# as binding a value, and the INSERT of a commit binds every column of every job.
+# as binding a value, and the INSERT of a commit binds every column of every job. So
+# is run_at, unless one of the statement's jobs has one (see _statements).
 INSERT = (
     "INSERT INTO jobs (id, payload, priority, idempotency_key, max_retries, status,"
-    " attempts, enqueued_at) VALUES "
+    " attempts, enqueued_at{}) VALUES "
 )
+COLUMNS = 8  # bound by INSERT; a ninth, run_at, for a statement with a scheduled job
+# The jobs not settled, as the status column says.
+UNSETTLED_STATUSES = "('scheduled', 'queued', 'processing', 'retrying')"
 # RETRYING and SETTLED carry the attempt's start: the journal that recorded it is
 # emptied at the next start, and without it info() of a job settled in an earlier run
 # had no started_at.
@@ -146,12 +158,13 @@ ASSIGNMENTS = {
         " finished_at = v.column5, due_at = NULL, started_at = v.column6"
     ),
     Write.REVIVED: "status = 'queued', attempts = 0, finished_at = NULL",
+    Write.CANCELLED: "status = 'cancelled', finished_at = v.column2, due_at = NULL",
 }
 # An attempt the last run started, and whose end the journal does not hold: the
 # process died during it.
 DIED_DURING = (
     "UPDATE jobs SET status = 'processing', attempts = ?, started_at = ?, due_at = NULL"
-    " WHERE id = ? AND attempts < ? AND status IN ('queued', 'processing', 'retrying')"
+    " WHERE id = ? AND attempts < ? AND status IN " + UNSETTLED_STATUSES
 )
 # An attempt the last run started and ended, whose end it did not commit: counted,
 # no death is charged to it, and the job ends as its attempt did, by the journal's
@@ -159,7 +172,7 @@ DIED_DURING = (
 # backoff); so is one whose mark does not say how its attempt ended (the mark of an
 # earlier version): at-least-once, it runs again.
 # Parameters: ?1 the attempt, ?2 the time of the fold, ?3 the error, ?4 the id.
-UNSETTLED = " WHERE id = ?4 AND attempts < ?1 AND status IN ('queued', 'processing', 'retrying')"
+UNSETTLED = " WHERE id = ?4 AND attempts < ?1 AND status IN " + UNSETTLED_STATUSES
 ENDED = {
     Status.COMPLETED: (
         "UPDATE jobs SET status = 'completed', attempts = ?1, started_at = ?2, finished_at = ?2,"
@@ -237,9 +250,9 @@ class SQLiteStore:
         self._reader_lock = threading.Lock()
         self._power = durability == "power"
         self._synced = self._power  # whether the writer connection is at FULL now
-        # Rows per statement at most: within SQLite's limit on parameters (8 a row).
+        # Rows per statement at most: within SQLite's limit on parameters (9 a row).
         limit = self._writer_db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        self._chunk = 1 << (min(512, limit // 8).bit_length() - 1)
+        self._chunk = 1 << (min(512, limit // (COLUMNS + 1)).bit_length() - 1)
         # Settled jobs memory let go of before their ends were committed, by id: what a
         # read answers from until the disk can. The lock makes asking the journal
         # whether an end is committed, and hearing that it is, one step each.
@@ -269,6 +282,11 @@ class SQLiteStore:
     def claimed(self, record: Record) -> None:
         """Write the attempt to the journal: it survives the process once this returns."""
         self._journal.started(record.job.id, record.attempts)
+
+    def cancelled(self, record: Record) -> None:
+        """Committed when this returns: a cancel that a crash undid would run the job.
+        The job has no attempt running, so the journal has nothing to say of it."""
+        self._commits.wait(Write.CANCELLED, (record.job.id, time.time()), power=self._power)
 
     def revived(self, record: Record) -> None:
         self._journal.restarted(record.job.id)
@@ -341,16 +359,17 @@ class SQLiteStore:
         return None if row is None else _record(row)
 
     def load(self) -> list[tuple[Record, float]]:
-        """Every unsettled job, in the order accepted, with seconds left of its backoff."""
+        """Every unsettled job, in the order accepted, with seconds left of its backoff,
+        or until its run_at for a scheduled one: by the wall clock of this moment, so
+        that a clock stepped between two runs moves a run_at by the step, no more."""
         with self._reader_lock:
             if self._closed:
                 return []
             rows = self._reader_db.execute(
-                "SELECT * FROM jobs WHERE status IN ('queued', 'processing', 'retrying')"
-                " ORDER BY rowid"
+                f"SELECT * FROM jobs WHERE status IN {UNSETTLED_STATUSES} ORDER BY rowid"
             ).fetchall()
         now = time.time()
-        return [(_record(row), _left(now, row[11], row[12])) for row in rows]
+        return [(_record(row), _wait(now, row)) for row in rows]
 
     def dead(self) -> list[Record]:
         with self._reader_lock:
@@ -463,7 +482,7 @@ class SQLiteStore:
                     self._synced = False
                 db.execute(
                     "DELETE FROM jobs WHERE rowid > ? AND rowid <= ?"
-                    " AND status = 'completed' AND finished_at < ?",
+                    " AND status IN ('completed', 'cancelled') AND finished_at < ?",
                     (self._swept_to, window[-1][0], cutoff),
                 )
         except sqlite3.Error as exc:  # a full disk, a locked file: try again later
@@ -489,7 +508,10 @@ class SQLiteStore:
             if kind is Write.ADD:
                 adds = writes[i:j]
                 rows = [row for add in adds for row in add.params]
-                sql: Callable[[int], str] = _insert_sql
+                width = max(map(len, rows))
+                if width > COLUMNS:  # a scheduled job: every row binds its run_at
+                    rows = [row if len(row) == width else (*row, None) for row in rows]
+                sql: Callable[[int], str] = partial(_insert_sql, width=width)
             else:
                 # One job's end once per statement: an UPDATE ... FROM matching two
                 # rows would use either. Its latest write is the one that counts.
@@ -580,15 +602,17 @@ def _insert_one_by_one(db: sqlite3.Connection, adds: list[Pending]) -> None:
         assert add.batch is not None  # an add is always waited for
         for row in add.params:
             try:
-                db.execute(_insert_sql(1), row)
+                db.execute(_insert_sql(1, len(row)), row)
             except sqlite3.IntegrityError:
                 add.batch.duplicates.append(DuplicateRow(str(row[0]), _first(db, row)))
                 break
 
 
 @functools.cache
-def _insert_sql(rows: int) -> str:
-    return INSERT + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+def _insert_sql(rows: int, width: int = COLUMNS) -> str:
+    """An INSERT of ``rows`` rows of ``width`` values: COLUMNS, or one more, run_at."""
+    head = INSERT.format(", run_at" if width > COLUMNS else "")
+    return head + ", ".join(["(" + ", ".join(["?"] * width) + ")"] * rows)
 
 
 @functools.cache
@@ -685,9 +709,10 @@ def _open(path: str, durability: str) -> sqlite3.Connection:
     """Open (or create) the file, refusing what is not ours before writing anything."""
     db: sqlite3.Connection | None = None
     try:
-        # Statements of up to EXACT_ROWS rows and of powers of two, for 4 kinds of write.
+        # Statements of up to EXACT_ROWS rows and of powers of two, for 5 kinds of
+        # write, inserts in two widths (with run_at and without).
         db = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, cached_statements=256
+            path, isolation_level=None, check_same_thread=False, cached_statements=320
         )
         app_id = db.execute("PRAGMA application_id").fetchone()[0]
         version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -720,13 +745,12 @@ def _open(path: str, durability: str) -> sqlite3.Connection:
             f"BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID};"
             f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
         )
-    elif version < 2:
-        # A new column at the end, NULL in the rows of version 1: SQLite changes only
-        # the schema, not the rows, so this is instant whatever the file's size.
-        db.executescript(
-            f"BEGIN; ALTER TABLE jobs ADD COLUMN delay REAL;"
-            f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        )
+    elif version < SCHEMA_VERSION:
+        # New columns at the end, NULL in the rows of older versions: SQLite changes
+        # only the schema, not the rows, so this is instant whatever the file's size,
+        # and one transaction, so a crash leaves the old version or the new, whole.
+        added = "".join(f" ALTER TABLE jobs ADD COLUMN {c};" for c in UPGRADES[version - 1 :])
+        db.executescript(f"BEGIN;{added} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
     pragma, expected = DURABILITY[durability]
     try:
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -743,6 +767,14 @@ def _open(path: str, durability: str) -> sqlite3.Connection:
     return db
 
 
+def _wait(now: float, row: tuple[Any, ...]) -> float:
+    """Seconds the unsettled job of ``row`` waits at a start: until its run_at if it
+    is scheduled, by the wall clock ``now``; else what is left of its backoff."""
+    if row[5] == "scheduled":
+        return 0.0 if row[13] is None else max(0.0, row[13] - now)
+    return _left(now, row[11], row[12])
+
+
 def _left(now: float, due_at: float | None, delay: float | None) -> float:
     """Seconds left of a backoff due at ``due_at`` (wall clock), never more than the
     ``delay`` it was set for: a clock stepped back between two runs (or forward in the
@@ -753,18 +785,28 @@ def _left(now: float, due_at: float | None, delay: float | None) -> float:
     return left if delay is None else min(left, delay)
 
 
+def _scheduled(record: Record) -> bool:
+    """Whether a job being added waits for its run_at: the queue set its ``ready``, the
+    time it enters its lane, to its run_at (the queue marks it SCHEDULED only once it
+    is stored and accepted)."""
+    return record.job.run_at is not None and record.ready > record.enqueued
+
+
 def _row(record: Record, offset: float) -> tuple[object, ...]:
+    """The values INSERT binds for ``record``: COLUMNS of them, and its run_at if it
+    has one. A scheduled job is stored as such, so that a start finds it waiting."""
     job = record.job
-    return (
+    row = (
         job.id,
         job.payload,
         int(job.priority),
         job.idempotency_key,
         record.max_retries,
-        record.status.value,
+        "scheduled" if _scheduled(record) else record.status.value,
         record.attempts,
         record.enqueued + offset,
     )
+    return row if job.run_at is None else (*row, job.run_at.timestamp())
 
 
 def _first(db: sqlite3.Connection, row: tuple[object, ...]) -> str:
@@ -780,7 +822,8 @@ def _first(db: sqlite3.Connection, row: tuple[object, ...]) -> str:
 def _record(row: tuple[Any, ...]) -> Record:
     job_id, payload, priority, key, max_retries, status, attempts, error = row[:8]
     enqueued_at, started_at, finished_at = row[8], row[9], row[10]
-    job = Job(job_id, bytes(payload), Priority(priority), key, max_retries)
+    run_at = None if row[13] is None else datetime.datetime.fromtimestamp(row[13], datetime.UTC)
+    job = Job(job_id, bytes(payload), Priority(priority), key, max_retries, run_at)
     record = Record(job, max_retries)
     record.status = Status(status)
     record.attempts = attempts

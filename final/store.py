@@ -8,10 +8,11 @@ what the queue promises, and to answer for what memory no longer holds.
 The queue calls a store from any thread, and a store serialises its own writes.
 What each write must survive decides how it is called:
 
-- ``add`` (the jobs of one ``enqueue`` or ``enqueue_many``) and ``revived`` (a
-  replay from the dead letters) are durable when they return, because returning is
-  how the queue acknowledges them. The queue calls them outside its lock, so that
-  a disk write never stalls the other threads.
+- ``add`` (the jobs of one ``enqueue`` or ``enqueue_many``), ``revived`` (a
+  replay from the dead letters) and ``cancelled`` (a job called off before it
+  started) are durable when they return, because returning is how the queue
+  acknowledges them (a cancel that a crash undid would run the job). The queue
+  calls them outside its lock, so that a disk write never stalls the other threads.
 - ``claimed`` (an attempt about to start, with its attempt count) survives the
   death of the process when it returns, so that a handler which kills the process
   is still counted, and its job ends in the dead letters instead of crashing every
@@ -72,6 +73,8 @@ class Store(Protocol):
 
     def revived(self, record: Record) -> None: ...
 
+    def cancelled(self, record: Record) -> None: ...
+
     def released(self, records: Sequence[Record]) -> None:
         """Memory lets go of these settled jobs: from now on the store answers for them,
         including while their ends still lag. Called under the queue's lock, once per
@@ -83,7 +86,8 @@ class Store(Protocol):
         ...
 
     def load(self) -> list[tuple[Record, float]]:
-        """Every unsettled job, with the seconds left of its backoff (0 if none)."""
+        """Every unsettled job, with the seconds left of its backoff, or until its
+        run_at for a SCHEDULED one (0 if none, or due)."""
         ...
 
     def dead(self) -> list[Record]:
@@ -116,6 +120,9 @@ class MemoryStore:
         pass
 
     def revived(self, record: Record) -> None:
+        pass
+
+    def cancelled(self, record: Record) -> None:
         pass
 
     def released(self, records: Sequence[Record]) -> None:

@@ -40,6 +40,7 @@ MODULE_ORDER = (
     "test_shutdown",
     "test_metrics",
     "test_status",
+    "test_time",
     "test_crash",
     "test_api",
 )

@@ -317,9 +317,12 @@ def test_a_file_of_schema_version_1_is_upgraded_in_place_and_keeps_its_jobs(
         assert time.monotonic() < deadline
         time.sleep(0.001)
     q.close(timeout=0)
-    # The file as version 1 wrote it: no column delay.
+    # The file as version 1 wrote it: no column delay (nor run_at, of version 3).
     db = sqlite3.connect(path)
-    db.executescript("ALTER TABLE jobs DROP COLUMN delay; PRAGMA user_version = 1;")
+    db.executescript(
+        "ALTER TABLE jobs DROP COLUMN run_at; ALTER TABLE jobs DROP COLUMN delay;"
+        " PRAGMA user_version = 1;"
+    )
     db.close()
     q = JobQueue(lambda job: None, path=path)
     try:
@@ -329,9 +332,9 @@ def test_a_file_of_schema_version_1_is_upgraded_in_place_and_keeps_its_jobs(
         q.close()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
         columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
-        assert columns[-1] == "delay"
+        assert columns[-2:] == ["delay", "run_at"]
     finally:
         db.close()
 

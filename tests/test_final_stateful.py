@@ -3,8 +3,10 @@
 Each example runs a queue on a file of its own, and hypothesis chooses a sequence
 of steps: enqueue (with idempotency keys, some reused, and ids, some reused),
 ``enqueue_many``, ``join``, a graceful close and a reopen, an early close
-(``close(timeout=0)`` while every worker is held in a handler) and a reopen, and
-replays from the dead letters. The model knows what each job's handler will do,
+(``close(timeout=0)`` while every worker is held in a handler) and a reopen,
+replays from the dead letters, and cancels (of a job waiting behind busy workers,
+which wins, and of a settled job, which does not). The model knows what each job's
+handler will do,
 so it knows how every job must end and after how many attempts; after every step
 it checks that each acknowledged job is in a state it allows, and that no job has
 used more attempts than its budget.
@@ -65,17 +67,22 @@ class Expected:
     budget: int  # max_retries + 1
     settled: bool = False  # known settled: a join or a graceful close since it was accepted
     calls_before: int = 0  # handler calls in its earlier lives (before replays)
+    cancelled_after: int | None = None  # attempts it had when a cancel won
 
     @property
     def dies(self) -> bool:
-        return self.fails >= self.budget
+        return self.cancelled_after is None and self.fails >= self.budget
 
     @property
     def end(self) -> Status:
+        if self.cancelled_after is not None:
+            return Status.CANCELLED
         return Status.FAILED if self.dies else Status.COMPLETED
 
     @property
     def attempts(self) -> int:
+        if self.cancelled_after is not None:
+            return self.cancelled_after
         return self.budget if self.dies else self.fails + 1
 
 
@@ -264,7 +271,7 @@ class FinalOnDisk(RuleBasedStateMachine):
         self.all_settled()
         self.check_settled(self.queue)
         m = self.queue.metrics()
-        assert m.submitted == m.completed + m.failed + m.lost, m
+        assert m.submitted == m.completed + m.failed + m.lost + m.cancelled, m
         assert (m.lost, m.queued, m.retrying, m.in_flight) == (0, 0, 0, 0), m
 
     @rule()
@@ -303,6 +310,37 @@ class FinalOnDisk(RuleBasedStateMachine):
         self.queue.retry_dead(job_id)
         expected.calls_before += expected.attempts
         expected.fails, expected.settled = fails, False
+
+    @rule(data=st.data())
+    def cancel_a_job_waiting_behind_busy_workers(self, data: st.DataObject) -> None:
+        # Every worker held in a handler, as for an early close: the job waits in its
+        # lane, so the cancel wins, whatever the timing (the model stays deterministic).
+        held = []
+        for _ in range(WORKERS):
+            job, fails = self.make_job(data, self.fresh_id(), keyed=False)
+            self.plan(job, fails)
+            held.append((job, fails))
+        self.handler.hold([job.id for job, _ in held])
+        for job, fails in held:
+            self.queue.enqueue(job)
+            self.accepted(job, fails)
+        self.handler.wait_held(WORKERS)
+        job, fails = self.make_job(data, self.fresh_id(), keyed=False)
+        self.plan(job, fails)
+        self.queue.enqueue(job)
+        self.accepted(job, fails)
+        assert self.queue.cancel(job.id)
+        self.jobs[job.id].cancelled_after = 0
+        self.handler.release()
+
+    @precondition(lambda self: any(e.settled for e in self.jobs.values()))
+    @rule(data=st.data())
+    def cancel_a_settled_job(self, data: st.DataObject) -> None:
+        settled = sorted(i for i, e in self.jobs.items() if e.settled)
+        job_id = data.draw(st.sampled_from(settled))
+        status = self.queue.status(job_id)
+        assert self.queue.cancel(job_id) is False
+        assert self.queue.status(job_id) is status
 
     @rule(data=st.data())
     def replay_a_job_that_is_not_dead(self, data: st.DataObject) -> None:

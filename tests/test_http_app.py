@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -195,12 +196,16 @@ class BrokenStore(JobQueue):
     def retry_dead(self, job_id: str) -> None:
         raise StoreError("jobs.db: cannot write: database or disk is full")
 
+    def cancel(self, job_id: str) -> bool:
+        raise StoreError("jobs.db: cannot write: database or disk is full")
+
 
 @pytest.mark.parametrize(
     ("method", "url", "problem"),
     [
         ("POST", "/jobs", "database or disk is full"),
         ("GET", "/jobs/abc", "disk I/O error"),
+        ("DELETE", "/jobs/abc", "database or disk is full"),
         ("GET", "/dlq", "disk I/O error"),
         ("POST", "/dlq/abc/retry", "database or disk is full"),
     ],
@@ -221,6 +226,7 @@ def test_a_failing_store_is_a_503_on_every_endpoint(method: str, url: str, probl
         drive(app)(steps)
     responses = app.openapi()["paths"]
     operation = {"POST /jobs": ("/jobs", "post"), "GET /jobs/abc": ("/jobs/{job_id}", "get")}
+    operation["DELETE /jobs/abc"] = ("/jobs/{job_id}", "delete")
     operation |= {
         "GET /dlq": ("/dlq", "get"),
         "POST /dlq/abc/retry": ("/dlq/{job_id}/retry", "post"),
@@ -261,3 +267,100 @@ def test_the_dead_letters_are_listed_without_a_lookup_per_job(tmp_path: Path) ->
 
         drive(app)(steps)
         assert q.lookups == 0
+
+
+# -- jobs in time: run_at and DELETE ----------------------------------------------------------
+
+
+def test_run_at_schedules_the_job_and_delete_cancels_it() -> None:
+    payloads = Payloads()
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    with JobQueue(payloads) as q:
+        app = create_app(q)
+
+        async def steps(c: httpx.AsyncClient) -> None:
+            posted = await c.post(
+                "/jobs", json={"payload": "x", "priority": "low", "run_at": later}
+            )
+            assert posted.status_code == 201, posted.text
+            job_id = posted.json()["id"]
+            shown = (await c.get(f"/jobs/{job_id}")).json()
+            assert shown["status"] == "scheduled"
+            assert datetime.fromisoformat(shown["run_at"]) == datetime.fromisoformat(later)
+            deleted = await c.delete(f"/jobs/{job_id}")
+            assert deleted.status_code == 200, deleted.text
+            assert deleted.json()["status"] == "cancelled"
+            again = await c.delete(f"/jobs/{job_id}")
+            assert again.status_code == 409
+            assert "has settled (cancelled)" in again.json()["detail"]
+            assert (await c.delete("/jobs/nobody")).status_code == 404
+            now = await c.post("/jobs", json={"payload": "y", "priority": "low"})
+            assert payloads.of(now.json()["id"]) == b"y"
+            assert q.join(timeout=PATIENCE)
+            done = await c.delete(f"/jobs/{now.json()['id']}")
+            assert done.status_code == 409
+            assert "has settled (completed)" in done.json()["detail"]
+
+        drive(app)(steps)
+    assert list(payloads.seen.values()) == [b"y"]  # the cancelled job never ran
+
+
+@pytest.mark.parametrize(
+    ("run_at", "problem"),
+    [
+        ("2030-01-01T09:00:00", "has no offset"),
+        ("tomorrow at nine", "must be an ISO 8601 date and time with an offset"),
+        ("2030-13-01T09:00:00+00:00", "must be an ISO 8601 date and time with an offset"),
+    ],
+)
+def test_a_run_at_without_an_offset_or_not_a_date_is_a_422_naming_it(
+    run_at: str, problem: str
+) -> None:
+    with JobQueue(Payloads()) as q:
+        app = create_app(q)
+
+        async def steps(c: httpx.AsyncClient) -> None:
+            answer = await c.post(
+                "/jobs", json={"payload": "x", "priority": "low", "run_at": run_at}
+            )
+            assert answer.status_code == 422, answer.text
+            (error,) = answer.json()["detail"]
+            assert error["loc"] == ["run_at"]
+            assert problem in error["msg"] and repr(run_at) in error["msg"]
+
+        drive(app)(steps)
+        assert q.metrics().submitted == 0  # nothing half accepted
+
+
+def test_the_metrics_endpoint_shows_scheduled_and_cancelled_jobs() -> None:
+    later = datetime.now(UTC) + timedelta(hours=1)
+    with JobQueue(Payloads()) as q:
+        app = create_app(q)
+        q.enqueue(Job(id="later", priority=Priority.HIGH, run_at=later))
+        q.enqueue(Job(id="off", priority=Priority.HIGH, run_at=later))
+        assert q.cancel("off")
+
+        async def steps(c: httpx.AsyncClient) -> None:
+            text = (await c.get("/metrics")).text
+            assert 'job_queue_scheduled{priority="high"} 1.0' in text
+            assert 'job_queue_cancelled_total{priority="high"} 1.0' in text
+
+        drive(app)(steps)
+
+
+def test_delete_of_a_running_job_is_a_409_and_it_runs_on() -> None:
+    recorder = Recorder(hold=lambda job: job.id == "busy")
+    with JobQueue(recorder, workers=1) as q:
+        app = create_app(q)
+        q.enqueue(Job(id="busy"))
+        recorder.wait_started(1)
+
+        async def steps(c: httpx.AsyncClient) -> None:
+            answer = await c.delete("/jobs/busy")
+            assert answer.status_code == 409, answer.text
+            assert answer.json() == {"detail": "job busy has started: too late to cancel it"}
+
+        drive(app)(steps)
+        recorder.release()
+        assert q.join(timeout=PATIENCE)
+    assert recorder.succeeded == ["busy"]

@@ -45,7 +45,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Tour:
 
 def test_the_table_has_every_scenario_and_a_cell_for_every_tier(run: Tour) -> None:
     scenarios, printed = run.scenarios, run.printed
-    assert sorted(scenarios) == [1, 2, 3, 4, 5, 6]
+    assert sorted(scenarios) == [1, 2, 3, 4, 5, 6, 7]
     header = printed.splitlines()[0].split()
     assert header == list(TIERS)
     for scenario in scenarios.values():
@@ -141,6 +141,19 @@ def test_a_crash_loses_the_in_memory_tiers_jobs_and_none_of_finals(run: Tour) ->
     assert lost["naive"] > 0 and lost["improved"] > 0
 
 
+def test_final_starts_scheduled_jobs_at_their_time_and_runs_none_it_cancelled(run: Tour) -> None:
+    late = run.values(7, "started after its run_at by (p50 / max)")
+    called_off = run.values(7, f"{tour.TIMED_JOBS // 2} of them cancelled while they waited")
+    assert late["naive"] is None and late["improved"] is None  # no run_at: the lesson
+    assert len(late["final"]) == tour.TIMED_JOBS // 2  # the ones not called off ran
+    assert min(late["final"]) >= 0  # none before its run_at
+    assert called_off["final"] == {"cancelled": tour.TIMED_JOBS // 2, "ran": 0}
+    assert (
+        "no run_at"
+        in run.scenarios[7].row("started after its run_at by (p50 / max)").cells["naive"]
+    )
+
+
 def test_ctrl_c_stops_the_tour_with_the_table_of_what_was_complete() -> None:
     tour_run = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.tour", "--quick"],
@@ -176,5 +189,5 @@ def test_ctrl_c_stops_the_tour_with_the_table_of_what_was_complete() -> None:
 def test_the_pictures_are_written_one_per_scenario(run: Tour) -> None:
     plots = run.plots
     written = sorted(p.name for p in plots.glob("*.png"))
-    assert written == [f"tour_{n}.png" for n in range(1, 7)]
+    assert written == [f"tour_{n}.png" for n in range(1, 8)]
     assert all((plots / name).stat().st_size > 1000 for name in written)
