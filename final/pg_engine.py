@@ -71,6 +71,8 @@ __all__ = [
     "tables_present",
     "take_tokens",
     "unsettled",
+    "vacuum",
+    "vacuum_due",
     "waiting",
 ]
 
@@ -460,3 +462,29 @@ def listen(conn: Connection, queue: str) -> str:
     channel = str(row[0])
     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
     return channel
+
+
+# The table's own autovacuum trigger (``final/pg_schema.py``): a hundredth of the live
+# rows dead, and at least this many.
+_VACUUM_THRESHOLD = 1000
+_VACUUM_SCALE = 0.01
+
+
+def vacuum_due(conn: Connection) -> bool | None:
+    """Whether the jobs table needs a vacuum that autovacuum will not run.
+
+    None when autovacuum is on for the table (it is autovacuum's job); otherwise
+    True once its dead rows pass the trigger the table sets for autovacuum (a
+    thousand, plus a hundredth of its live rows), False before.
+    """
+    row = conn.execute(q.VACUUM_STATE).fetchone()
+    if row is None or not row[0]:
+        return None
+    dead, live = int(row[1]), int(row[2])
+    return dead > _VACUUM_THRESHOLD + _VACUUM_SCALE * live
+
+
+def vacuum(conn: Connection) -> None:
+    """Vacuum the jobs table, unless another vacuum holds it. ``conn`` must be in
+    autocommit mode, outside any transaction."""
+    conn.execute(q.VACUUM)

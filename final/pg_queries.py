@@ -55,6 +55,8 @@ __all__ = [
     "TABLES_PRESENT",
     "TAKE_TOKENS",
     "UNSETTLED",
+    "VACUUM",
+    "VACUUM_STATE",
     "WAITING",
 ]
 
@@ -344,3 +346,19 @@ SET_CONFIG = "SELECT set_config(%(name)s, %(value)s, false)"
 
 # Whether the queue's tables exist, without creating them (inspect is read-only).
 TABLES_PRESENT = "SELECT to_regclass('jobq_version') IS NOT NULL"
+
+# Whether this server's autovacuum is off for the jobs table (the setting, or the
+# table's own reloption), and the table's dead and live rows as the statistics last
+# counted them: what the upkeep reads to vacuum the table itself when nobody else will.
+VACUUM_STATE = """
+SELECT NOT (current_setting('autovacuum')::bool
+            AND coalesce((SELECT option_value::bool FROM pg_options_to_table(c.reloptions)
+                          WHERE option_name = 'autovacuum_enabled'), true)),
+       coalesce(s.n_dead_tup, 0), coalesce(s.n_live_tup, 0)
+FROM pg_class AS c LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid
+WHERE c.oid = 'jobq_jobs'::regclass
+"""
+
+# One pass over the jobs table, skipped when another vacuum already holds it. Not
+# in a transaction: VACUUM refuses to run inside one.
+VACUUM = "VACUUM (SKIP_LOCKED) jobq_jobs"

@@ -111,7 +111,9 @@ from final.job_queue import (
     LaneMetrics,
     Metrics,
     _current,
+    _forked,
     _log_failure,
+    _queues,
     _refuse_from_handler,
     backoff_delay,
 )
@@ -130,6 +132,7 @@ __all__ = ["SharedQueue"]
 logger = logging.getLogger(__name__)
 
 _POLL = 1.0  # seconds between claims when no notification comes: the backstop
+_told_vacuum_off = False  # the warning that autovacuum is off: once per process
 _STATUS = {
     "queued": Status.QUEUED,
     "scheduled": Status.QUEUED,
@@ -192,6 +195,7 @@ class SharedQueue(JobQueue):
         self._burst = 0.0 if rate_limit is None else max(1.0, rate_limit / 10)
         self._init_shared_state(fairness)
         self._api = self._connect()
+        _queues.add(self)  # see _after_fork
         try:
             from final.pg_schema import ensure_schema
 
@@ -227,6 +231,7 @@ class SharedQueue(JobQueue):
         self._left = False  # deregistered, connections closed
         self._live_workers = 0  # worker threads not running an attempt that timed out
         self._forked = False
+        self._vacuuming: threading.Thread | None = None  # see _vacuum_if_off
         self._counts = {p: dict.fromkeys(_COUNTERS, 0) for p in Priority}
         self._busy = 0.0
         self._began = time.monotonic()
@@ -567,6 +572,8 @@ class SharedQueue(JobQueue):
         """Run an engine function on the API connection, once reconnected if it dropped."""
         import psycopg
 
+        if self._forked:
+            raise _forked()
         with self._api_lock:
             if self._left:
                 # Closed: lookups still answer, each on a connection of its own.
@@ -580,6 +587,21 @@ class SharedQueue(JobQueue):
                 logger.warning("lost the connection to PostgreSQL (%s); reconnecting", error)
                 self._reopen_api()
                 raise StoreError(f"PostgreSQL connection lost mid-call: {error}") from error
+
+    def _after_fork(self) -> None:
+        """In the child of an ``os.fork()``: the handle and its connections are the parent's.
+
+        The child shares the parent's sockets to the server; one query from the child
+        (or the goodbye that closing a connection sends) would land in the middle of
+        the parent's conversation and corrupt it. So the child never touches them:
+        every call that would raises ``QueueClosed`` before it does, ``close()`` is a
+        no-op, and the exit hook is dropped. psycopg itself never closes, at garbage
+        collection, a connection opened by another process.
+        """
+        self._forked = True
+        hook = getattr(self, "_atexit_hook", None)  # a handle without workers has none
+        if hook is not None:
+            atexit.unregister(hook)
 
     def _reopen_api(self) -> None:
         try:
@@ -875,6 +897,7 @@ class SharedQueue(JobQueue):
                         )
                     if self._retention is not None:  # a batch per commit: vacuum keeps up
                         self._engine.prune(self._upkeep, self._queue, self._retention)
+                self._vacuum_if_off()
             except psycopg.Error as error:
                 logger.warning("heartbeat failed (%s); reconnecting", error)
                 if self._upkeep.closed or self._upkeep.broken:
@@ -882,6 +905,46 @@ class SharedQueue(JobQueue):
                         self._upkeep = self._connect(synchronous_commit="off")
             with self._mutex:
                 self._stopped.wait_for(lambda: self._left, min(self._lease / 3, 5.0))
+
+    def _vacuum_if_off(self) -> None:
+        """Vacuum the jobs table ourselves when the server's autovacuum will not.
+
+        Every job leaves three or four dead row versions behind; with autovacuum off
+        nothing reclaims them, and every claim's index scan walks over more of them
+        each minute. So each upkeep round reads the table's dead rows, and past the
+        trigger the table sets for autovacuum starts one ``VACUUM`` on a connection
+        of its own (a thread: the heartbeats go on meanwhile). Vacuuming that often
+        keeps each pass small. With autovacuum on, this is one cheap read a round.
+        """
+        global _told_vacuum_off
+        due = self._engine.vacuum_due(self._upkeep)
+        if due is None:
+            return
+        if not _told_vacuum_off:
+            _told_vacuum_off = True
+            logger.warning(
+                "autovacuum is off on this PostgreSQL server (or for jobq_jobs): the"
+                " queue's processes vacuum jobq_jobs themselves, a small pass whenever"
+                " its dead rows pass a thousand plus a hundredth of its live ones; turn"
+                " autovacuum on (ALTER SYSTEM SET autovacuum = on; SELECT"
+                " pg_reload_conf()) and the server does it better"
+            )
+        if not due or self._stopping:
+            return
+        if self._vacuuming is not None:
+            if self._vacuuming.is_alive():
+                return  # one pass at a time
+            self._threads.discard(self._vacuuming)
+        self._vacuuming = self._spawn(self._vacuum, "vacuum")
+
+    def _vacuum(self) -> None:
+        import psycopg
+
+        try:
+            with self._connect(keep=False) as conn:
+                self._engine.vacuum(conn)
+        except (psycopg.Error, StoreError) as error:
+            logger.warning("could not vacuum jobq_jobs (%s); the next round tries again", error)
 
     def _listener(self) -> None:
         """Wake the dispatcher at each NOTIFY; re-open the connection when it drops."""
