@@ -88,3 +88,30 @@ def test_pg_latency(benchmark: Benchmark, mode: Mode, systems: Any) -> None:
     benchmark.extra_info.update(
         figure="latency", offered_per_s=rate, latency=chosen, rounds_latency=rounds
     )
+
+
+SOAK_SECONDS = 600.0
+
+
+def test_pg_soak(benchmark: Benchmark, mode: Mode, systems: Any) -> None:
+    """``make bench-full`` only: final-pg for ten minutes at half its drain rate.
+
+    The peak is a drain of 10,000 jobs measured here, just before; the soak then
+    enqueues at half of it, one producer paced, with ``retention=60``. Every 30 s it
+    samples the jobs completed per second, the table's dead rows, size and backlog.
+    """
+    if mode.name != "full":
+        pytest.skip("the ten-minute soak runs in make bench-full only")
+    peak = systems["final-pg"].drain(10_000)
+    rate = round(peak / 2)
+    samples = measure(
+        benchmark, "8 postgresql", 1, lambda: pg_peers.soak(rate, SOAK_SECONDS)
+    )[0]
+    benchmark.extra_info.update(
+        figure="soak",
+        peak_jobs_per_s=peak,
+        offered_per_s=rate,
+        seconds=SOAK_SECONDS,
+        autovacuum=pg_peers.autovacuum(),
+        samples=samples,
+    )
