@@ -95,6 +95,17 @@ def _crash(ax: Axes, data: dict[str, Any]) -> None:
     ax.legend()
 
 
+def _postgres(ax: Axes, data: dict[str, Any]) -> None:
+    found = data.get("final")
+    if found is None:  # no server answered: the picture says so
+        ax.text(0.5, 0.5, "skipped: no PostgreSQL server", ha="center", va="center")
+        ax.set_axis_off()
+        return
+    keys = ["acknowledged", "lost", "repeats"]
+    ax.bar(keys, [found[k] for k in keys], color=["tab:blue", "tab:red", "tab:orange"])
+    ax.set_ylabel("jobs (final, three worker processes)")
+
+
 DRAW: dict[int, Callable[[Axes, dict[str, Any]], None]] = {
     1: _fast_producer,
     2: _mixed_priorities,
@@ -102,6 +113,7 @@ DRAW: dict[int, Callable[[Axes, dict[str, Any]], None]] = {
     4: _flaky,
     5: _close,
     6: _crash,
+    7: _postgres,
 }
 
 
