@@ -48,6 +48,7 @@ __all__ = [
     "StoredJob",
     "cancel",
     "claim",
+    "claim_counting",
     "complete",
     "counts",
     "dead_letters",
@@ -279,6 +280,37 @@ def claim(
     claims = [Claim(*row) for row in rows]
     claims.sort(key=lambda c: (-c.priority, c.ready_at, c.seq))
     return claims
+
+
+def claim_counting(
+    conn: Connection,
+    queue: str,
+    process: int,
+    limit: int,
+    timeout: float | None,
+    lanes: Sequence[int],
+) -> tuple[list[Claim], dict[int, int]]:
+    """``claim`` across every lane, and what ``waiting`` would have said just before it.
+
+    One statement, so one round trip where ``waiting`` then ``claim`` take two: the
+    counts (each lane of ``lanes``, counted no further than ``limit``) are read in the
+    claim's own snapshot, before it changed anything. When nothing was claimed, every
+    count is 0: nothing due was waiting, or another claimer holds it.
+    """
+    params = {
+        "queue": queue,
+        "process": process,
+        "limit": limit,
+        "timeout": timeout,
+        "lanes": list(lanes),
+    }
+    rows = conn.execute(q.CLAIM_COUNTING, params).fetchall()
+    if not rows:
+        return [], dict.fromkeys(lanes, 0)
+    counts = dict(zip(lanes, map(int, rows[0][-1]), strict=True))
+    claims = [Claim(*row[:-1]) for row in rows]
+    claims.sort(key=lambda c: (-c.priority, c.ready_at, c.seq))
+    return claims, counts
 
 
 def take_tokens(conn: Connection, queue: str, want: int, rate: float, burst: float) -> int:

@@ -28,6 +28,7 @@ __all__ = [
     "CANCEL",
     "CHANNEL",
     "CLAIM",
+    "CLAIM_COUNTING",
     "COMPLETE",
     "COUNTS",
     "DEAD_LETTERS",
@@ -133,6 +134,42 @@ SET status = 'processing',
 WHERE j.queue = %(queue)s AND j.id = ANY (ARRAY(SELECT id FROM picked))
 RETURNING j.id, j.claim, j.payload, j.priority, j.idempotency_key, j.max_retries,
           j.attempts, j.enqueued_at, j.ready_at, j.seq, j.deadline
+"""
+
+# CLAIM, and in the same statement (so in the same snapshot, taken before the claim
+# changed anything) each lane's queued jobs counted no further than the claim's limit,
+# as WAITING counts them: fairness's counts without a round trip of their own. Each
+# row carries the counts of every lane in %(lanes)s, in that order.
+CLAIM_COUNTING = """
+WITH picked AS MATERIALIZED (
+    SELECT id FROM jobq_jobs
+    WHERE queue = %(queue)s
+      AND status IN ('queued', 'scheduled', 'retrying')
+      AND ready_at <= now()
+    ORDER BY priority DESC, ready_at, seq
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), waiting AS MATERIALIZED (
+    SELECT array_agg((
+        SELECT count(*) FROM (
+            SELECT 1 FROM jobq_jobs
+            WHERE queue = %(queue)s AND status = 'queued' AND priority = p.priority
+            LIMIT %(limit)s
+        ) AS lane
+    ) ORDER BY p.n) AS counts
+    FROM unnest(%(lanes)s::int[]) WITH ORDINALITY AS p (priority, n)
+)
+UPDATE jobq_jobs AS j
+SET status = 'processing',
+    attempts = j.attempts + 1,
+    started_at = now(),
+    process_id = %(process)s,
+    claim = nextval('jobq_claims'),
+    deadline = now() + make_interval(secs => %(timeout)s::float8)
+FROM waiting AS w
+WHERE j.queue = %(queue)s AND j.id = ANY (ARRAY(SELECT id FROM picked))
+RETURNING j.id, j.claim, j.payload, j.priority, j.idempotency_key, j.max_retries,
+          j.attempts, j.enqueued_at, j.ready_at, j.seq, j.deadline, w.counts
 """
 
 # A queue's shared token bucket (rate_limit across processes): its row is made once,

@@ -671,6 +671,8 @@ class SharedQueue(JobQueue):
                 self._token_due = time.monotonic() + 1.0 / self._rate
             if not free:
                 return []
+        if self._picker.fairness and self._picker.strict_for(free):
+            return self._claim_strict(free)
         picks: dict[Priority, int] = {}
         if self._picker.fairness:  # strict priority needs no count: the claim's order is it
             # No pick takes more than ``free`` from a lane: counting further is waste.
@@ -699,6 +701,27 @@ class SharedQueue(JobQueue):
         if self._rate is not None:
             engine.refund_tokens(self._claimer, self._queue, free - len(claims), self._burst)
         claims.sort(key=lambda c: (-c.priority, c.ready_at, c.seq))
+        return [self._attempt(c) for c in claims]
+
+    def _claim_strict(self, free: int) -> list[Attempt]:
+        """Claim ``free`` jobs when no lower lane can be owed within them: strict
+        priority, with the lanes' counts read in the same statement, and the picks
+        replayed on them, so that fairness counts exactly what it would have counted
+        (one round trip where counting first takes two)."""
+        engine = self._engine
+        timeout = None if self._job_timeout is None else self._job_timeout + self._lease
+        lanes = [int(p) for p in Priority]
+        claims, counts = engine.claim_counting(
+            self._claimer, self._queue, self._process, free, timeout, lanes
+        )
+        for p in Priority:
+            self._waiting[p] = counts.get(int(p), 0)
+        for _ in claims:
+            lane = self._picker.pick()
+            if lane is not None:
+                self._waiting[lane] -= 1
+        if self._rate is not None:
+            engine.refund_tokens(self._claimer, self._queue, free - len(claims), self._burst)
         return [self._attempt(c) for c in claims]
 
     def _attempt(self, claim: pg_engine.Claim) -> Attempt:
