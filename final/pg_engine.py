@@ -54,6 +54,7 @@ __all__ = [
     "dead_letters",
     "deregister",
     "enqueue",
+    "enqueue_one",
     "extend",
     "fail",
     "find",
@@ -215,6 +216,27 @@ def enqueue(conn: Connection, queue: str, jobs: Sequence[NewJob]) -> Refused | N
         refused = Refused(index, *holder)
         batch = batch[:index]
     return refused
+
+
+def enqueue_one(conn: Connection, queue: str, job: NewJob, cap: int) -> bool:
+    """Insert ``job`` (due now: no ``run_at``) if its lane holds fewer than ``cap``
+    queued jobs, and wake the queue's listeners; one statement.
+
+    False when it was not inserted: its lane is full, or its id or idempotency key
+    is taken. ``enqueue`` and ``waiting`` tell which.
+    """
+    if job.run_at is not None:
+        raise ValueError("enqueue_one takes a job due now; enqueue takes the others")
+    params = {
+        "queue": queue,
+        "id": job.id,
+        "payload": job.payload,
+        "priority": job.priority,
+        "key": job.idempotency_key,
+        "max_retries": job.max_retries,
+        "cap": cap,
+    }
+    return conn.execute(q.ENQUEUE_ONE, params).fetchone() is not None
 
 
 def _insert(conn: Connection, queue: str, batch: Sequence[NewJob]) -> list[str]:

@@ -34,6 +34,7 @@ __all__ = [
     "DEAD_LETTERS",
     "DEREGISTER",
     "ENQUEUE",
+    "ENQUEUE_ONE",
     "EXTEND",
     "FAIL",
     "FIND",
@@ -100,6 +101,29 @@ WITH inserted AS (
     RETURNING id
 )
 SELECT array_agg(id), pg_notify({_CHANNEL}, '') FROM inserted HAVING count(*) > 0
+"""
+
+# One job due now, inserted only while its lane holds fewer than %(cap)s queued jobs
+# (counted no further): queue_size's count and the insert in one round trip. No row
+# back: the lane is full, or the id or key is taken; the caller asks which.
+ENQUEUE_ONE = f"""
+WITH inserted AS (
+    INSERT INTO jobq_jobs (
+        queue, id, payload, priority, idempotency_key, max_retries, status, ready_at
+    )
+    SELECT %(queue)s, %(id)s, %(payload)s, %(priority)s, %(key)s, %(max_retries)s,
+           'queued', now()
+    WHERE (
+        SELECT count(*) FROM (
+            SELECT 1 FROM jobq_jobs
+            WHERE queue = %(queue)s AND status = 'queued' AND priority = %(priority)s
+            LIMIT %(cap)s
+        ) AS lane
+    ) < %(cap)s
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+SELECT id, pg_notify({_CHANNEL}, '') FROM inserted
 """
 
 # The job that holds a refused job's id, or else its idempotency key.
