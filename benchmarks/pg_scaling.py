@@ -200,4 +200,3 @@ async def _procrastinate_child(dsn: str, stop: threading.Event) -> None:
         worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await worker
-

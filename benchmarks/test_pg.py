@@ -104,9 +104,7 @@ def test_pg_soak(benchmark: Benchmark, mode: Mode, systems: Any) -> None:
         pytest.skip("the ten-minute soak runs in make bench-full only")
     peak = systems["final-pg"].drain(10_000)
     rate = round(peak / 2)
-    samples = measure(
-        benchmark, "8 postgresql", 1, lambda: pg_peers.soak(rate, SOAK_SECONDS)
-    )[0]
+    samples = measure(benchmark, "8 postgresql", 1, lambda: pg_peers.soak(rate, SOAK_SECONDS))[0]
     benchmark.extra_info.update(
         figure="soak",
         peak_jobs_per_s=peak,

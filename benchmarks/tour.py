@@ -444,16 +444,17 @@ def postgres_processes(tier: str, size: Size, scenario: Scenario) -> None:
         scenario.plot[tier] = None
         return
     tally = _kill_pg_workers(os.environ.get(PG_DSN_ENV, PG_DEFAULT), size.pg_kills)
-    scenario.row(PG_ROWS[0]).put(
-        tier, f"{tally.processes} ({tally.kills} by the tour, {tally.self_kills} by the poison job)", tally.processes
+    started = f"{tally.processes} ({tally.kills} killed by the tour," + (
+        f" {tally.self_kills} by the poison job)"
     )
-    scenario.row(PG_ROWS[1]).put(
-        tier, f"{tally.lost} of {tally.acknowledged}", {"lost": tally.lost, "acknowledged": tally.acknowledged}
-    )
-    scenario.row(PG_ROWS[2]).put(
-        tier, f"{tally.repeats} (at most {tally.repeat_bound})", tally.repeats
-    )
-    poison = f"dead letter after {tally.poison_claims} claims" if tally.poison_dead else "NOT a dead letter"
+    scenario.row(PG_ROWS[0]).put(tier, started, tally.processes)
+    lost = {"lost": tally.lost, "acknowledged": tally.acknowledged}
+    scenario.row(PG_ROWS[1]).put(tier, f"{tally.lost} of {tally.acknowledged}", lost)
+    again = f"{tally.repeats} (at most {tally.repeat_bound})"
+    scenario.row(PG_ROWS[2]).put(tier, again, tally.repeats)
+    poison = "NOT a dead letter"
+    if tally.poison_dead:
+        poison = f"dead letter after {tally.poison_claims} claims"
     scenario.row(PG_ROWS[3]).put(tier, poison, tally.poison_dead)
     scenario.plot[tier] = {
         "acknowledged": tally.acknowledged,
@@ -473,7 +474,8 @@ def _pg_unavailable() -> str | None:
         with psycopg.connect(dsn, connect_timeout=3):
             pass
     except psycopg.Error:
-        return f"no PostgreSQL at {dsn} (start one: pg_ctlcluster 15 main start, or set {PG_DSN_ENV})"
+        start = f"start one: pg_ctlcluster 15 main start, or set {PG_DSN_ENV}"
+        return f"no PostgreSQL at {dsn} ({start})"
     return None
 
 

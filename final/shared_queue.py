@@ -43,7 +43,13 @@ What each process opens (four connections with workers, one without):
    at-least-once allows. The acknowledgement, ``enqueue``, always waits for the disk;
 3. the upkeep connection: heartbeats every ``lease / 3``, a rescue every ``lease / 2``;
 4. the listening connection: ``LISTEN`` for the one NOTIFY each enqueue transaction
-   sends, re-opened when it drops. Polling (every second) stays on underneath it.
+   sends, re-opened when it drops. Polling (every second) stays on underneath it;
+5. only where the server runs with autovacuum off: for a moment now and then, one
+   more, on which the upkeep vacuums the jobs table (see ``_vacuum_if_off``).
+
+After ``os.fork()`` the child's handle is closed (``QueueClosed``, naming the fork):
+its connections are the parent's sockets, and one word from the child would corrupt
+the parent's conversation with the server.
 
 Fairness across processes. Each process counts its own picks (``FairPicker`` over the
 lanes' waiting counts, read before each claim), and when it owes a lower lane its

@@ -444,8 +444,7 @@ def test_with_autovacuum_off_the_queue_vacuums_its_own_table(queues: Any, db: Da
     def vacuums() -> int:
         with db.connect() as conn:
             found = conn.execute(
-                "SELECT vacuum_count FROM pg_stat_user_tables"
-                " WHERE relid = 'jobq_jobs'::regclass"
+                "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'jobq_jobs'::regclass"
             ).fetchone()
         return 0 if found is None else int(found[0])
 
