@@ -225,8 +225,8 @@ def soak_target(soak: dict[str, Any] | None) -> Target:
     def grew(key: str, floor: float) -> float:
         # Below the floor a figure is noise: a thousand dead rows (the vacuum trigger),
         # a second of jobs waiting, a MiB of table.
-        before = max(s[key] for s in samples[:half])
-        return max(s[key] for s in samples[half:]) / max(before, floor)
+        before = max(float(s[key]) for s in samples[:half])
+        return max(float(s[key]) for s in samples[half:]) / max(before, floor)
 
     floors = {"dead": 1000, "bytes": 2**20, "backlog": soak["offered_per_s"]}
     growth = {k: grew(k, floor) for k, floor in floors.items()}
