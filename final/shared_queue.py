@@ -57,7 +57,10 @@ turn, it claims from that lane. A LOW job at the head of its lane is claimed onc
 process owes LOW, and each owes it after ``fairness`` of its own picks from above:
 with P processes claiming, it waits at most ``P * fairness + 1`` picks of the queue.
 (The counts are read a moment before the claim, so a lane that emptied meanwhile
-costs a pick: the bound is in picks made, as the in-process one, give or take that.)
+costs a pick: the bound is in picks made, as the in-process one, give or take that.
+While no lower lane can be owed within a claim, the counts are read by the claim's
+own statement instead, and the picks replayed on them: the same counts, one round
+trip fewer.)
 
 Time. Every time that two machines could disagree on (a lease, a deadline, a backoff's
 end, when a job was enqueued) is the database server's ``now()``. A process measures
@@ -68,9 +71,9 @@ if that process is alive but its timer never fired.
 
 Bounds, and what each costs:
 
-- ``queue_size`` is counted in the database before each insert (one more round trip),
-  so across processes it is approximate: jobs enqueued between a count and its insert
-  may pass it. The bound keeps what it counts small. A blocked producer polls.
+- ``queue_size`` is counted in the database before each insert (in the insert's own
+  statement for one job; one more round trip for a batch), so across processes it is
+  approximate: jobs enqueued between a count and its insert may pass it. The bound keeps what it counts small. A blocked producer polls.
 - ``rate_limit`` is one token bucket per queue, a row every claim of a rate-limited
   queue locks for a moment; an unlimited queue never touches it. Every process of the
   queue should give the same rate (each refills the bucket at its own).
