@@ -73,7 +73,8 @@ Bounds, and what each costs:
 
 - ``queue_size`` is counted in the database before each insert (in the insert's own
   statement for one job; one more round trip for a batch), so across processes it is
-  approximate: jobs enqueued between a count and its insert may pass it. The bound keeps what it counts small. A blocked producer polls.
+  approximate: jobs enqueued between a count and its insert may pass it. The bound
+  keeps what it counts small. A blocked producer polls.
 - ``rate_limit`` is one token bucket per queue, a row every claim of a rate-limited
   queue locks for a moment; an unlimited queue never touches it. Every process of the
   queue should give the same rate (each refills the bucket at its own).
