@@ -456,14 +456,33 @@ def percentile(sorted_ms: list[float], p: float) -> float:
 
 
 def table_stats(dsn: str, table: str = "jobq_jobs") -> dict[str, float]:
+    """The table's live and dead rows (as the server's statistics last counted them),
+    its size with its indexes (bytes), and how many vacuums it has had."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT n_live_tup, n_dead_tup, pg_total_relation_size(relid)"
+            "SELECT n_live_tup, n_dead_tup, pg_total_relation_size(relid),"
+            " vacuum_count + autovacuum_count"
             " FROM pg_stat_user_tables WHERE relname = %s",
             (table,),
         ).fetchone()
-    live, dead, size = row if row is not None else (0, 0, 0)
-    return {"live": live, "dead": dead, "bytes": size}
+        waiting = conn.execute(
+            "SELECT count(*) FROM jobq_jobs WHERE status IN ('queued', 'processing')"
+        ).fetchone()
+    live, dead, size, vacuums = row if row is not None else (0, 0, 0, 0)
+    return {
+        "live": live,
+        "dead": dead,
+        "bytes": size,
+        "vacuums": vacuums,
+        "backlog": 0 if waiting is None else waiting[0],
+    }
+
+
+def autovacuum() -> bool:
+    """Whether the server runs autovacuum (the soak's figures depend on it)."""
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        row = conn.execute("SELECT current_setting('autovacuum')::bool").fetchone()
+    return bool(row and row[0])
 
 
 def soak(rate: float, seconds: float, sample: float = 30.0) -> list[dict[str, float]]:

@@ -171,7 +171,7 @@ def lateness_targets(run: Run) -> list[Target]:
 
 
 def postgres_figures(run: Run) -> dict[str, dict[str, Any]]:
-    """Scenario 8's rows by figure: drain, enqueue_one, enqueue_many, latency."""
+    """Scenario 8's rows by figure: drain, enqueue_one, enqueue_many, latency, soak."""
     return {r["figure"]: r for r in run.rows("8 postgresql")}
 
 
@@ -216,7 +216,45 @@ def postgres_targets(run: Run) -> list[Target]:
                 mine["p50_ms"] <= 1.2 and mine["p99_ms"] <= 2.5,
             )
         )
+    found.append(soak_target(pg.get("soak")))
     return found
+
+
+def soak_target(soak: dict[str, Any] | None) -> Target:
+    """The ten-minute soak at half the peak (``make bench-full``): the completed jobs/s
+    of its last sample within 20% of its first, and its dead rows, size and backlog
+    bounded: their largest in the soak's second half no more than 1.5x the largest in
+    its first (they grew for a while, then stopped)."""
+    goal = (
+        "final-pg soak, 10 minutes at half the peak: throughput within 20% of its start,"
+        " dead rows and table size bounded"
+    )
+    samples = [] if soak is None else soak["samples"]
+    if len(samples) < 4:
+        return Target(goal, "not measured (make bench-full)", None)
+    first, last = samples[0]["jobs_per_s"], samples[-1]["jobs_per_s"]
+    half = len(samples) // 2
+
+    assert soak is not None
+
+    def grew(key: str, floor: float) -> float:
+        # Below the floor a figure is noise: a thousand dead rows (the vacuum trigger),
+        # a second of jobs waiting, a MiB of table.
+        before = max(float(s[key]) for s in samples[:half])
+        return max(float(s[key]) for s in samples[half:]) / max(before, floor)
+
+    floors = {"dead": 1000, "bytes": 2**20, "backlog": soak["offered_per_s"]}
+    growth = {k: grew(k, floor) for k, floor in floors.items()}
+    measured = (
+        f"{soak['offered_per_s']:,} jobs/s offered ({soak['peak_jobs_per_s']:,.0f} peak),"
+        f" {soak['seconds'] / 60:.0f} min: {first:,.0f} -> {last:,.0f} jobs/s"
+        f" ({last / first - 1:+.0%}); second half's largest / first half's: dead rows"
+        f" {growth['dead']:.2f}x (at most {max(s['dead'] for s in samples):,.0f}), size"
+        f" {growth['bytes']:.2f}x (at most {max(s['bytes'] for s in samples) / 2**20:.1f} MiB),"
+        f" backlog {growth['backlog']:.2f}x; autovacuum {'on' if soak['autovacuum'] else 'off'}"
+    )
+    met = abs(last / first - 1) <= 0.2 and all(g <= 1.5 for g in growth.values())
+    return Target(goal, measured, met)
 
 
 def markdown(run: Run) -> str:

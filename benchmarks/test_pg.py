@@ -88,3 +88,69 @@ def test_pg_latency(benchmark: Benchmark, mode: Mode, systems: Any) -> None:
     benchmark.extra_info.update(
         figure="latency", offered_per_s=rate, latency=chosen, rounds_latency=rounds
     )
+
+
+SOAK_SECONDS = 600.0
+
+
+def test_pg_soak(benchmark: Benchmark, mode: Mode, systems: Any) -> None:
+    """``make bench-full`` only: final-pg for ten minutes at half its drain rate.
+
+    The peak is a drain of 10,000 jobs measured here, just before; the soak then
+    enqueues at half of it, one producer paced, with ``retention=60``. Every 30 s it
+    samples the jobs completed per second, the table's dead rows, size and backlog.
+    """
+    if mode.name != "full":
+        pytest.skip("the ten-minute soak runs in make bench-full only")
+    peak = systems["final-pg"].drain(10_000)
+    rate = round(peak / 2)
+    samples = measure(benchmark, "8 postgresql", 1, lambda: pg_peers.soak(rate, SOAK_SECONDS))[0]
+    benchmark.extra_info.update(
+        figure="soak",
+        peak_jobs_per_s=peak,
+        offered_per_s=rate,
+        seconds=SOAK_SECONDS,
+        autovacuum=pg_peers.autovacuum(),
+        samples=samples,
+    )
+
+
+def test_pg_scaling(benchmark: Benchmark, mode: Mode, systems: Any) -> None:
+    """Drain jobs/s with 1, 2 and 4 worker processes of each system (``pg_scaling``),
+    interleaved: for each round, each count of processes, each system in turn."""
+    from benchmarks import pg_scaling
+
+    quick = mode.name == "quick"
+    jobs, rounds = (3_000, 1) if quick else (20_000, 2)
+    for system in systems.values():
+        system.enqueue_many(10)  # each makes its tables in its database
+
+    def curve() -> list[dict[str, Any]]:
+        return [
+            {
+                "system": name,
+                "processes": processes,
+                "jobs_per_s": pg_scaling.drain_with_processes(name, system.dsn, processes, jobs),
+            }
+            for _ in range(rounds)
+            for processes in pg_scaling.PROCESSES
+            for name, system in systems.items()
+        ]
+
+    points = measure(benchmark, "8 postgresql", 1, curve)[0]
+    benchmark.extra_info.update(
+        figure="scaling",
+        jobs=jobs,
+        threads_per_process=pg_peers.WORKERS,
+        processes=list(pg_scaling.PROCESSES),
+        jobs_per_s={
+            name: {
+                str(p): statistics.median(
+                    x["jobs_per_s"] for x in points if x["system"] == name and x["processes"] == p
+                )
+                for p in pg_scaling.PROCESSES
+            }
+            for name in systems
+        },
+        rounds=points,
+    )

@@ -1,4 +1,4 @@
-"""The tour: the same seven scenarios on naive, improved and final, then one table.
+"""The tour: the same seven scenarios on naive, improved and final, an eighth on PostgreSQL.
 
 ``python -m benchmarks.tour`` (``make demo``) runs each scenario on each tier in turn,
 with a progress bar while it runs (a line per step into a pipe), and prints a side-by-side
@@ -11,6 +11,8 @@ table at the end:
 5. ``close()`` with jobs still queued: what each tier did with them;
 6. a crash: a child process is killed with SIGKILL mid-run and restarted;
 7. jobs in time: jobs scheduled a moment ahead, half of them called off before.
+8. final on PostgreSQL: worker processes sharing one queue, killed at random (when a
+   server answers at ``$JOBQ_TEST_DSN``; the table says it skipped when none does).
 
 It ends by itself in well under a minute on two cores; ``--quick`` shrinks every
 scenario to a few seconds in all (what the test runs), ``--plot DIR`` also writes one
@@ -29,12 +31,14 @@ import dataclasses
 import importlib
 import itertools
 import logging
+import os
 import random
 import sys
 import tempfile
 import threading
 import time
 import tracemalloc
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -60,6 +64,7 @@ class Size:
     flaky_jobs: int  # 4
     close_jobs: int  # 5
     crash_jobs: int  # 6
+    pg_kills: int = 6  # 8: kill -9 of worker processes sharing a queue in PostgreSQL
 
 
 FULL = Size(
@@ -77,6 +82,7 @@ QUICK = Size(
     flaky_jobs=30,
     close_jobs=60,
     crash_jobs=50,
+    pg_kills=2,
 )
 
 # Small enough that a lane fills within the fast producer's first milliseconds.
@@ -453,6 +459,97 @@ def jobs_in_time(tier: str, size: Size, scenario: Scenario) -> None:
     scenario.plot[tier] = late
 
 
+# -- 8. one queue in PostgreSQL, shared by processes that are killed ------------------
+
+PG_DSN_ENV = "JOBQ_TEST_DSN"  # the server the tests use is the tour's too
+PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
+PG_ROWS = [
+    "worker processes started",
+    "acknowledged jobs lost",
+    "jobs run again after a kill",
+    "the job that kills its process",
+]
+
+
+def postgres_processes(tier: str, size: Size, scenario: Scenario) -> None:
+    """final with a ``dsn``: a producer and three worker processes share one queue.
+
+    This process enqueues (a handle with ``workers=0``); three ``python -m final
+    worker`` processes run the jobs, and one of them is killed with SIGKILL every few
+    tenths of a second and replaced (``benchmarks/crash_pg.py``). A job that kills
+    its own process goes in first. What the kills cannot do: lose an acknowledged
+    job (a dead process's claims are rescued after its lease), or retry the poison
+    job for ever (its attempts are counted at the claim). Naive and improved live in
+    one process's memory and have no part in it; with no server, the scenario says
+    so and how to start one.
+    """
+    if tier != "final":
+        for row in scenario.rows:
+            row.put(tier, "-", None)
+        return
+    why = _pg_unavailable()
+    if why is not None:
+        for row in scenario.rows:
+            row.put(tier, "skipped", None)
+        scenario.row(PG_ROWS[0]).put(tier, f"skipped: {why}", None)
+        scenario.plot[tier] = None
+        return
+    tally = _kill_pg_workers(os.environ.get(PG_DSN_ENV, PG_DEFAULT), size.pg_kills)
+    started = f"{tally.processes} ({tally.kills} killed by the tour," + (
+        f" {tally.self_kills} by the poison job)"
+    )
+    scenario.row(PG_ROWS[0]).put(tier, started, tally.processes)
+    lost = {"lost": tally.lost, "acknowledged": tally.acknowledged}
+    scenario.row(PG_ROWS[1]).put(tier, f"{tally.lost} of {tally.acknowledged}", lost)
+    again = f"{tally.repeats} (at most {tally.repeat_bound})"
+    scenario.row(PG_ROWS[2]).put(tier, again, tally.repeats)
+    poison = "NOT a dead letter"
+    if tally.poison_dead:
+        poison = f"dead letter after {tally.poison_claims} claims"
+    scenario.row(PG_ROWS[3]).put(tier, poison, tally.poison_dead)
+    scenario.plot[tier] = {
+        "acknowledged": tally.acknowledged,
+        "lost": tally.lost,
+        "repeats": tally.repeats,
+    }
+
+
+def _pg_unavailable() -> str | None:
+    """None when a PostgreSQL server answers (and psycopg is installed); else why not."""
+    dsn = os.environ.get(PG_DSN_ENV, PG_DEFAULT)
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[postgres]')"
+    try:
+        with psycopg.connect(dsn, connect_timeout=3):
+            pass
+    except psycopg.Error:
+        start = f"start one: pg_ctlcluster 15 main start, or set {PG_DSN_ENV}"
+        return f"no PostgreSQL at {dsn} ({start})"
+    return None
+
+
+def _kill_pg_workers(dsn: str, kills: int) -> Any:
+    """``crash_pg``'s harness in a schema of its own, dropped afterwards; its tally."""
+    import psycopg
+    from psycopg import sql
+
+    from benchmarks import crash_pg
+
+    schema = f"jobq_tour_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        with tempfile.TemporaryDirectory(prefix="tour-pg-") as workdir:
+            return crash_pg.kill_workers_repeatedly(
+                crash_pg.with_schema(dsn, schema), Path(workdir), kills, seed=7
+            )
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
 # -- the tour ------------------------------------------------------------------------
 
 Step = Callable[[str, Size, Scenario], None]
@@ -492,6 +589,11 @@ SCENARIOS: dict[int, tuple[str, Step, list[str]]] = {
             "started after its run_at by (p50 / max)",
             f"{TIMED_JOBS // 2} of them cancelled while they waited",
         ],
+    ),
+    8: (
+        "final on PostgreSQL: three worker processes, kill -9 of one at random",
+        postgres_processes,
+        PG_ROWS,
     ),
 }
 
@@ -579,7 +681,7 @@ def main(argv: list[str] | None = None) -> list[Scenario]:
         type=int,
         action="append",
         choices=sorted(SCENARIOS),
-        help="run only this scenario (repeatable); default: all six",
+        help="run only this scenario (repeatable); default: all",
     )
     args = parser.parse_args(argv)
     if args.plot is not None:

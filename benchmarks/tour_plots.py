@@ -99,12 +99,32 @@ def _in_time(ax: Axes, data: dict[str, Any]) -> None:
     for n, tier in enumerate(TIERS):
         late = data.get(tier)
         if late is None:
-            ax.text(n, 0, "no run_at", ha="center", va="bottom", color=COLOURS[tier])
+            # x in data, y in the axes' height: the text stays inside whatever the scale
+            ax.text(
+                n,
+                0.05,
+                "no run_at",
+                ha="center",
+                va="bottom",
+                color=COLOURS[tier],
+                transform=ax.get_xaxis_transform(),
+            )
             continue
         ms = [x * 1000 for x in late]
         ax.plot([n] * len(ms), ms, "o", alpha=0.6, color=COLOURS[tier])
     ax.set_xticks(range(len(TIERS)), TIERS)
     ax.set_ylabel("ms from run_at to start")
+
+
+def _postgres(ax: Axes, data: dict[str, Any]) -> None:
+    found = data.get("final")
+    if found is None:  # no server answered: the picture says so
+        ax.text(0.5, 0.5, "skipped: no PostgreSQL server", ha="center", va="center")
+        ax.set_axis_off()
+        return
+    keys = ["acknowledged", "lost", "repeats"]
+    ax.bar(keys, [found[k] for k in keys], color=["tab:blue", "tab:red", "tab:orange"])
+    ax.set_ylabel("jobs (final, three worker processes)")
 
 
 DRAW: dict[int, Callable[[Axes, dict[str, Any]], None]] = {
@@ -115,6 +135,7 @@ DRAW: dict[int, Callable[[Axes, dict[str, Any]], None]] = {
     5: _close,
     6: _crash,
     7: _in_time,
+    8: _postgres,
 }
 
 

@@ -85,3 +85,12 @@ class FairPicker(Generic[K]):
                     passed[i] += 1
         passed[chosen] = 0
         return self._keys[chosen]
+
+    def strict_for(self, picks: int) -> bool:
+        """Whether the next ``picks`` picks are strict priority whatever the lanes hold.
+
+        True when no lower lane can become owed within them (each pick adds at most
+        one to a lane's count): a caller may then take the highest jobs without
+        counting the lanes first, and replay the picks afterwards to keep the counts.
+        """
+        return all(p + picks < self.fairness for p in self._passed_over[1:])

@@ -49,11 +49,13 @@ __all__ = [
     "StoredJob",
     "cancel",
     "claim",
+    "claim_counting",
     "complete",
     "counts",
     "dead_letters",
     "deregister",
     "enqueue",
+    "enqueue_one",
     "extend",
     "fail",
     "find",
@@ -74,6 +76,8 @@ __all__ = [
     "tables_present",
     "take_tokens",
     "unsettled",
+    "vacuum",
+    "vacuum_due",
     "waiting",
 ]
 
@@ -219,6 +223,27 @@ def enqueue(conn: Connection, queue: str, jobs: Sequence[NewJob]) -> Refused | N
     return refused
 
 
+def enqueue_one(conn: Connection, queue: str, job: NewJob, cap: int) -> bool:
+    """Insert ``job`` (due now: no ``run_at``) if its lane holds fewer than ``cap``
+    queued jobs, and wake the queue's listeners; one statement.
+
+    False when it was not inserted: its lane is full, or its id or idempotency key
+    is taken. ``enqueue`` and ``waiting`` tell which.
+    """
+    if job.run_at is not None:
+        raise ValueError("enqueue_one takes a job due now; enqueue takes the others")
+    params = {
+        "queue": queue,
+        "id": job.id,
+        "payload": job.payload,
+        "priority": job.priority,
+        "key": job.idempotency_key,
+        "max_retries": job.max_retries,
+        "cap": cap,
+    }
+    return conn.execute(q.ENQUEUE_ONE, params).fetchone() is not None
+
+
 def _insert(conn: Connection, queue: str, batch: Sequence[NewJob]) -> list[str]:
     row = conn.execute(
         q.ENQUEUE,
@@ -280,6 +305,37 @@ def claim(
     claims = [Claim(*row) for row in rows]
     claims.sort(key=lambda c: (-c.priority, c.ready_at, c.seq))
     return claims
+
+
+def claim_counting(
+    conn: Connection,
+    queue: str,
+    process: int,
+    limit: int,
+    timeout: float | None,
+    lanes: Sequence[int],
+) -> tuple[list[Claim], dict[int, int]]:
+    """``claim`` across every lane, and what ``waiting`` would have said just before it.
+
+    One statement, so one round trip where ``waiting`` then ``claim`` take two: the
+    counts (each lane of ``lanes``, counted no further than ``limit``) are read in the
+    claim's own snapshot, before it changed anything. When nothing was claimed, every
+    count is 0: nothing due was waiting, or another claimer holds it.
+    """
+    params = {
+        "queue": queue,
+        "process": process,
+        "limit": limit,
+        "timeout": timeout,
+        "lanes": list(lanes),
+    }
+    rows = conn.execute(q.CLAIM_COUNTING, params).fetchall()
+    if not rows:
+        return [], dict.fromkeys(lanes, 0)
+    counts = dict(zip(lanes, map(int, rows[0][-1]), strict=True))
+    claims = [Claim(*row[:-1]) for row in rows]
+    claims.sort(key=lambda c: (-c.priority, c.ready_at, c.seq))
+    return claims, counts
 
 
 def take_tokens(conn: Connection, queue: str, want: int, rate: float, burst: float) -> int:
@@ -487,3 +543,29 @@ def recent_failures(conn: Connection, queue: str, limit: int) -> list[StoredJob]
     return [
         StoredJob(*row) for row in conn.execute(q.RECENT_FAILURES, {"queue": queue, "limit": limit})
     ]
+
+
+# The table's own autovacuum trigger (``final/pg_schema.py``): a hundredth of the live
+# rows dead, and at least this many.
+_VACUUM_THRESHOLD = 1000
+_VACUUM_SCALE = 0.01
+
+
+def vacuum_due(conn: Connection) -> bool | None:
+    """Whether the jobs table needs a vacuum that autovacuum will not run.
+
+    None when autovacuum is on for the table (it is autovacuum's job); otherwise
+    True once its dead rows pass the trigger the table sets for autovacuum (a
+    thousand, plus a hundredth of its live rows), False before.
+    """
+    row = conn.execute(q.VACUUM_STATE).fetchone()
+    if row is None or not row[0]:
+        return None
+    dead, live = int(row[1]), int(row[2])
+    return dead > _VACUUM_THRESHOLD + _VACUUM_SCALE * live
+
+
+def vacuum(conn: Connection) -> None:
+    """Vacuum the jobs table, unless another vacuum holds it. ``conn`` must be in
+    autocommit mode, outside any transaction."""
+    conn.execute(q.VACUUM)

@@ -30,11 +30,13 @@ __all__ = [
     "CANCEL",
     "CHANNEL",
     "CLAIM",
+    "CLAIM_COUNTING",
     "COMPLETE",
     "COUNTS",
     "DEAD_LETTERS",
     "DEREGISTER",
     "ENQUEUE",
+    "ENQUEUE_ONE",
     "EXTEND",
     "FAIL",
     "FIND",
@@ -58,6 +60,8 @@ __all__ = [
     "TABLES_PRESENT",
     "TAKE_TOKENS",
     "UNSETTLED",
+    "VACUUM",
+    "VACUUM_STATE",
     "WAITING",
 ]
 
@@ -107,6 +111,29 @@ SELECT array_agg(id),
            epoch FROM min(ready_at) FILTER (WHERE status = 'scheduled') - now()
        )::float8::text) END
 FROM inserted HAVING count(*) > 0
+"""
+
+# One job due now, inserted only while its lane holds fewer than %(cap)s queued jobs
+# (counted no further): queue_size's count and the insert in one round trip. No row
+# back: the lane is full, or the id or key is taken; the caller asks which.
+ENQUEUE_ONE = f"""
+WITH inserted AS (
+    INSERT INTO jobq_jobs (
+        queue, id, payload, priority, idempotency_key, max_retries, status, ready_at
+    )
+    SELECT %(queue)s, %(id)s, %(payload)s, %(priority)s, %(key)s, %(max_retries)s,
+           'queued', now()
+    WHERE (
+        SELECT count(*) FROM (
+            SELECT 1 FROM jobq_jobs
+            WHERE queue = %(queue)s AND status = 'queued' AND priority = %(priority)s
+            LIMIT %(cap)s
+        ) AS lane
+    ) < %(cap)s
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+SELECT id, pg_notify({_CHANNEL}, '') FROM inserted
 """
 
 # The job that holds a refused job's id, or else its idempotency key.
@@ -164,6 +191,42 @@ FROM unnest(%(lanes)s::int[]) AS p (priority), LATERAL (
     ORDER BY ready_at
     LIMIT 1
 ) AS n
+"""
+
+# CLAIM, and in the same statement (so in the same snapshot, taken before the claim
+# changed anything) each lane's queued jobs counted no further than the claim's limit,
+# as WAITING counts them: fairness's counts without a round trip of their own. Each
+# row carries the counts of every lane in %(lanes)s, in that order.
+CLAIM_COUNTING = """
+WITH picked AS MATERIALIZED (
+    SELECT id FROM jobq_jobs
+    WHERE queue = %(queue)s
+      AND status IN ('queued', 'scheduled', 'retrying')
+      AND ready_at <= now()
+    ORDER BY priority DESC, ready_at, seq
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), waiting AS MATERIALIZED (
+    SELECT array_agg((
+        SELECT count(*) FROM (
+            SELECT 1 FROM jobq_jobs
+            WHERE queue = %(queue)s AND status = 'queued' AND priority = p.priority
+            LIMIT %(limit)s
+        ) AS lane
+    ) ORDER BY p.n) AS counts
+    FROM unnest(%(lanes)s::int[]) WITH ORDINALITY AS p (priority, n)
+)
+UPDATE jobq_jobs AS j
+SET status = 'processing',
+    attempts = j.attempts + 1,
+    started_at = now(),
+    process_id = %(process)s,
+    claim = nextval('jobq_claims'),
+    deadline = now() + make_interval(secs => %(timeout)s::float8)
+FROM waiting AS w
+WHERE j.queue = %(queue)s AND j.id = ANY (ARRAY(SELECT id FROM picked))
+RETURNING j.id, j.claim, j.payload, j.priority, j.idempotency_key, j.max_retries,
+          j.attempts, j.enqueued_at, j.ready_at, j.seq, j.deadline, w.counts
 """
 
 # A queue's shared token bucket (rate_limit across processes): its row is made once,
@@ -402,3 +465,20 @@ SELECT * FROM (
 ORDER BY coalesce(finished_at, started_at) DESC
 LIMIT %(limit)s
 """
+
+
+# Whether this server's autovacuum is off for the jobs table (the setting, or the
+# table's own reloption), and the table's dead and live rows as the statistics last
+# counted them: what the upkeep reads to vacuum the table itself when nobody else will.
+VACUUM_STATE = """
+SELECT NOT (current_setting('autovacuum')::bool
+            AND coalesce((SELECT option_value::bool FROM pg_options_to_table(c.reloptions)
+                          WHERE option_name = 'autovacuum_enabled'), true)),
+       coalesce(s.n_dead_tup, 0), coalesce(s.n_live_tup, 0)
+FROM pg_class AS c LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid
+WHERE c.oid = 'jobq_jobs'::regclass
+"""
+
+# One pass over the jobs table, skipped when another vacuum already holds it. Not
+# in a transaction: VACUUM refuses to run inside one.
+VACUUM = "VACUUM (SKIP_LOCKED) jobq_jobs"

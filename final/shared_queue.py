@@ -43,7 +43,13 @@ What each process opens (four connections with workers, one without):
    at-least-once allows. The acknowledgement, ``enqueue``, always waits for the disk;
 3. the upkeep connection: heartbeats every ``lease / 3``, a rescue every ``lease / 2``;
 4. the listening connection: ``LISTEN`` for the one NOTIFY each enqueue transaction
-   sends, re-opened when it drops. Polling (every second) stays on underneath it.
+   sends, re-opened when it drops. Polling (every second) stays on underneath it;
+5. only where the server runs with autovacuum off: for a moment now and then, one
+   more, on which the upkeep vacuums the jobs table (see ``_vacuum_if_off``).
+
+After ``os.fork()`` the child's handle is closed (``QueueClosed``, naming the fork):
+its connections are the parent's sockets, and one word from the child would corrupt
+the parent's conversation with the server.
 
 Fairness across processes. Each process counts its own picks (``FairPicker`` over the
 lanes' waiting counts, read before each claim), and when it owes a lower lane its
@@ -51,7 +57,10 @@ turn, it claims from that lane. A LOW job at the head of its lane is claimed onc
 process owes LOW, and each owes it after ``fairness`` of its own picks from above:
 with P processes claiming, it waits at most ``P * fairness + 1`` picks of the queue.
 (The counts are read a moment before the claim, so a lane that emptied meanwhile
-costs a pick: the bound is in picks made, as the in-process one, give or take that.)
+costs a pick: the bound is in picks made, as the in-process one, give or take that.
+While no lower lane can be owed within a claim, the counts are read by the claim's
+own statement instead, and the picks replayed on them: the same counts, one round
+trip fewer.)
 
 Time. Every time that two machines could disagree on (a lease, a deadline, a backoff's
 end, when a job was enqueued) is the database server's ``now()``. A process measures
@@ -62,9 +71,10 @@ if that process is alive but its timer never fired.
 
 Bounds, and what each costs:
 
-- ``queue_size`` is counted in the database before each insert (one more round trip),
-  so across processes it is approximate: jobs enqueued between a count and its insert
-  may pass it. The bound keeps what it counts small. A blocked producer polls.
+- ``queue_size`` is counted in the database before each insert (in the insert's own
+  statement for one job; one more round trip for a batch), so across processes it is
+  approximate: jobs enqueued between a count and its insert may pass it. The bound
+  keeps what it counts small. A blocked producer polls.
 - ``rate_limit`` is one token bucket per queue, a row every claim of a rate-limited
   queue locks for a moment; an unlimited queue never touches it. Every process of the
   queue should give the same rate (each refills the bucket at its own).
@@ -125,7 +135,9 @@ from final.job_queue import (
     LaneMetrics,
     Metrics,
     _current,
+    _forked,
     _log_failure,
+    _queues,
     _refuse_from_handler,
     backoff_delay,
 )
@@ -145,6 +157,7 @@ logger = logging.getLogger(__name__)
 
 _POLL = 1.0  # seconds between claims when no notification comes: the backstop
 _LANES = [int(p) for p in Priority]
+_told_vacuum_off = False  # the warning that autovacuum is off: once per process
 _STATUS = {status.value: status for status in Status}  # the rows' statuses are its values
 
 
@@ -200,6 +213,7 @@ class SharedQueue(JobQueue):
         self._burst = 0.0 if rate_limit is None else max(1.0, rate_limit / 10)
         self._init_shared_state(fairness)
         self._api = self._connect()
+        _queues.add(self)  # see _after_fork
         try:
             from final.pg_schema import ensure_schema
 
@@ -241,6 +255,7 @@ class SharedQueue(JobQueue):
         self._left = False  # deregistered, connections closed
         self._live_workers = 0  # worker threads not running an attempt that timed out
         self._forked = False
+        self._vacuuming: threading.Thread | None = None  # see _vacuum_if_off
         self._counts = {p: dict.fromkeys(_COUNTERS, 0) for p in Priority}
         self._busy = 0.0
         self._began = time.monotonic()
@@ -339,6 +354,13 @@ class SharedQueue(JobQueue):
             check_job(job)
         check_timeout(timeout)
         accepted = 0
+        if len(jobs) == 1 and jobs[0].run_at is None:
+            try:
+                if self._insert_one(jobs[0]):
+                    return
+            except (QueueClosed, StoreError) as error:
+                error.accepted = 0
+                raise
         while accepted < len(jobs):
             try:
                 fit = self._room_for(jobs[accepted:], timeout)
@@ -347,6 +369,26 @@ class SharedQueue(JobQueue):
                 error.accepted = accepted + getattr(error, "accepted", 0)
                 raise
             accepted += fit
+
+    def _insert_one(self, job: Job) -> bool:
+        """One job due now, its lane's bound checked in the insert's own statement:
+        one round trip where counting first takes two. False when it was not
+        inserted (its lane is full, or its id or key is taken): the caller then
+        takes the longer way, which waits for room or says what is taken."""
+        from final import pg_engine
+
+        if self._closing:
+            raise QueueClosed("the queue is closed; enqueue through another handle")
+        max_retries = self._max_retries if job.max_retries is None else job.max_retries
+        new = pg_engine.NewJob(
+            job.id, job.payload, int(job.priority), max_retries, job.idempotency_key
+        )
+        if not self._call(pg_engine.enqueue_one, self._queue, new, self._queue_size):
+            return False
+        with self._mutex:
+            self._accepted.add(job.id)
+            self._counts[job.priority]["submitted"] += 1
+        return True
 
     def _room_for(self, jobs: list[Job], timeout: float | None) -> int:
         """How many of ``jobs`` (from the first) their lanes have room for; waits
@@ -632,6 +674,8 @@ class SharedQueue(JobQueue):
         """Run an engine function on the API connection, once reconnected if it dropped."""
         import psycopg
 
+        if self._forked:
+            raise _forked()
         with self._api_lock:
             if self._left:
                 # Closed: lookups still answer, each on a connection of its own.
@@ -645,6 +689,21 @@ class SharedQueue(JobQueue):
                 logger.warning("lost the connection to PostgreSQL (%s); reconnecting", error)
                 self._reopen_api()
                 raise StoreError(f"PostgreSQL connection lost mid-call: {error}") from error
+
+    def _after_fork(self) -> None:
+        """In the child of an ``os.fork()``: the handle and its connections are the parent's.
+
+        The child shares the parent's sockets to the server; one query from the child
+        (or the goodbye that closing a connection sends) would land in the middle of
+        the parent's conversation and corrupt it. So the child never touches them:
+        every call that would raises ``QueueClosed`` before it does, ``close()`` is a
+        no-op, and the exit hook is dropped. psycopg itself never closes, at garbage
+        collection, a connection opened by another process.
+        """
+        self._forked = True
+        hook = getattr(self, "_atexit_hook", None)  # a handle without workers has none
+        if hook is not None:
+            atexit.unregister(hook)
 
     def _reopen_api(self) -> None:
         try:
@@ -733,6 +792,8 @@ class SharedQueue(JobQueue):
                 self._token_due = time.monotonic() + 1.0 / self._rate
             if not free:
                 return []
+        if self._picker.fairness and self._picker.strict_for(free):
+            return self._claim_strict(free)
         picks: dict[Priority, int] = {}
         if self._picker.fairness:  # strict priority needs no count: the claim's order is it
             # No pick takes more than ``free`` from a lane: counting further is waste.
@@ -761,6 +822,27 @@ class SharedQueue(JobQueue):
         if self._rate is not None:
             engine.refund_tokens(self._claimer, self._queue, free - len(claims), self._burst)
         claims.sort(key=lambda c: (-c.priority, c.ready_at, c.seq))
+        return [self._attempt(c) for c in claims]
+
+    def _claim_strict(self, free: int) -> list[Attempt]:
+        """Claim ``free`` jobs when no lower lane can be owed within them: strict
+        priority, with the lanes' counts read in the same statement, and the picks
+        replayed on them, so that fairness counts exactly what it would have counted
+        (one round trip where counting first takes two)."""
+        engine = self._engine
+        timeout = None if self._job_timeout is None else self._job_timeout + self._lease
+        lanes = [int(p) for p in Priority]
+        claims, counts = engine.claim_counting(
+            self._claimer, self._queue, self._process, free, timeout, lanes
+        )
+        for p in Priority:
+            self._waiting[p] = counts.get(int(p), 0)
+        for _ in claims:
+            lane = self._picker.pick()
+            if lane is not None:
+                self._waiting[lane] -= 1
+        if self._rate is not None:
+            engine.refund_tokens(self._claimer, self._queue, free - len(claims), self._burst)
         return [self._attempt(c) for c in claims]
 
     def _attempt(self, claim: pg_engine.Claim) -> Attempt:
@@ -960,6 +1042,7 @@ class SharedQueue(JobQueue):
                         )
                     if self._retention is not None:  # a batch per commit: vacuum keeps up
                         self._engine.prune(self._upkeep, self._queue, self._retention)
+                self._vacuum_if_off()
             except psycopg.Error as error:
                 logger.warning("heartbeat failed (%s); reconnecting", error)
                 if self._upkeep.closed or self._upkeep.broken:
@@ -967,6 +1050,46 @@ class SharedQueue(JobQueue):
                         self._upkeep = self._connect(synchronous_commit="off")
             with self._mutex:
                 self._stopped.wait_for(lambda: self._left, min(self._lease / 3, 5.0))
+
+    def _vacuum_if_off(self) -> None:
+        """Vacuum the jobs table ourselves when the server's autovacuum will not.
+
+        Every job leaves three or four dead row versions behind; with autovacuum off
+        nothing reclaims them, and every claim's index scan walks over more of them
+        each minute. So each upkeep round reads the table's dead rows, and past the
+        trigger the table sets for autovacuum starts one ``VACUUM`` on a connection
+        of its own (a thread: the heartbeats go on meanwhile). Vacuuming that often
+        keeps each pass small. With autovacuum on, this is one cheap read a round.
+        """
+        global _told_vacuum_off
+        due = self._engine.vacuum_due(self._upkeep)
+        if due is None:
+            return
+        if not _told_vacuum_off:
+            _told_vacuum_off = True
+            logger.warning(
+                "autovacuum is off on this PostgreSQL server (or for jobq_jobs): the"
+                " queue's processes vacuum jobq_jobs themselves, a small pass whenever"
+                " its dead rows pass a thousand plus a hundredth of its live ones; turn"
+                " autovacuum on (ALTER SYSTEM SET autovacuum = on; SELECT"
+                " pg_reload_conf()) and the server does it better"
+            )
+        if not due or self._stopping:
+            return
+        if self._vacuuming is not None:
+            if self._vacuuming.is_alive():
+                return  # one pass at a time
+            self._threads.discard(self._vacuuming)
+        self._vacuuming = self._spawn(self._vacuum, "vacuum")
+
+    def _vacuum(self) -> None:
+        import psycopg
+
+        try:
+            with self._connect(keep=False) as conn:
+                self._engine.vacuum(conn)
+        except (psycopg.Error, StoreError) as error:
+            logger.warning("could not vacuum jobq_jobs (%s); the next round tries again", error)
 
     def _listener(self) -> None:
         """Wake the dispatcher at each NOTIFY; re-open the connection when it drops."""

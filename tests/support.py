@@ -15,7 +15,7 @@ from typing import Any
 # The tiers the suite runs against; the list grows as tiers land. "final-pg" is
 # final on PostgreSQL (``dsn=``), each test in a schema of its own (tests/pg.py).
 TIERS = ("naive", "improved", "final", "final-pg")
-# The packages among them: what the README's matrix and lessons are about.
+# The packages among them (final-pg is final with a dsn).
 PACKAGES = ("naive", "improved", "final")
 
 # The options each tier takes (beyond the handler), as the contract fixes them.

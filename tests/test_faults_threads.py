@@ -309,6 +309,15 @@ def test_a_forked_child_leaves_the_parents_file_alone(tier: Tier, tmp_path: Path
     assert rows == [(i, "completed", 1) for i in ("0", "1", "2", "after")]
 
 
+@pytest.mark.tiers("final-pg")
+def test_a_forked_child_leaves_the_parents_connections_alone(tier: Tier) -> None:
+    # The child shares the parent's sockets to the server: its handle must refuse
+    # before it sends anything down them, and its exit must not say goodbye on them.
+    # The parent then enqueues, joins, closes and reads its metrics on those sockets.
+    script = FORK_SCRIPT.replace("{tier}", "final")
+    check_fork_output(run_fork_scenario(tier, {"dsn": tier.store_dsn()}, script))
+
+
 FORK_IN_HANDLER_SCRIPT = """
 import os, select, signal, sys
 from {tier} import Job, JobQueue

@@ -428,3 +428,28 @@ def test_completed_jobs_are_pruned_after_retention_and_dead_letters_stay(
 def test_a_bad_retention_is_refused_naming_it(db: Database) -> None:
     with pytest.raises(ValueError, match="retention"):
         JobQueue(lambda job: None, dsn=db.queue_dsn, workers=0, retention=-1.0)
+
+
+def test_with_autovacuum_off_the_queue_vacuums_its_own_table(queues: Any, db: Database) -> None:
+    # This test's own table is opted out of autovacuum (the server's setting stays as
+    # it is): the dead rows of 3,000 jobs pass the table's trigger, and the upkeep of
+    # the queue's process vacuums it.
+    q = queues(workers=2, lease=0.6)
+    with db.connect() as conn:
+        conn.execute("ALTER TABLE jobq_jobs SET (autovacuum_enabled = off)")
+        assert pg_engine.vacuum_due(conn) is False
+    q.enqueue_many([Job(id=str(n)) for n in range(3000)])
+    assert q.join(timeout=PATIENCE)
+
+    def vacuums() -> int:
+        with db.connect() as conn:
+            found = conn.execute(
+                "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'jobq_jobs'::regclass"
+            ).fetchone()
+        return 0 if found is None else int(found[0])
+
+    # The server's statistics reach the upkeep up to ten seconds after the rows die.
+    deadline = time.monotonic() + 3 * PATIENCE
+    while vacuums() == 0:
+        assert time.monotonic() < deadline, "the queue never vacuumed its table"
+        time.sleep(0.05)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_there_is_a_notebook_per_question() -> None:
-    assert len(notebooks()) == 6
+    assert len(notebooks()) == 7
 
 
 @pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.stem)

@@ -45,7 +45,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Tour:
 
 def test_the_table_has_every_scenario_and_a_cell_for_every_tier(run: Tour) -> None:
     scenarios, printed = run.scenarios, run.printed
-    assert sorted(scenarios) == [1, 2, 3, 4, 5, 6, 7]
+    assert sorted(scenarios) == [1, 2, 3, 4, 5, 6, 7, 8]
     header = printed.splitlines()[0].split()
     assert header == list(TIERS)
     for scenario in scenarios.values():
@@ -154,6 +154,19 @@ def test_final_starts_scheduled_jobs_at_their_time_and_runs_none_it_cancelled(ru
     )
 
 
+def test_worker_processes_on_postgresql_lose_nothing_or_the_tour_says_it_skipped(
+    run: Tour,
+) -> None:
+    lost = run.scenarios[8].row("acknowledged jobs lost")
+    assert lost.cells["naive"] == lost.cells["improved"] == "-"
+    if tour._pg_unavailable() is not None:
+        assert "skipped" in run.scenarios[8].row("worker processes started").cells["final"]
+        return
+    assert lost.values["final"]["lost"] == 0
+    assert lost.values["final"]["acknowledged"] > 0
+    assert run.values(8, "the job that kills its process")["final"] is True
+
+
 def test_ctrl_c_stops_the_tour_with_the_table_of_what_was_complete() -> None:
     tour_run = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.tour", "--quick"],
@@ -189,5 +202,5 @@ def test_ctrl_c_stops_the_tour_with_the_table_of_what_was_complete() -> None:
 def test_the_pictures_are_written_one_per_scenario(run: Tour) -> None:
     plots = run.plots
     written = sorted(p.name for p in plots.glob("*.png"))
-    assert written == [f"tour_{n}.png" for n in range(1, 8)]
+    assert written == [f"tour_{n}.png" for n in range(1, 9)]
     assert all((plots / name).stat().st_size > 1000 for name in written)

@@ -74,6 +74,11 @@ def test_a_scheduled_job_holds_no_lane_room_and_no_worker(tier: Tier) -> None:
     assert q.status("later-0") is tier.module.Status.SCHEDULED
     q.enqueue(tier.Job(id="now"), timeout=0)
     recorder.wait_until(lambda r: r.succeeded == ["now"], "the job due now to run")
+    # The handler has returned; its settle (a commit, on PostgreSQL) may still be on its way.
+    deadline = time.monotonic() + PATIENCE
+    while q.status("now") is not tier.module.Status.COMPLETED:
+        assert time.monotonic() < deadline, "the job due now never settled"
+        time.sleep(0.005)
     m = q.metrics()
     assert (m.scheduled, m.queued, m.in_flight) == (5, 0, 0)
     assert m.by_priority[tier.Priority.MEDIUM].scheduled == 5
