@@ -115,7 +115,7 @@ from final.job_queue import (
     _refuse_from_handler,
     backoff_delay,
 )
-from final.jobs import Job, JobInfo, Priority, Record, Status
+from final.jobs import Job, JobInfo, Priority, Record, Status, failure_text
 from final.sqlite_store import RETENTION
 from final.store import Store, StoreError
 from final.validation import check_int, check_job, check_seconds, check_timeout
@@ -746,7 +746,7 @@ class SharedQueue(JobQueue):
             if error is None:
                 self._complete(attempt)
             else:
-                self._fail_attempt(attempt, f"{type(error).__name__}: {error}", error)
+                self._fail_attempt(attempt, failure_text(error), error)
         finally:
             with self._mutex:
                 self._in_flight.pop(attempt, None)

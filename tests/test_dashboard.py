@@ -258,6 +258,37 @@ def test_the_overview_of_a_queue_on_postgresql_reads_the_database(db: Database) 
     assert overview["wait_p50"] is not None and overview["wait_p99"] is not None
 
 
+class Unruly(Exception):
+    """What a handler may raise: its message is anybody's text."""
+
+
+def unruly(job: Job) -> None:
+    if job.id != "fine":
+        # A name decoded with surrogateescape, a NUL, and more text than anyone reads.
+        raise Unruly(b"caf\xe9".decode("utf-8", "surrogateescape") + " \x00 <b>" + "x" * 10_000)
+
+
+def test_an_error_in_any_text_reaches_the_dead_letters_and_the_page_as_text(
+    options: dict[str, Any],
+) -> None:
+    """A lone surrogate failed every read of the page's data (500), and the commit that
+    settled the job on SQLite; on PostgreSQL it killed the worker, and a NUL had it
+    retry its settle for ever. Neither may stop the queue or the page."""
+    with served(unruly, **options) as s:
+        s.queue.enqueue(Job(id="unruly"))
+        s.queue.enqueue(Job(id="fine"))  # run by the same single worker, after it
+        assert s.queue.join(PATIENCE)
+        with httpx.Client(base_url=s.url, timeout=PATIENCE) as client:
+            overview = client.get("/overview")
+            dead = client.get("/dlq")
+    assert overview.status_code == 200 and dead.status_code == 200
+    error = dead.json()["jobs"][0]["last_error"]
+    assert error.startswith("Unruly: caf\\udce9 \\x00 <b>xxx")
+    assert error.endswith("... (8026 more characters)") and len(error) < 2100
+    assert overview.json()["failures"][0]["last_error"] == error
+    assert overview.json()["completed"] == 1
+
+
 @pytest.mark.parametrize("where", ["memory", "sqlite", "postgresql"])
 def test_recent_failures_are_the_retries_and_the_dead_newest_first(
     where: str, request: pytest.FixtureRequest, tmp_path: Path
