@@ -165,6 +165,15 @@ class JobRequest(BaseModel):
             raise ValueError("payload holds a number too large for JSON") from None
         return value
 
+    @field_validator("idempotency_key", mode="after")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        # PostgreSQL's text cannot hold a NUL: refused whatever the queue, so that a
+        # body valid on one server is valid on all of them.
+        if value is not None and "\x00" in value:
+            raise ValueError("idempotency_key must not contain NUL (\\x00)")
+        return value
+
     @field_validator("max_retries", mode="before")
     @classmethod
     def _whole_number(cls, value: object) -> object:

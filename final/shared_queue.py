@@ -320,6 +320,7 @@ class SharedQueue(JobQueue):
         jobs = list(jobs)
         for job in jobs:
             check_job(job)
+            _check_no_nul(job)
         check_timeout(timeout)
         accepted = 0
         while accepted < len(jobs):
@@ -975,6 +976,14 @@ def _info(stored: pg_engine.StoredJob) -> JobInfo:
         None if stored.started_at is None else stored.started_at.timestamp(),
         None if stored.finished_at is None else stored.finished_at.timestamp(),
     )
+
+
+def _check_no_nul(job: Job) -> None:
+    """PostgreSQL's text cannot hold a NUL, which a file can: refused by name, here,
+    rather than by the database in the middle of an insert."""
+    for name, value in (("Job.id", job.id), ("Job.idempotency_key", job.idempotency_key)):
+        if value is not None and "\x00" in value:
+            raise ValueError(f"{name} must not contain NUL (\\x00) in PostgreSQL")
 
 
 def _job(stored: pg_engine.StoredJob) -> Job:
