@@ -437,6 +437,13 @@ def _bearer(token: str | None) -> list[Any]:
         return []
     if not token:
         raise ValueError("token must be a non-empty string, or None for no token")
+    if not (token.isascii() and token.isprintable()) or token != token.strip():
+        # Nothing else can be presented: a browser refuses to send it, an HTTP header
+        # is read as Latin-1 and loses the spaces at its ends. Such a token would
+        # refuse every request, the right one included.
+        raise ValueError(
+            "token must be printable ASCII without spaces at its ends, as an HTTP header carries it"
+        )
     secret = token.encode()
     bearer = HTTPBearer(auto_error=False, description="the token given to `serve`")
 
@@ -700,7 +707,8 @@ def create_app(
 ) -> FastAPI:
     """An app serving ``queue``. With a ``token``, every endpoint but ``/healthz``, the
     OpenAPI document and the dashboard's page (which holds nothing of the queue) asks
-    for ``Authorization: Bearer <token>``; an empty token is a ``ValueError``.
+    for ``Authorization: Bearer <token>``; an empty token, or one that is not printable
+    ASCII without spaces at its ends, is a ``ValueError``.
 
     Pass the ``state`` (and its ``registry``) whose ``instrument`` wraps the queue's
     handler to get the wait histogram; a fresh one is made otherwise.

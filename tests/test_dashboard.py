@@ -27,6 +27,7 @@ import pytest
 
 from final import Job, JobQueue, Priority, Status
 from final.dashboard import ASSETS
+from final.http import create_app
 from tests.browser import Served, chromium, served, why_no_browser
 from tests.pg import Database
 from tests.support import PATIENCE, Recorder
@@ -164,6 +165,30 @@ def test_with_a_token_the_page_shows_nothing_until_it_is_given(browser: Browser)
             context.close()
 
 
+def test_a_token_a_header_cannot_carry_is_refused_by_the_form_not_sent_for_ever(
+    browser: Browser,
+) -> None:
+    """fetch() threw on a token with an accent before any request: the page said "no
+    answer" every second, with neither the form nor the board, even after a reload."""
+    from playwright.sync_api import expect
+
+    with served(lambda job: None, token=TOKEN) as s:
+        context = browser.new_context()
+        context.set_default_timeout(EXPECT_MS)
+        try:
+            page = context.new_page()
+            page.goto(s.url + "/")
+            page.locator("#token").fill("tök€n")
+            page.get_by_role("button", name="Show the queue").click()
+            expect(page.locator("#login-error")).to_contain_text("cannot be sent")
+            page.locator("#token").fill(f" {TOKEN} ")  # pasted with spaces around it
+            page.get_by_role("button", name="Show the queue").click()
+            expect(page.locator("#board")).to_be_visible()
+            expect(page.locator("#login")).to_be_hidden()
+        finally:
+            context.close()
+
+
 # -- without a browser --------------------------------------------------------------------
 
 
@@ -210,6 +235,18 @@ def test_with_a_token_the_html_holds_nothing_of_the_queue_and_the_data_is_refuse
         assert client.post("/dlq/job-in-the-queue/retry").status_code == 401
         answer = client.get("/overview", headers={"Authorization": f"Bearer {TOKEN}"})
     assert answer.status_code == 200 and answer.json()["completed"] == 1
+
+
+def test_a_token_no_header_can_carry_is_refused_when_the_server_starts() -> None:
+    # Started with one, the server refused every request, the right token included.
+    q = JobQueue(lambda job: None)
+    try:
+        for bad in ["tök€n", " padded", "line\nbreak"]:
+            with pytest.raises(ValueError, match="printable ASCII"):
+                create_app(q, token=bad)
+        create_app(q, token="with spaces inside")  # sent and read back whole
+    finally:
+        q.close()
 
 
 def test_the_overview_lists_the_failures_newest_first_with_their_errors(

@@ -12,7 +12,10 @@
   const FIGURES = ["in-flight", "throughput", "completed", "failed", "dead", "utilization",
     "wait-now", "wait-top", "rate-top"];
 
-  let token = sessionStorage.getItem(KEY);
+  // A header carries printable ASCII only: fetch() throws on anything else, before
+  // any request, so a token typed with an accent would never be refused, only fail.
+  const usable = (text) => text !== null && /^[\x20-\x7e]+$/.test(text);
+  let token = usable(sessionStorage.getItem(KEY)) ? sessionStorage.getItem(KEY) : null;
   let samples = []; // {p50, p99, rate, depth}, oldest first
   let previous = null; // {at, completed}: the last read, for the throughput
   let timer = null;
@@ -76,9 +79,15 @@
     sessionStorage.removeItem(KEY);
     forget();
     $("login").hidden = false;
-    $("login-error").hidden = !refused;
+    if (refused) refuse("That token was refused.");
+    else $("login-error").hidden = true;
     setState("a token is needed", false);
     $("token").focus();
+  }
+
+  function refuse(why) {
+    $("login-error").textContent = why;
+    $("login-error").hidden = false;
   }
 
   function forget() {
@@ -94,8 +103,13 @@
 
   $("login").addEventListener("submit", (event) => {
     event.preventDefault();
-    token = $("token").value;
+    const given = $("token").value.trim();
     $("token").value = "";
+    if (!usable(given)) {
+      refuse("A token is letters, digits, punctuation and spaces: this one cannot be sent.");
+      return;
+    }
+    token = given;
     sessionStorage.setItem(KEY, token);
     $("login").hidden = true;
     tick();
