@@ -189,6 +189,28 @@ def test_a_token_a_header_cannot_carry_is_refused_by_the_form_not_sent_for_ever(
             context.close()
 
 
+def test_a_server_that_stops_answering_is_shown_as_such_not_as_live(page: Page) -> None:
+    """A server that took the connection and never answered (stopped with SIGSTOP, its
+    loop stuck) left the page saying "live" with the time of its last answer, for ever."""
+    from playwright.sync_api import Route, expect
+
+    with served(lambda job: None) as s:
+        page.clock.install()  # the page's timers, run on when the test says so
+        page.goto(s.url + "/")
+        expect(page.locator("#state")).to_contain_text("live")
+        held: list[Route] = []
+        page.route("**/overview*", lambda route: held.append(route))  # taken, never answered
+        deadline = time.monotonic() + PATIENCE
+        while not held:  # the next read, sent at the page's next tick
+            assert time.monotonic() < deadline, "the page made no read"
+            page.clock.run_for(1000)
+        page.clock.run_for(5000)  # the page's patience, at once
+        expect(page.locator("#state")).to_contain_text("no answer from the server: silent")
+        expect(page.locator("#state")).to_have_class(re.compile(r"\bstale\b"))
+        page.unroute("**/overview*")
+        expect(page.locator("#state")).to_contain_text("live")
+
+
 # -- without a browser --------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@
   const PERIOD = 1000; // ms between reads (the contract asks for 2 s at most)
   const SPAN = 60; // samples the charts keep: a minute at one a second
   const LISTED = 10; // failures and dead letters shown, the newest
+  const PATIENCE = 5000; // ms a read may take before the page says the server is not answering
   const KEY = "job-queue-token"; // sessionStorage: gone when the tab closes
   const SVG = "http://www.w3.org/2000/svg";
   const FIGURES = ["in-flight", "throughput", "completed", "failed", "dead", "utilization",
@@ -26,10 +27,21 @@
 
   async function request(method, url) {
     const headers = token ? { Authorization: "Bearer " + token } : {};
-    const answer = await fetch(url, { method, headers, cache: "no-store" });
-    if (answer.status === 401) throw new Unauthorized();
-    if (!answer.ok) throw new Error(method + " " + url + " answered " + answer.status);
-    return answer.json();
+    // A server that accepts the connection and never answers (stopped, or its loop
+    // stuck) must not leave the page saying "live" for ever.
+    const patience = new AbortController();
+    const alarm = setTimeout(() => patience.abort(), PATIENCE);
+    try {
+      const answer = await fetch(url, { method, headers, cache: "no-store", signal: patience.signal });
+      if (answer.status === 401) throw new Unauthorized();
+      if (!answer.ok) throw new Error(method + " " + url + " answered " + answer.status);
+      return await answer.json();
+    } catch (error) {
+      if (error.name === "AbortError") throw new Error("silent for " + PATIENCE / 1000 + " s");
+      throw error;
+    } finally {
+      clearTimeout(alarm);
+    }
   }
 
   // -- reading, again and again ------------------------------------------------------------
