@@ -211,6 +211,35 @@ def test_a_server_that_stops_answering_is_shown_as_such_not_as_live(page: Page) 
         expect(page.locator("#state")).to_contain_text("live")
 
 
+def test_text_from_the_queue_is_shown_as_text_and_a_long_one_keeps_its_row(page: Page) -> None:
+    """An id and an error that look like HTML stay text; a 1,900-character error or a
+    1,000-character id made each row a screen tall, pushing the rest off the page."""
+    from playwright.sync_api import expect
+
+    hostile = '<img src=x onerror="window.injected=1"><script>window.injected=2</script>'
+
+    def fail(job: Job) -> None:
+        raise RuntimeError(job.payload.decode())
+
+    with served(fail, max_retries=0) as s:
+        s.queue.enqueue(Job(id="html", payload=hostile.encode()))
+        s.queue.enqueue(Job(id="i" * 1000, payload=b"e" * 1900))
+        assert s.queue.join(PATIENCE)
+        page.goto(s.url + "/")
+        html = page.locator('#failures tr[data-id="html"] td.err')
+        expect(html).to_have_text("RuntimeError: " + hostile)
+        assert page.locator("#board img, #board script").count() == 0
+        assert page.evaluate("window.injected") is None
+        long = page.locator('#dead-letters tr[data-id^="iii"]')
+        expect(long).to_be_visible()
+        row = long.bounding_box()
+        panel = page.locator("#dead-letters").bounding_box()
+        assert row is not None and panel is not None
+        assert row["height"] < 200, row  # a few lines, not pages
+        assert panel["width"] <= page.viewport_size["width"]  # type: ignore[index]
+        assert long.locator("td.err").get_attribute("title") == "RuntimeError: " + "e" * 1900
+
+
 # -- without a browser --------------------------------------------------------------------
 
 
