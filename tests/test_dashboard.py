@@ -92,6 +92,9 @@ def test_a_lane_fills_while_the_handler_is_held_and_drains_once_released(
     with served(recorder, **options) as s:
         asked: list[str] = []
         page.on("request", lambda request: asked.append(request.url))
+        # The console would tell of a load the policy blocked, or of one that failed.
+        complaints: list[str] = []
+        page.on("console", lambda m: complaints.append(m.text) if m.type == "error" else None)
         try:
             page.goto(s.url + "/")
             expect(lane(page, "high", "queued")).to_have_text("0")
@@ -108,8 +111,9 @@ def test_a_lane_fills_while_the_handler_is_held_and_drains_once_released(
         expect(lane(page, "high", "completed")).to_have_text("6")
         expect(page.locator("#completed")).to_have_text("6")
         expect(page.locator("#waits polyline").first).to_be_attached()
-    # Everything the page asked for, it asked of this server.
+    # Everything the page asked for, it asked of this server, and got.
     assert asked and all(url.startswith(s.url + "/") for url in asked), asked
+    assert complaints == []
 
 
 def test_a_dead_letter_is_listed_with_its_error_and_replayed_by_its_button(
