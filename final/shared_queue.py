@@ -490,7 +490,7 @@ class SharedQueue(JobQueue):
         from final import pg_engine
 
         counts = self._call(pg_engine.counts, self._queue)
-        dead = len(self._call(pg_engine.dead_letters, self._queue))
+        dead: int = self._call(pg_engine.dead_count, self._queue)
         with self._mutex:
             lanes = {
                 p: LaneMetrics(
