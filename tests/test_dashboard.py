@@ -228,6 +228,8 @@ def test_text_from_the_queue_is_shown_as_text_and_a_long_one_keeps_its_row(page:
     with served(fail, max_retries=0) as s:
         s.queue.enqueue(Job(id="html", payload=hostile.encode()))
         s.queue.enqueue(Job(id="i" * 1000, payload=b"e" * 1900))
+        ordinary = Job(payload=b"plain")
+        s.queue.enqueue(ordinary)
         assert s.queue.join(PATIENCE)
         page.goto(s.url + "/")
         html = page.locator('#failures tr[data-id="html"] td.err')
@@ -242,6 +244,13 @@ def test_text_from_the_queue_is_shown_as_text_and_a_long_one_keeps_its_row(page:
         assert row["height"] < 200, row  # a few lines, not pages
         assert panel["width"] <= page.viewport_size["width"]  # type: ignore[index]
         assert long.locator("td.err").get_attribute("title") == "RuntimeError: " + "e" * 1900
+        assert long.locator("td.id").get_attribute("title") == "i" * 1000
+        # An id as the queue makes them (32 hex digits) stays whole, on one line.
+        made = page.locator(f'#dead-letters tr[data-id="{ordinary.id}"] td.id')
+        expect(made).to_have_text(ordinary.id)
+        lines = "cell => { const r = document.createRange(); r.selectNodeContents(cell);"
+        lines += " return r.getClientRects().length; }"
+        assert made.evaluate(lines) == 1
 
 
 # -- without a browser --------------------------------------------------------------------

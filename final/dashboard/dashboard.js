@@ -8,7 +8,8 @@
   const SPAN = 60; // samples the charts keep: a minute at one a second
   const LISTED = 10; // failures and dead letters shown, the newest
   const PATIENCE = 5000; // ms a read may take before the page says the server is not answering
-  const SHOWN = 160; // characters of an id or an error shown in a cell; its title has them all
+  const SHOWN = 160; // characters of an error shown in a cell; its title has them all
+  const SHOWN_ID = 40; // of an id, on one line: a uuid's 32 or 36 fit
   const KEY = "job-queue-token"; // sessionStorage: gone when the tab closes
   const SVG = "http://www.w3.org/2000/svg";
   const FIGURES = ["in-flight", "throughput", "completed", "failed", "dead", "utilization",
@@ -160,8 +161,9 @@
     const whole = text === null || text === undefined ? "–" : String(text);
     // A handler's error may be pages long, an id a thousand characters: a row stays a
     // row, and the whole text is the cell's title.
-    td.textContent = whole.length > SHOWN ? whole.slice(0, SHOWN) + "…" : whole;
-    if (whole.length > SHOWN) td.title = whole;
+    const shown = className === "id" ? SHOWN_ID : SHOWN;
+    td.textContent = whole.length > shown ? whole.slice(0, shown) + "…" : whole;
+    if (whole.length > shown) td.title = whole;
     if (className) td.className = className;
     return td;
   }
