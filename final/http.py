@@ -186,6 +186,15 @@ class JobRequest(BaseModel):
             parse_run_at(value)  # the ValueError names the value: the 422 says it
         return value
 
+    @field_validator("idempotency_key", mode="after")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        # PostgreSQL's text cannot hold a NUL: refused whatever the queue, so that a
+        # body valid on one server is valid on all of them.
+        if value is not None and "\x00" in value:
+            raise ValueError("idempotency_key must not contain NUL (\\x00)")
+        return value
+
     @field_validator("max_retries", mode="before")
     @classmethod
     def _whole_number(cls, value: object) -> object:
@@ -471,6 +480,13 @@ def _bearer(token: str | None) -> list[Any]:
         return []
     if not token:
         raise ValueError("token must be a non-empty string, or None for no token")
+    if not (token.isascii() and token.isprintable()) or token != token.strip():
+        # Nothing else can be presented: a browser refuses to send it, an HTTP header
+        # is read as Latin-1 and loses the spaces at its ends. Such a token would
+        # refuse every request, the right one included.
+        raise ValueError(
+            "token must be printable ASCII without spaces at its ends, as an HTTP header carries it"
+        )
     secret = token.encode()
     bearer = HTTPBearer(auto_error=False, description="the token given to `serve`")
 
@@ -776,7 +792,8 @@ def create_app(
 ) -> FastAPI:
     """An app serving ``queue``. With a ``token``, every endpoint but ``/healthz``, the
     OpenAPI document and the dashboard's page (which holds nothing of the queue) asks
-    for ``Authorization: Bearer <token>``; an empty token is a ``ValueError``.
+    for ``Authorization: Bearer <token>``; an empty token, or one that is not printable
+    ASCII without spaces at its ends, is a ``ValueError``.
 
     Pass the ``state`` (and its ``registry``) whose ``instrument`` wraps the queue's
     handler to get the wait histogram; a fresh one is made otherwise.

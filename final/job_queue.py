@@ -84,7 +84,7 @@ from typing import TypeVar
 
 from final.errors import DuplicateJob, NotADeadLetter, QueueClosed, QueueFull, UnknownJob
 from final.fairness import FairPicker
-from final.jobs import Job, JobInfo, Priority, Record, Status
+from final.jobs import Job, JobInfo, Priority, Record, Status, failure_text
 from final.periodic import Schedules
 from final.rate_limit import TokenBucket
 from final.sqlite_store import RETENTION, SQLiteStore
@@ -1118,7 +1118,7 @@ class JobQueue:
                 return self._take_locked(me) if self._rejoin(me) else None
             self._running.discard(record)
             self._busy += finished - (record.started or finished)
-            reason = None if error is None else f"{type(error).__name__}: {error}"
+            reason = None if error is None else failure_text(error)
             if attempt.deadline is not None and finished >= attempt.deadline:
                 # It ended past its deadline, before the scheduler got to it: timed out
                 # all the same, as ``expired`` told the handler. The verdict is the

@@ -13,7 +13,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-__all__ = ["Job", "JobInfo", "Priority", "Record", "Status"]
+__all__ = ["MAX_ERROR_LENGTH", "Job", "JobInfo", "Priority", "Record", "Status", "failure_text"]
+
+MAX_ERROR_LENGTH = 2000  # characters of an error kept as last_error: the log has it whole
 
 
 class Priority(enum.IntEnum):
@@ -102,3 +104,27 @@ class Record:
             None if self.finished is None else self.finished + to_wall,
             None if self.job.run_at is None else self.job.run_at.timestamp(),
         )
+
+
+def failure_text(error: BaseException) -> str:
+    """What ``last_error`` keeps of an attempt that raised ``error``: its type and message.
+
+    A handler's message is anybody's text, and it goes to the store, the HTTP API and
+    the dashboard: a lone surrogate (text decoded with ``surrogateescape``) cannot be
+    encoded, and a NUL cannot be held by PostgreSQL, so either would fail the write that
+    settles the job, and every read that serves it; both are written as escapes. A
+    message longer than ``MAX_ERROR_LENGTH`` characters is cut (the log has it whole),
+    and one whose ``str()`` itself raises is named by its type alone.
+    """
+    try:
+        message = str(error)
+    except Exception:
+        message = "(its message could not be read)"
+    text = f"{type(error).__name__}: {message}"
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = text.replace("\x00", "\\x00")
+    if len(text) > MAX_ERROR_LENGTH:
+        cut = len(text) - MAX_ERROR_LENGTH
+        text = f"{text[:MAX_ERROR_LENGTH]}... ({cut} more characters)"
+    return text

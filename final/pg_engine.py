@@ -52,6 +52,7 @@ __all__ = [
     "claim_counting",
     "complete",
     "counts",
+    "dead_count",
     "dead_letters",
     "deregister",
     "enqueue",
@@ -442,6 +443,12 @@ def find(conn: Connection, queue: str, job_id: str) -> StoredJob | None:
     """The job ``job_id`` of the queue, or None if the queue has no such job."""
     row = conn.execute(q.FIND, {"queue": queue, "id": job_id}).fetchone()
     return None if row is None else StoredJob(*row)
+
+
+def dead_count(conn: Connection, queue: str) -> int:
+    """How many dead letters the queue holds."""
+    row = conn.execute(q.DEAD_COUNT, {"queue": queue}).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def dead_letters(conn: Connection, queue: str) -> list[StoredJob]:

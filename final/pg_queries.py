@@ -33,6 +33,7 @@ __all__ = [
     "CLAIM_COUNTING",
     "COMPLETE",
     "COUNTS",
+    "DEAD_COUNT",
     "DEAD_LETTERS",
     "DEREGISTER",
     "ENQUEUE",
@@ -373,6 +374,8 @@ FROM jobq_jobs
 """
 FIND = _STORED + "WHERE queue = %(queue)s AND id = %(id)s"
 DEAD_LETTERS = _STORED + "WHERE queue = %(queue)s AND status = 'failed' ORDER BY finished_at, seq"
+# How many: an index-only count on the settled index, not every row and its payload.
+DEAD_COUNT = "SELECT count(*) FROM jobq_jobs WHERE queue = %(queue)s AND status = 'failed'"
 
 # A dead letter replayed with a fresh budget, at the back of its line.
 REVIVE = f"""

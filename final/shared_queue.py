@@ -141,7 +141,7 @@ from final.job_queue import (
     _refuse_from_handler,
     backoff_delay,
 )
-from final.jobs import Job, JobInfo, Priority, Record, Status
+from final.jobs import Job, JobInfo, Priority, Record, Status, failure_text
 from final.sqlite_store import RETENTION
 from final.store import Store, StoreError
 from final.validation import check_int, check_job, check_seconds, check_timeout
@@ -352,6 +352,7 @@ class SharedQueue(JobQueue):
         jobs = list(jobs)
         for job in jobs:
             check_job(job)
+            _check_no_nul(job)
         check_timeout(timeout)
         accepted = 0
         if len(jobs) == 1 and jobs[0].run_at is None:
@@ -563,7 +564,7 @@ class SharedQueue(JobQueue):
         from final import pg_engine
 
         counts = self._call(pg_engine.counts, self._queue)
-        dead = len(self._call(pg_engine.dead_letters, self._queue))
+        dead: int = self._call(pg_engine.dead_count, self._queue)
         with self._mutex:
             lanes = {
                 p: LaneMetrics(
@@ -902,7 +903,7 @@ class SharedQueue(JobQueue):
             if error is None:
                 self._complete(attempt)
             else:
-                self._fail_attempt(attempt, f"{type(error).__name__}: {error}", error)
+                self._fail_attempt(attempt, failure_text(error), error)
         finally:
             with self._mutex:
                 self._in_flight.pop(attempt, None)
@@ -1189,6 +1190,14 @@ def _info(stored: pg_engine.StoredJob) -> JobInfo:
         None if stored.finished_at is None else stored.finished_at.timestamp(),
         None if stored.run_at is None else stored.run_at.timestamp(),
     )
+
+
+def _check_no_nul(job: Job) -> None:
+    """PostgreSQL's text cannot hold a NUL, which a file can: refused by name, here,
+    rather than by the database in the middle of an insert."""
+    for name, value in (("Job.id", job.id), ("Job.idempotency_key", job.idempotency_key)):
+        if value is not None and "\x00" in value:
+            raise ValueError(f"{name} must not contain NUL (\\x00) in PostgreSQL")
 
 
 def _job(stored: pg_engine.StoredJob) -> Job:

@@ -27,6 +27,7 @@ import pytest
 
 from final import Job, JobQueue, Priority, Status
 from final.dashboard import ASSETS
+from final.http import create_app
 from tests.browser import Served, chromium, served, why_no_browser
 from tests.pg import Database
 from tests.support import PATIENCE, Recorder
@@ -91,6 +92,9 @@ def test_a_lane_fills_while_the_handler_is_held_and_drains_once_released(
     with served(recorder, **options) as s:
         asked: list[str] = []
         page.on("request", lambda request: asked.append(request.url))
+        # The console would tell of a load the policy blocked, or of one that failed.
+        complaints: list[str] = []
+        page.on("console", lambda m: complaints.append(m.text) if m.type == "error" else None)
         try:
             page.goto(s.url + "/")
             expect(lane(page, "high", "queued")).to_have_text("0")
@@ -107,8 +111,9 @@ def test_a_lane_fills_while_the_handler_is_held_and_drains_once_released(
         expect(lane(page, "high", "completed")).to_have_text("6")
         expect(page.locator("#completed")).to_have_text("6")
         expect(page.locator("#waits polyline").first).to_be_attached()
-    # Everything the page asked for, it asked of this server.
+    # Everything the page asked for, it asked of this server, and got.
     assert asked and all(url.startswith(s.url + "/") for url in asked), asked
+    assert complaints == []
 
 
 def test_a_dead_letter_is_listed_with_its_error_and_replayed_by_its_button(
@@ -164,6 +169,90 @@ def test_with_a_token_the_page_shows_nothing_until_it_is_given(browser: Browser)
             context.close()
 
 
+def test_a_token_a_header_cannot_carry_is_refused_by_the_form_not_sent_for_ever(
+    browser: Browser,
+) -> None:
+    """fetch() threw on a token with an accent before any request: the page said "no
+    answer" every second, with neither the form nor the board, even after a reload."""
+    from playwright.sync_api import expect
+
+    with served(lambda job: None, token=TOKEN) as s:
+        context = browser.new_context()
+        context.set_default_timeout(EXPECT_MS)
+        try:
+            page = context.new_page()
+            page.goto(s.url + "/")
+            page.locator("#token").fill("tök€n")
+            page.get_by_role("button", name="Show the queue").click()
+            expect(page.locator("#login-error")).to_contain_text("cannot be sent")
+            page.locator("#token").fill(f" {TOKEN} ")  # pasted with spaces around it
+            page.get_by_role("button", name="Show the queue").click()
+            expect(page.locator("#board")).to_be_visible()
+            expect(page.locator("#login")).to_be_hidden()
+        finally:
+            context.close()
+
+
+def test_a_server_that_stops_answering_is_shown_as_such_not_as_live(page: Page) -> None:
+    """A server that took the connection and never answered (stopped with SIGSTOP, its
+    loop stuck) left the page saying "live" with the time of its last answer, for ever."""
+    from playwright.sync_api import Route, expect
+
+    with served(lambda job: None) as s:
+        page.clock.install()  # the page's timers, run on when the test says so
+        page.goto(s.url + "/")
+        expect(page.locator("#state")).to_contain_text("live")
+        held: list[Route] = []
+        page.route("**/overview*", lambda route: held.append(route))  # taken, never answered
+        deadline = time.monotonic() + PATIENCE
+        while not held:  # the next read, sent at the page's next tick
+            assert time.monotonic() < deadline, "the page made no read"
+            page.clock.run_for(1000)
+        page.clock.run_for(5000)  # the page's patience, at once
+        expect(page.locator("#state")).to_contain_text("no answer from the server: silent")
+        expect(page.locator("#state")).to_have_class(re.compile(r"\bstale\b"))
+        page.unroute("**/overview*")
+        expect(page.locator("#state")).to_contain_text("live")
+
+
+def test_text_from_the_queue_is_shown_as_text_and_a_long_one_keeps_its_row(page: Page) -> None:
+    """An id and an error that look like HTML stay text; a 1,900-character error or a
+    1,000-character id made each row a screen tall, pushing the rest off the page."""
+    from playwright.sync_api import expect
+
+    hostile = '<img src=x onerror="window.injected=1"><script>window.injected=2</script>'
+
+    def fail(job: Job) -> None:
+        raise RuntimeError(job.payload.decode())
+
+    with served(fail, max_retries=0) as s:
+        s.queue.enqueue(Job(id="html", payload=hostile.encode()))
+        s.queue.enqueue(Job(id="i" * 1000, payload=b"e" * 1900))
+        ordinary = Job(payload=b"plain")
+        s.queue.enqueue(ordinary)
+        assert s.queue.join(PATIENCE)
+        page.goto(s.url + "/")
+        html = page.locator('#failures tr[data-id="html"] td.err')
+        expect(html).to_have_text("RuntimeError: " + hostile)
+        assert page.locator("#board img, #board script").count() == 0
+        assert page.evaluate("window.injected") is None
+        long = page.locator('#dead-letters tr[data-id^="iii"]')
+        expect(long).to_be_visible()
+        row = long.bounding_box()
+        panel = page.locator("#dead-letters").bounding_box()
+        assert row is not None and panel is not None
+        assert row["height"] < 200, row  # a few lines, not pages
+        assert panel["width"] <= page.viewport_size["width"]  # type: ignore[index]
+        assert long.locator("td.err").get_attribute("title") == "RuntimeError: " + "e" * 1900
+        assert long.locator("td.id").get_attribute("title") == "i" * 1000
+        # An id as the queue makes them (32 hex digits) stays whole, on one line.
+        made = page.locator(f'#dead-letters tr[data-id="{ordinary.id}"] td.id')
+        expect(made).to_have_text(ordinary.id)
+        lines = "cell => { const r = document.createRange(); r.selectNodeContents(cell);"
+        lines += " return r.getClientRects().length; }"
+        assert made.evaluate(lines) == 1
+
+
 # -- without a browser --------------------------------------------------------------------
 
 
@@ -212,6 +301,18 @@ def test_with_a_token_the_html_holds_nothing_of_the_queue_and_the_data_is_refuse
     assert answer.status_code == 200 and answer.json()["completed"] == 1
 
 
+def test_a_token_no_header_can_carry_is_refused_when_the_server_starts() -> None:
+    # Started with one, the server refused every request, the right token included.
+    q = JobQueue(lambda job: None)
+    try:
+        for bad in ["tök€n", " padded", "line\nbreak"]:
+            with pytest.raises(ValueError, match="printable ASCII"):
+                create_app(q, token=bad)
+        create_app(q, token="with spaces inside")  # sent and read back whole
+    finally:
+        q.close()
+
+
 def test_the_overview_lists_the_failures_newest_first_with_their_errors(
     options: dict[str, Any],
 ) -> None:
@@ -256,6 +357,37 @@ def test_the_overview_of_a_queue_on_postgresql_reads_the_database(db: Database) 
     assert overview["failures"][0]["last_error"] == f"Boom: {dead_id} attempt 1"
     assert overview["dead"] == 1 and [job["id"] for job in dead["jobs"]] == [dead_id]
     assert overview["wait_p50"] is not None and overview["wait_p99"] is not None
+
+
+class Unruly(Exception):
+    """What a handler may raise: its message is anybody's text."""
+
+
+def unruly(job: Job) -> None:
+    if job.id != "fine":
+        # A name decoded with surrogateescape, a NUL, and more text than anyone reads.
+        raise Unruly(b"caf\xe9".decode("utf-8", "surrogateescape") + " \x00 <b>" + "x" * 10_000)
+
+
+def test_an_error_in_any_text_reaches_the_dead_letters_and_the_page_as_text(
+    options: dict[str, Any],
+) -> None:
+    """A lone surrogate failed every read of the page's data (500), and the commit that
+    settled the job on SQLite; on PostgreSQL it killed the worker, and a NUL had it
+    retry its settle for ever. Neither may stop the queue or the page."""
+    with served(unruly, **options) as s:
+        s.queue.enqueue(Job(id="unruly"))
+        s.queue.enqueue(Job(id="fine"))  # run by the same single worker, after it
+        assert s.queue.join(PATIENCE)
+        with httpx.Client(base_url=s.url, timeout=PATIENCE) as client:
+            overview = client.get("/overview")
+            dead = client.get("/dlq")
+    assert overview.status_code == 200 and dead.status_code == 200
+    error = dead.json()["jobs"][0]["last_error"]
+    assert error.startswith("Unruly: caf\\udce9 \\x00 <b>xxx")
+    assert error.endswith("... (8026 more characters)") and len(error) < 2100
+    assert overview.json()["failures"][0]["last_error"] == error
+    assert overview.json()["completed"] == 1
 
 
 @pytest.mark.parametrize("where", ["memory", "sqlite", "postgresql"])

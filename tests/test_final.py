@@ -199,6 +199,26 @@ def test_a_job_that_fails_for_good_is_a_dead_letter_with_its_error(queues: Any) 
     assert (m.failed, m.dead, m.by_priority[LOW].failed) == (1, 1, 1)
 
 
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no words for it")
+
+
+def test_an_error_whose_message_cannot_be_read_is_named_by_its_type(queues: Any) -> None:
+    # str(error) raised under the queue's lock, and took the worker with it.
+    def handler(job: Job) -> None:
+        if job.id == "unprintable":
+            raise Unprintable
+
+    q = queues(handler, workers=1, max_retries=0)
+    q.enqueue(Job(id="unprintable"))
+    q.enqueue(Job(id="after"))
+    assert q.join(timeout=PATIENCE)
+    info = q.info("unprintable")
+    assert info is not None and info.last_error == "Unprintable: (its message could not be read)"
+    assert q.status("after") is Status.COMPLETED
+
+
 def test_a_replayed_dead_letter_gets_a_fresh_retry_budget(queues: Any) -> None:
     recorder = Recorder(fail=lambda job, n: n <= 4)  # fails its first life, 1 more
     q = queues(recorder, max_retries=2, **FAST)

@@ -103,6 +103,32 @@ def test_an_idempotency_key_used_through_one_handle_is_refused_through_another(
         second.enqueue(Job(id="a"))
 
 
+def test_an_id_or_key_with_a_nul_is_refused_by_name_not_by_the_database(queues: Any) -> None:
+    # PostgreSQL's text holds no NUL: the insert failed, and over HTTP that was a 500.
+    q = queues(workers=0)
+    with pytest.raises(ValueError, match=r"Job\.idempotency_key must not contain NUL"):
+        q.enqueue(Job(id="a", idempotency_key="order\x001"))
+    with pytest.raises(ValueError, match=r"Job\.id must not contain NUL"):
+        q.enqueue(Job(id="b\x00"))
+    q.enqueue(Job(id="c", idempotency_key="order-1"))  # the handle is not hurt
+
+
+def test_metrics_count_the_dead_letters_without_reading_them(
+    queues: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The dashboard reads metrics() every second: with 20,000 dead letters, fetching
+    # every row and its payload to count them took 0.2 s of each read.
+    q = queues(Recorder(fail=lambda job, n: True), workers=1, max_retries=0)
+    q.enqueue_many([Job(id=f"dead-{i}") for i in range(3)])
+    assert q.join(PATIENCE)
+
+    def refused(*args: Any) -> None:
+        raise AssertionError("metrics() read the dead letters' rows")
+
+    monkeypatch.setattr(pg_engine, "dead_letters", refused)
+    assert q.metrics().dead == 3
+
+
 def test_a_failing_job_is_retried_then_dead_lettered_and_replayed_from_another_handle(
     queues: Any,
 ) -> None:

@@ -243,6 +243,7 @@ BAD_BODIES = {
     "lone surrogate": b'{"payload": "\\ud800", "priority": "low"}',
     "surrogate in the key": b'{"payload": "x", "priority": "low", "idempotency_key": "\\udfff"}',
     "empty key": b'{"payload": "x", "priority": "low", "idempotency_key": ""}',
+    "NUL in the key": b'{"payload": "x", "priority": "low", "idempotency_key": "a\\u0000b"}',
     "deep nesting": b'{"payload": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
     "not an object": b'["x", "low"]',
     "not JSON": b"payload=x&priority=low",

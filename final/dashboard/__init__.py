@@ -1,7 +1,7 @@
 """The dashboard of ``python -m final serve``: ``GET /``, the queue at a glance, live.
 
-The page (``index.html``, ``dashboard.js``, ``dashboard.css``, files beside this
-module and shipped in the wheel) is served by the server itself, with a
+The page (``index.html``, ``dashboard.js``, ``dashboard.css`` and ``icon.svg``,
+files beside this module and shipped in the wheel) is served by the server itself, with a
 Content-Security-Policy that lets it load nothing from anywhere else: it works with
 no network at all. It carries nothing of the queue. Its script reads
 ``GET /overview`` (lanes, attempts in flight, waits, counters, recent failures) and
@@ -33,6 +33,8 @@ ASSETS = {
     "index.html": "text/html; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
+    # Its own icon: without one the browser asks for /favicon.ico, and logs the 404.
+    "icon.svg": "image/svg+xml",
 }
 # Only this server, for everything: no CDN, no web font, no inline script to inject.
 CONTENT_SECURITY_POLICY = (

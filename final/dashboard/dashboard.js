@@ -7,12 +7,18 @@
   const PERIOD = 1000; // ms between reads (the contract asks for 2 s at most)
   const SPAN = 60; // samples the charts keep: a minute at one a second
   const LISTED = 10; // failures and dead letters shown, the newest
+  const PATIENCE = 5000; // ms a read may take before the page says the server is not answering
+  const SHOWN = 160; // characters of an error shown in a cell; its title has them all
+  const SHOWN_ID = 40; // of an id, on one line: a uuid's 32 or 36 fit
   const KEY = "job-queue-token"; // sessionStorage: gone when the tab closes
   const SVG = "http://www.w3.org/2000/svg";
   const FIGURES = ["in-flight", "throughput", "completed", "failed", "dead", "utilization",
     "wait-now", "wait-top", "rate-top"];
 
-  let token = sessionStorage.getItem(KEY);
+  // A header carries printable ASCII only: fetch() throws on anything else, before
+  // any request, so a token typed with an accent would never be refused, only fail.
+  const usable = (text) => text !== null && /^[\x20-\x7e]+$/.test(text);
+  let token = usable(sessionStorage.getItem(KEY)) ? sessionStorage.getItem(KEY) : null;
   let samples = []; // {p50, p99, rate, depth}, oldest first
   let previous = null; // {at, completed}: the last read, for the throughput
   let timer = null;
@@ -23,10 +29,21 @@
 
   async function request(method, url) {
     const headers = token ? { Authorization: "Bearer " + token } : {};
-    const answer = await fetch(url, { method, headers, cache: "no-store" });
-    if (answer.status === 401) throw new Unauthorized();
-    if (!answer.ok) throw new Error(method + " " + url + " answered " + answer.status);
-    return answer.json();
+    // A server that accepts the connection and never answers (stopped, or its loop
+    // stuck) must not leave the page saying "live" for ever.
+    const patience = new AbortController();
+    const alarm = setTimeout(() => patience.abort(), PATIENCE);
+    try {
+      const answer = await fetch(url, { method, headers, cache: "no-store", signal: patience.signal });
+      if (answer.status === 401) throw new Unauthorized();
+      if (!answer.ok) throw new Error(method + " " + url + " answered " + answer.status);
+      return await answer.json();
+    } catch (error) {
+      if (error.name === "AbortError") throw new Error("silent for " + PATIENCE / 1000 + " s");
+      throw error;
+    } finally {
+      clearTimeout(alarm);
+    }
   }
 
   // -- reading, again and again ------------------------------------------------------------
@@ -76,9 +93,15 @@
     sessionStorage.removeItem(KEY);
     forget();
     $("login").hidden = false;
-    $("login-error").hidden = !refused;
+    if (refused) refuse("That token was refused.");
+    else $("login-error").hidden = true;
     setState("a token is needed", false);
     $("token").focus();
+  }
+
+  function refuse(why) {
+    $("login-error").textContent = why;
+    $("login-error").hidden = false;
   }
 
   function forget() {
@@ -94,8 +117,13 @@
 
   $("login").addEventListener("submit", (event) => {
     event.preventDefault();
-    token = $("token").value;
+    const given = $("token").value.trim();
     $("token").value = "";
+    if (!usable(given)) {
+      refuse("A token is letters, digits, punctuation and spaces: this one cannot be sent.");
+      return;
+    }
+    token = given;
     sessionStorage.setItem(KEY, token);
     $("login").hidden = true;
     tick();
@@ -130,7 +158,12 @@
 
   function cell(text, className) {
     const td = document.createElement("td");
-    td.textContent = text === null || text === undefined ? "–" : String(text);
+    const whole = text === null || text === undefined ? "–" : String(text);
+    // A handler's error may be pages long, an id a thousand characters: a row stays a
+    // row, and the whole text is the cell's title.
+    const shown = className === "id" ? SHOWN_ID : SHOWN;
+    td.textContent = whole.length > shown ? whole.slice(0, shown) + "…" : whole;
+    if (whole.length > shown) td.title = whole;
     if (className) td.className = className;
     return td;
   }
