@@ -83,6 +83,7 @@ from typing import TypeVar
 from final.errors import DuplicateJob, NotADeadLetter, QueueClosed, QueueFull
 from final.fairness import FairPicker
 from final.jobs import Job, JobInfo, Priority, Record, Status
+from final.processes import ProcessPool, check_importable
 from final.rate_limit import TokenBucket
 from final.sqlite_store import RETENTION, SQLiteStore
 from final.store import DuplicateRow, MemoryStore, Store, StoreError
@@ -204,6 +205,40 @@ def current_attempt() -> Attempt:
     return attempt
 
 
+def _check_executor(executor: object, handler: object) -> None:
+    """``ValueError`` for an executor that is neither ``"thread"`` nor ``"process"``;
+    ``TypeError`` for a handler that cannot travel to a child by its name."""
+    if executor not in ("thread", "process"):
+        raise ValueError(f"executor must be 'thread' or 'process', got {executor!r}")
+    if executor == "process":
+        check_importable(handler)
+
+
+def _attempt_in_child(handler: Handler, job: Job, number: int, deadline: float | None) -> None:
+    """Run ``handler(job)`` in a child process, with ``current_attempt()`` answering.
+
+    ``deadline`` is ``time.monotonic()`` in the parent, and means the same here: the
+    monotonic clock is the system's, shared by every process (Linux, macOS, Windows).
+    The attempt is never ``abandoned`` here: a timed-out attempt's child is killed.
+    """
+    _current.attempt = Attempt(job, number, deadline, Record(job, 0), 0)
+    try:
+        handler(job)
+    finally:
+        _current.attempt = None
+
+
+def _in_a_child(pool: ProcessPool) -> Handler:
+    """The handler a worker thread calls: the attempt runs in one of ``pool``'s children,
+    and what it raised (or ``ChildDied``, or ``TimeoutError``) is raised here."""
+
+    def run_in_a_child(job: Job) -> None:
+        attempt = current_attempt()
+        pool.run((job, attempt.number, attempt.deadline), attempt.deadline)
+
+    return run_in_a_child
+
+
 def backoff_delay(
     retry: int, backoff: float, max_backoff: float, rand: Callable[[], float] = random.random
 ) -> float:
@@ -292,6 +327,7 @@ class JobQueue:
         dsn: str | None = None,
         queue: str = "default",
         lease: float = 30.0,
+        executor: str = "thread",
     ) -> None:
         """``retention``: seconds a completed job stays in the file at ``path`` after it
         completed (7 days; None keeps every job); dead letters stay until replayed.
@@ -301,9 +337,16 @@ class JobQueue:
         Not with a ``path``, and ``durability`` and ``retention`` are then the store's
         own business. The queue closes it in ``close()``. ``dsn``, ``queue`` and
         ``lease``: the queue in PostgreSQL (``final/shared_queue.py``); ``queue`` and
-        ``lease`` mean nothing without a ``dsn``."""
+        ``lease`` mean nothing without a ``dsn``.
+
+        ``executor``: ``"thread"`` runs the handler on the worker threads;
+        ``"process"`` in ``workers`` child processes, for CPU-bound handlers
+        (``final/processes.py``: what travels, what it costs, the start method). The
+        handler must then be importable by its module and name, or it is a
+        ``TypeError`` that says what to do."""
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
+        _check_executor(executor, handler)
         check_int("workers", workers, minimum=1)
         check_int("queue_size", queue_size, minimum=1)
         check_int("max_retries", max_retries, minimum=0)
@@ -326,7 +369,11 @@ class JobQueue:
         self._store = _open_store(path, durability, retention, store)
         self._durable = self._store.durable  # asked once: the hot path reads it
         self._init_state(fairness, rate_limit)
+        self._pool: ProcessPool | None = None
         try:
+            if executor == "process":
+                self._pool = ProcessPool(handler, workers, _attempt_in_child)
+                self._handler = _in_a_child(self._pool)
             self._recover()
             self._start_threads()
         except BaseException:
@@ -425,6 +472,8 @@ class JobQueue:
         for thread in self._threads:
             if thread.is_alive():  # a thread whose start failed was never alive
                 thread.join()
+        if self._pool is not None:
+            self._pool.close()
         self._store.close()
 
     # -- the contract ------------------------------------------------------------------
@@ -550,6 +599,8 @@ class JobQueue:
         atexit.unregister(self._atexit_hook)
         for thread in threads:
             thread.join(None if endtime is None else max(0.0, endtime - time.monotonic()))
+        if self._pool is not None:  # busy children leave once their attempt ends
+            self._pool.close()
         with self._mutex:
             # Attempts still running will settle on their own threads; the store (and
             # the lock on its file) must outlive them, or a second queue could open

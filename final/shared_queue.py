@@ -110,12 +110,16 @@ from final.job_queue import (
     JobQueue,
     LaneMetrics,
     Metrics,
+    _attempt_in_child,
+    _check_executor,
     _current,
+    _in_a_child,
     _log_failure,
     _refuse_from_handler,
     backoff_delay,
 )
 from final.jobs import Job, JobInfo, Priority, Record, Status
+from final.processes import ProcessPool
 from final.sqlite_store import RETENTION
 from final.store import Store, StoreError
 from final.validation import check_int, check_job, check_seconds, check_timeout
@@ -163,12 +167,15 @@ class SharedQueue(JobQueue):
         dsn: str | None = None,
         queue: str = "default",
         lease: float = 30.0,
+        executor: str = "thread",
     ) -> None:
         """Raises ``ValueError`` for a malformed ``dsn`` or option, a ``dsn`` with a
         ``path`` or ``store``; ``StoreError`` when the server does not answer, or its
-        tables are of another version (``SchemaMismatch``, which says what to do)."""
+        tables are of another version (``SchemaMismatch``, which says what to do).
+        ``executor="process"``: as ``JobQueue``'s, each attempt runs in a child."""
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
+        _check_executor(executor, handler)
         if not isinstance(dsn, str) or not dsn:
             raise ValueError(f"dsn must be a PostgreSQL connection URI, got {dsn!r}")
         if path is not None or store is not None:
@@ -191,15 +198,21 @@ class SharedQueue(JobQueue):
         self._rate = rate_limit
         self._burst = 0.0 if rate_limit is None else max(1.0, rate_limit / 10)
         self._init_shared_state(fairness)
+        self._pool: ProcessPool | None = None
         self._api = self._connect()
         try:
             from final.pg_schema import ensure_schema
 
             with self._api_lock:
                 ensure_schema(self._api)
+            if workers and executor == "process":
+                self._pool = ProcessPool(handler, workers, _attempt_in_child)
+                self._handler = _in_a_child(self._pool)
             if workers:
                 self._start_workers()
         except BaseException:
+            if self._pool is not None:
+                self._pool.close()
             self._close_connections()
             raise
 
@@ -482,6 +495,8 @@ class SharedQueue(JobQueue):
                 self._engine.deregister(self._claimer, self._process)
             except Exception:  # the rescue forgets a silent process after its lease
                 logger.warning("could not leave the table of processes", exc_info=True)
+        if self._pool is not None:  # busy children leave once their attempt ends
+            self._pool.close()
         self._close_connections()
 
     def metrics(self) -> Metrics:
