@@ -224,6 +224,7 @@ class ProcessPool:
         self._call = call
         self._size = size
         self._context = multiprocessing.get_context(START_METHOD)
+        _preload_final()
         # Guards the two fields below; never held while talking to a child.
         self._lock = threading.Lock()
         self._idle: list[_Child] = []  # started, waiting for an attempt
@@ -351,6 +352,30 @@ class ProcessPool:
                     f"{failure}"
                 )
         return started
+
+
+def _preload_final() -> None:
+    """Have the fork server import ``final`` before it forks the first child.
+
+    Importing ``final`` takes a child 100-150 ms (most of a child's start), paid again
+    for every child a timeout or a crash replaces, and counted in the deadline of the
+    attempt that waits for it. Imported once in the server, it is in every child for
+    free. Only ``final``, whose import starts nothing: the handler's own module might
+    open a connection or a thread at import, which forked children must not share.
+    The list is ``multiprocessing``'s, one per interpreter: we add to it rather than
+    replace what the application may have put there, and only before the server has
+    started (a running server keeps what it has).
+    """
+    if START_METHOD != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    wanted = list(getattr(server, "_preload_modules", None) or ["__main__"])
+    if server is None or getattr(server, "_forkserver_pid", None) is not None:
+        return
+    if "final" not in wanted:
+        forkserver.set_forkserver_preload([*wanted, "final"])
 
 
 def _wait(conn: Connection, deadline: float | None) -> bool:
