@@ -291,6 +291,10 @@ class JobQueue:
     """Run ``handler(job)`` on ``workers`` threads for every job given to ``enqueue``.
 
     The handler succeeds when it returns and fails when it raises an ``Exception``.
+    With ``executor="process"`` it runs in ``workers`` child processes instead, for
+    handlers that compute in Python (``final/processes.py``: what travels, what it
+    costs, why the ``forkserver`` start method); it must then be importable by its
+    module and name, or the constructor raises a ``TypeError`` that says what to do.
     With ``dsn``, the queue lives in PostgreSQL and is shared by every process that
     names the same database and ``queue``: see ``final/shared_queue.py``.
     """
@@ -332,21 +336,13 @@ class JobQueue:
         """``retention``: seconds a completed job stays in the file at ``path`` after it
         completed (7 days; None keeps every job); dead letters stay until replayed.
 
-        ``store``: a store of your own (see ``final/store.py``) instead of the one
-        ``path`` opens, or the ``MemoryStore``; tests use it for a failing or slow one.
-        Not with a ``path``, and ``durability`` and ``retention`` are then the store's
-        own business. The queue closes it in ``close()``. ``dsn``, ``queue`` and
-        ``lease``: the queue in PostgreSQL (``final/shared_queue.py``); ``queue`` and
-        ``lease`` mean nothing without a ``dsn``.
-
-        ``executor``: ``"thread"`` runs the handler on the worker threads;
-        ``"process"`` in ``workers`` child processes, for CPU-bound handlers
-        (``final/processes.py``: what travels, what it costs, the start method). The
-        handler must then be importable by its module and name, or it is a
-        ``TypeError`` that says what to do."""
+        ``store``: a store of your own (see ``final/store.py``) instead of the one ``path``
+        opens, or the ``MemoryStore``; tests use it for a failing or slow one. Not with a
+        ``path``, and ``durability`` and ``retention`` are then the store's own business.
+        The queue closes it in ``close()``. ``dsn``, ``queue`` and ``lease``: the queue in
+        PostgreSQL (``final/shared_queue.py``); ``queue`` and ``lease`` need a ``dsn``."""
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
-        _check_executor(executor, handler)
         check_int("workers", workers, minimum=1)
         check_int("queue_size", queue_size, minimum=1)
         check_int("max_retries", max_retries, minimum=0)
@@ -356,8 +352,8 @@ class JobQueue:
             raise ValueError(f"max_backoff ({max_backoff!r}) must be >= backoff ({backoff!r})")
         if job_timeout is not None:
             check_seconds("job_timeout", job_timeout, positive=True)
-        _check_final_options(fairness, rate_limit, history, retention)
-        self._handler = handler
+        _check_final_options(fairness, rate_limit, history, retention, executor, handler)
+        self._handler, self._executor = handler, executor
         self._workers = workers
         self._queue_size = queue_size
         self._max_retries = max_retries
@@ -369,11 +365,7 @@ class JobQueue:
         self._store = _open_store(path, durability, retention, store)
         self._durable = self._store.durable  # asked once: the hot path reads it
         self._init_state(fairness, rate_limit)
-        self._pool: ProcessPool | None = None
         try:
-            if executor == "process":
-                self._pool = ProcessPool(handler, workers, _attempt_in_child)
-                self._handler = _in_a_child(self._pool)
             self._recover()
             self._start_threads()
         except BaseException:
@@ -439,9 +431,17 @@ class JobQueue:
         self._threads: set[threading.Thread] = set()  # what close() joins
         self._thread_names = itertools.count()
         self._forked = False  # this is the child of an os.fork(): see _after_fork
+        self._pool: ProcessPool | None = None  # executor="process": the children
+
+    def _start_pool(self) -> None:
+        """``executor="process"``: start the children, and hand attempts to them."""
+        if self._executor == "process":
+            self._pool = ProcessPool(self._handler, self._workers, _attempt_in_child)
+            self._handler = _in_a_child(self._pool)
 
     def _start_threads(self) -> None:
         """The workers, the scheduler, and a hook that closes the queue at exit."""
+        self._start_pool()
         # Daemon threads, so that a hung handler cannot hold up interpreter exit;
         # the atexit hook below is what lets queued work finish first.
         for _ in range(self._workers):
@@ -1248,9 +1248,15 @@ def _duplicate(job: Job, first: str) -> DuplicateJob:
 
 
 def _check_final_options(
-    fairness: int, rate_limit: float | None, history: int, retention: float | None
+    fairness: int,
+    rate_limit: float | None,
+    history: int,
+    retention: float | None,
+    executor: str = "thread",
+    handler: object = None,
 ) -> None:
     """The rules of the options final adds to improved's."""
+    _check_executor(executor, handler)
     check_int("fairness", fairness, minimum=0)
     if rate_limit is not None:
         check_seconds("rate_limit", rate_limit, positive=True)

@@ -62,6 +62,7 @@ queue object (``join``, ``close``, a queue created in the parent) is not in the 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import multiprocessing
@@ -146,8 +147,7 @@ def check_importable(handler: object) -> tuple[str, str]:
             found = getattr(found, part)
     except (ImportError, AttributeError) as exc:
         raise TypeError(
-            f"executor='process' cannot import the handler as {module}.{qualname} "
-            f"({exc}): {move}"
+            f"executor='process' cannot import the handler as {module}.{qualname} ({exc}): {move}"
         ) from None
     if found is not handler:
         raise TypeError(
@@ -188,19 +188,15 @@ class _Child:
     def kill(self) -> None:
         """SIGKILL, then reap it. Safe on a child that has already ended."""
         if self.process.exitcode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # gone, not yet reaped
                 os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # already gone, not yet reaped
         self.process.join()
         self.conn.close()
 
     def stop(self) -> None:
         """Ask an idle child to leave, and reap it; kill it if it does not."""
-        try:
+        with contextlib.suppress(OSError):  # it has died already: reaped below
             self.conn.send(None)
-        except OSError:
-            pass  # it has died already: reaped below
         self.process.join(_STOP_PATIENCE)
         self.kill()
 
@@ -223,7 +219,7 @@ class ProcessPool:
         self._module, self._qualname = check_importable(handler)
         self._call = call
         self._size = size
-        self._context = multiprocessing.get_context(START_METHOD)
+        self._context: Any = multiprocessing.get_context(START_METHOD)
         _preload_final()
         # Guards the two fields below; never held while talking to a child.
         self._lock = threading.Lock()
@@ -395,10 +391,9 @@ def _rebuild(pickled: bytes | None, text: str, trace: str) -> BaseException:
     """The handler's exception, as the parent raises it: the same type when it pickles."""
     error: BaseException = RemoteError(text)
     if pickled is not None:
-        try:
+        # A class the parent cannot rebuild: its words still tell.
+        with contextlib.suppress(Exception):
             error = pickle.loads(pickled)
-        except Exception:  # a class the parent cannot rebuild: its words still tell
-            pass
     error.__cause__ = _RemoteTraceback(trace)
     return error
 

@@ -110,10 +110,8 @@ from final.job_queue import (
     JobQueue,
     LaneMetrics,
     Metrics,
-    _attempt_in_child,
     _check_executor,
     _current,
-    _in_a_child,
     _log_failure,
     _refuse_from_handler,
     backoff_delay,
@@ -171,11 +169,9 @@ class SharedQueue(JobQueue):
     ) -> None:
         """Raises ``ValueError`` for a malformed ``dsn`` or option, a ``dsn`` with a
         ``path`` or ``store``; ``StoreError`` when the server does not answer, or its
-        tables are of another version (``SchemaMismatch``, which says what to do).
-        ``executor="process"``: as ``JobQueue``'s, each attempt runs in a child."""
+        tables are of another version (``SchemaMismatch``, which says what to do)."""
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
-        _check_executor(executor, handler)
         if not isinstance(dsn, str) or not dsn:
             raise ValueError(f"dsn must be a PostgreSQL connection URI, got {dsn!r}")
         if path is not None or store is not None:
@@ -183,9 +179,9 @@ class SharedQueue(JobQueue):
         _check_options(
             workers, queue_size, max_retries, backoff, max_backoff, job_timeout, fairness
         )
-        _check_shared(queue, rate_limit, lease, retention)
+        _check_shared(queue, rate_limit, lease, retention, executor, handler)
         self._retention = retention
-        self._handler = handler
+        self._handler, self._executor = handler, executor
         self._workers = workers
         self._max_retries = max_retries
         self._queue_size = queue_size
@@ -198,21 +194,15 @@ class SharedQueue(JobQueue):
         self._rate = rate_limit
         self._burst = 0.0 if rate_limit is None else max(1.0, rate_limit / 10)
         self._init_shared_state(fairness)
-        self._pool: ProcessPool | None = None
         self._api = self._connect()
         try:
             from final.pg_schema import ensure_schema
 
             with self._api_lock:
                 ensure_schema(self._api)
-            if workers and executor == "process":
-                self._pool = ProcessPool(handler, workers, _attempt_in_child)
-                self._handler = _in_a_child(self._pool)
             if workers:
                 self._start_workers()
         except BaseException:
-            if self._pool is not None:
-                self._pool.close()
             self._close_connections()
             raise
 
@@ -246,6 +236,7 @@ class SharedQueue(JobQueue):
         self._threads: set[threading.Thread] = set()
         self._conns: list[psycopg.Connection[Any]] = []
         self._process = 0
+        self._pool: ProcessPool | None = None  # executor="process": the children
 
     def _connect(self, *, keep: bool = True, **settings: str) -> psycopg.Connection[Any]:
         """A new autocommit connection; clear errors for a bad dsn or a silent server."""
@@ -278,6 +269,7 @@ class SharedQueue(JobQueue):
         from final import pg_engine
 
         self._engine = pg_engine
+        self._start_pool()
         self._claimer = self._connect(synchronous_commit="off", lock_timeout="5s")
         self._upkeep = self._connect(synchronous_commit="off")
         self._process = pg_engine.register(self._upkeep, self._queue, self._lease)
@@ -495,8 +487,6 @@ class SharedQueue(JobQueue):
                 self._engine.deregister(self._claimer, self._process)
             except Exception:  # the rescue forgets a silent process after its lease
                 logger.warning("could not leave the table of processes", exc_info=True)
-        if self._pool is not None:  # busy children leave once their attempt ends
-            self._pool.close()
         self._close_connections()
 
     def metrics(self) -> Metrics:
@@ -605,6 +595,10 @@ class SharedQueue(JobQueue):
             logger.warning("PostgreSQL still does not answer; the next call tries again")
 
     def _close_connections(self) -> None:
+        """The database's, and the pipes to the children (executor="process"): busy
+        children leave once their attempt ends."""
+        if self._pool is not None:
+            self._pool.close()
         with self._api_lock:  # not under a lookup that is using the API connection
             for conn in self._conns:
                 conn.close()
@@ -945,8 +939,14 @@ def _check_options(
 
 
 def _check_shared(
-    queue: str, rate_limit: float | None, lease: float, retention: float | None
+    queue: str,
+    rate_limit: float | None,
+    lease: float,
+    retention: float | None,
+    executor: str = "thread",
+    handler: object = None,
 ) -> None:
+    _check_executor(executor, handler)
     if not isinstance(queue, str) or not queue:
         raise ValueError(f"queue must be a non-empty name, got {queue!r}")
     if rate_limit is not None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from final import Job, JobQueue, Status
+from final import Job, JobInfo, JobQueue, Status
 from final.arguments import QUEUE_OPTIONS
 from tests import process_handlers as handlers
 from tests.support import PATIENCE
@@ -71,6 +71,12 @@ def gone(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] == "Z"
 
 
+def info_of(q: JobQueue, job_id: str) -> JobInfo:
+    found = q.info(job_id)
+    assert found is not None, job_id
+    return found
+
+
 def job(note: Path, job_id: str = "j") -> Job:
     return Job(id=job_id, payload=str(note).encode())
 
@@ -79,7 +85,7 @@ def job(note: Path, job_id: str = "j") -> Job:
 
 
 def test_a_lambda_is_refused_with_a_type_error_that_says_what_to_do() -> None:
-    with pytest.raises(TypeError, match="lambda.*define it with def at the top level"):
+    with pytest.raises(TypeError, match=r"lambda.*define it with def at the top level"):
         JobQueue(lambda job: None, executor="process")
 
 
@@ -89,14 +95,14 @@ def test_a_closure_is_refused_with_a_type_error_that_says_what_to_do() -> None:
     def handler(job: Job) -> None:
         seen.append(job)
 
-    with pytest.raises(TypeError, match="defined inside another.*payload"):
+    with pytest.raises(TypeError, match=r"defined inside another.*payload"):
         JobQueue(handler, executor="process")
 
 
 def test_a_function_of_main_is_refused_since_the_child_imports_the_script_anew() -> None:
     namespace: dict[str, Any] = {"__name__": "__main__"}
     exec("def handler(job):\n    pass\n", namespace)
-    with pytest.raises(TypeError, match="from __main__.*import it in the script"):
+    with pytest.raises(TypeError, match=r"from __main__.*import it in the script"):
         JobQueue(namespace["handler"], executor="process")
 
 
@@ -124,9 +130,7 @@ def test_the_command_line_takes_the_executor_as_an_option() -> None:
 # --- attempts run in children ----------------------------------------------------------
 
 
-def test_each_attempt_runs_in_a_child_that_knows_its_attempt(
-    queues: Any, tmp_path: Path
-) -> None:
+def test_each_attempt_runs_in_a_child_that_knows_its_attempt(queues: Any, tmp_path: Path) -> None:
     note = tmp_path / "notes"
     q = queues(handlers.note, workers=2, job_timeout=30.0)
     q.enqueue(job(note))
@@ -142,7 +146,7 @@ def test_a_handler_exception_comes_back_with_its_type_and_message(queues: Any) -
     q = queues(handlers.fail, workers=1, max_retries=0)
     q.enqueue(Job(id="j"))
     assert q.join(PATIENCE)
-    assert q.info("j").last_error == "ValueError: no good: j"
+    assert info_of(q, "j").last_error == "ValueError: no good: j"
 
 
 def test_a_hung_attempt_times_out_its_child_is_killed_and_a_fresh_one_retries_it(
@@ -155,7 +159,7 @@ def test_a_hung_attempt_times_out_its_child_is_killed_and_a_fresh_one_retries_it
     (first, _, _), (second, _, _) = notes(note)
     assert first != second  # the retry ran in a fresh child
     wait_for(lambda: gone(first) and gone(second), "the hung children to be killed")
-    info = q.info("j")
+    info = info_of(q, "j")
     assert (info.status, info.attempts) == (Status.FAILED, 2)
     assert info.last_error == "timed out after 0.3s"
     assert q.metrics().timed_out == 2
@@ -177,7 +181,7 @@ def test_a_child_that_dies_fails_its_attempt_with_how_it_died(
     q.enqueue(job(note))
     assert q.join(PATIENCE)
     [(pid, _, _)] = notes(note)
-    error = q.info("j").last_error
+    error = info_of(q, "j").last_error
     assert error == f"ChildDied: the child process (pid {pid}) running the attempt died: {how}"
 
 
@@ -193,9 +197,11 @@ def test_a_child_killed_from_outside_fails_its_attempt_which_is_retried(
     assert q.join(PATIENCE)
     (_, _, _), (fresh, _, _) = notes(note)
     assert fresh != pid
-    info = q.info("j")
+    info = info_of(q, "j")
     assert info.status is Status.COMPLETED and info.attempts == 2
-    assert info.last_error.endswith(f"(pid {pid}) running the attempt died: killed by SIGKILL")
+    assert (info.last_error or "").endswith(
+        f"(pid {pid}) running the attempt died: killed by SIGKILL"
+    )
 
 
 def test_a_poison_job_reaches_the_dead_letters_and_the_others_carry_on(queues: Any) -> None:
@@ -203,7 +209,7 @@ def test_a_poison_job_reaches_the_dead_letters_and_the_others_carry_on(queues: A
     q.enqueue(Job(id="poison", payload=b"poison"))
     q.enqueue_many([Job(id=f"ok{i}") for i in range(20)])
     assert q.join(PATIENCE)
-    info = q.info("poison")
+    info = info_of(q, "poison")
     assert (info.status, info.attempts) == (Status.FAILED, 3)
     assert [j.id for j in q.dead_letters()] == ["poison"]
     assert all(q.status(f"ok{i}") is Status.COMPLETED for i in range(20))
@@ -280,7 +286,7 @@ def test_after_kill_9_of_the_parent_its_children_end_and_the_jobs_rerun(
     with JobQueue(handlers.note, workers=2, executor="process", path=path) as q:
         assert q.join(PATIENCE)
         assert {q.status(f"j{i}") for i in range(3)} == {Status.COMPLETED}
-        attempts = sorted(q.info(f"j{i}").attempts for i in range(3))
+        attempts = sorted(info_of(q, f"j{i}").attempts for i in range(3))
     assert attempts == [1, 2, 2]  # the two that died with the parent ran again, counted
 
 
@@ -296,12 +302,13 @@ def test_on_postgresql_a_child_that_dies_fails_only_its_attempt(db: Any) -> None
         workers=2,
         executor="process",
         max_retries=1,
-        **FAST,
+        backoff=0.01,
+        max_backoff=0.02,
     ) as q:
         q.enqueue(Job(id="poison", payload=b"poison"))
         q.enqueue_many([Job(id=f"ok{i}") for i in range(10)])
         assert q.join(PATIENCE)
-        info = q.info("poison")
+        info = info_of(q, "poison")
         assert (info.status, info.attempts) == (Status.FAILED, 2)
         assert "died: exit code 1" in (info.last_error or "")
         assert all(q.status(f"ok{i}") is Status.COMPLETED for i in range(10))
