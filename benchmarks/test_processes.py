@@ -14,6 +14,7 @@ import pytest
 
 from benchmarks import processes, scenarios
 from benchmarks.conftest import Benchmark, Mode, measure
+from final import Job
 
 WORKERS = [1, 2, 4, 8]
 EXECUTORS = ("thread", "process")
@@ -55,13 +56,12 @@ def test_cpu_bound_on_threads_and_on_processes(
 def test_noop_jobs_on_threads_and_on_processes(benchmark: Benchmark, mode: Mode) -> None:
     """What a job pays to travel to a child and back: no-op jobs, 2 workers."""
     count = 5_000 if mode.name == "quick" else 20_000
-    jobs = [processes.Job() for _ in range(count)]
+    jobs = [Job() for _ in range(count)]
 
     def both() -> dict[str, float]:
         return {e: processes.throughput(e, 2, list(jobs)) for e in EXECUTORS}
 
-    # Fresh ids each round: the same Job objects again would be duplicates in one queue,
-    # but each round is a queue of its own.
+    # The same jobs every round: each round is a queue of its own, new to their ids.
     rounds = measure(benchmark, "3 processes", 3, both)
     figures = _side_by_side(rounds)
     rates = figures["jobs_per_s"]
