@@ -312,3 +312,52 @@ def test_on_postgresql_a_child_that_dies_fails_only_its_attempt(db: Any) -> None
         assert (info.status, info.attempts) == (Status.FAILED, 2)
         assert "died: exit code 1" in (info.last_error or "")
         assert all(q.status(f"ok{i}") is Status.COMPLETED for i in range(10))
+
+
+@pytest.mark.tiers("final-pg")
+def test_on_postgresql_after_kill_9_of_the_parent_its_children_end_and_the_jobs_rerun(
+    db: Any, tmp_path: Path
+) -> None:
+    pytest.importorskip("psycopg")
+    note = tmp_path / "notes"
+    script = _run_script(
+        f"""
+        import time
+        from final import Job, JobQueue
+        from tests import process_handlers
+
+        if __name__ == "__main__":
+            q = JobQueue(
+                process_handlers.note_and_hang,
+                workers=2,
+                executor="process",
+                dsn={db.queue_dsn!r},
+                lease=1.0,
+            )
+            q.enqueue_many([Job(id=f"j{{i}}", payload={str(note).encode()!r}) for i in range(3)])
+            time.sleep(3600)
+        """,
+        tmp_path,
+    )
+    try:
+        wait_for(lambda: len(notes(note)) == 2, "two attempts to run in two children")
+    finally:
+        script.kill()
+        script.wait()
+    children = [pid for pid, _, _ in notes(note)]
+    wait_for(lambda: all(gone(pid) for pid in children), "the orphaned children to end")
+    with JobQueue(
+        handlers.note,
+        workers=2,
+        executor="process",
+        dsn=db.queue_dsn,
+        lease=1.0,
+        backoff=0.01,
+        max_backoff=0.02,
+    ) as q:
+        ids = [f"j{i}" for i in range(3)]
+        wait_for(lambda: {q.status(i) for i in ids} == {Status.COMPLETED}, "the rescue")
+        attempts = sorted(info_of(q, i).attempts for i in ids)
+    # The two that died with the parent were rescued once their lease passed, their
+    # dead attempt counted; the third had not started and ran once.
+    assert attempts == [1, 2, 2]
