@@ -44,9 +44,10 @@ at a time, so at most ``workers`` run at once, as with threads.
   retried or dead-lettered like any failure. A fresh child takes its place.
 - No child outlives the queue. ``close()`` stops the idle children and each busy one
   once its attempt ends. If the parent dies, even by ``kill -9``, the children must
-  notice by themselves: a thread in each child reads the pipe, and end-of-file (the
-  kernel closes the parent's end with the parent) ends the child at once with
-  ``os._exit``, even in the middle of an attempt. Why not ``prctl(PR_SET_PDEATHSIG)``:
+  notice by themselves: a thread in each child waits on a pipe that only the parent
+  holds open (``multiprocessing``'s parent sentinel), and end-of-file (the kernel
+  closes it with the parent) ends the child at once with ``os._exit``, even in the
+  middle of an attempt. Why not ``prctl(PR_SET_PDEATHSIG)``:
   it is Linux only, it fires when the *thread* that started the child ends, not the
   process (and worker threads come and go here), and under ``forkserver`` the child's
   parent is the server, not the queue. The pipe is portable and exact. At interpreter
@@ -66,9 +67,9 @@ import contextlib
 import importlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
-import queue
 import signal
 import threading
 import time
@@ -412,10 +413,15 @@ def _child_main(conn: Connection, module: str, qualname: str, call: Call) -> Non
     except BaseException:
         conn.send(("failed", traceback.format_exc()))
         return
-    inbox: queue.SimpleQueue[tuple[object, ...] | None] = queue.SimpleQueue()
-    threading.Thread(target=_read, args=(conn, inbox), daemon=True).start()
+    _watch_parent()
     conn.send(("ready", ""))
-    while (args := inbox.get()) is not None:
+    while True:
+        try:
+            args = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone, between two attempts
+        if args is None:
+            return
         reply: tuple[bytes | None, str, str] | None = None
         try:
             call(handler, *args)
@@ -424,20 +430,25 @@ def _child_main(conn: Connection, module: str, qualname: str, call: Call) -> Non
         conn.send(reply)
 
 
-def _read(conn: Connection, inbox: queue.SimpleQueue[tuple[object, ...] | None]) -> None:
-    """The child's lifeline: read the parent's messages while the handler runs.
+def _watch_parent() -> None:
+    """The child's lifeline: a thread that ends the child the moment the parent dies.
 
-    End-of-file means the parent is gone (even by ``kill -9``: the kernel closes its
-    end): the child leaves at once, attempt or not, since nobody wants its result.
+    ``multiprocessing`` gives each child a sentinel, the read end of a pipe whose
+    write end only the parent holds; the kernel closes it with the parent, even on
+    ``kill -9``, and the sentinel reads end-of-file. The child then leaves at once,
+    attempt or not, since nobody wants its result. A thread of its own, so that the
+    main thread reads the attempts itself: no hand-off between threads per job.
     """
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            os._exit(0)
-        inbox.put(message)
-        if message is None:
-            return
+    parent = multiprocessing.parent_process()
+    if parent is None:  # pragma: no cover - a child always has one
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="final-child-lifeline", daemon=True).start()
 
 
 def _pickled(error: BaseException) -> bytes | None:
