@@ -17,15 +17,17 @@ at a time, so at most ``workers`` run at once, as with threads.
   lambda, a function defined inside another, a function of ``__main__`` (the script run
   is imported again in the child under another name, ``__mp_main__``), or anything that
   importing by name does not give back (a callable instance, a decorator that did not
-  keep the name). The job travels pickled, as bytes through a pipe: a few tens of
-  microseconds per job on top of what a thread costs (``make bench`` measures it).
+  keep the name). The job travels pickled, as bytes through a pipe, and the answer
+  comes back the same way: some tens of microseconds per job on top of what a thread
+  costs (``make bench`` measures it on no-op jobs).
 - The start method is ``forkserver`` (``spawn`` where there is none, as on Windows).
   Never ``fork``: the queue has threads (workers, the scheduler, the store's writer),
   and a fork copies the locks they hold at that instant into a child where nobody will
-  ever release them. ``spawn`` is safe but starts a fresh interpreter for each child,
-  tens of milliseconds each, paid again for every child a timeout or a crash replaces.
-  ``forkserver`` starts one fresh, single-threaded server process the first time, and
-  each child is then forked from it in milliseconds: safe, and cheap to replace. That
+  ever release them. ``spawn`` is safe but starts a fresh interpreter for each child
+  and imports everything again (about 115 ms a child on a 2-core machine), paid again
+  for every child a timeout or a crash replaces. ``forkserver`` starts one fresh,
+  single-threaded server process the first time, which imports ``final``, and each
+  child is then forked from it (about 11 ms): safe, and cheap to replace. That
   server is ``multiprocessing``'s, one per interpreter, shared by every queue; it holds
   no job, and it ends when the interpreter does (or when it dies: it watches a pipe).
   As with any ``multiprocessing`` program, a script that creates a queue must do so
