@@ -342,7 +342,12 @@ class ProcessPool:
                         failure = f"it could not import the handler:\n{text}"
                 except EOFError:
                     child.process.join()
-                    failure = f"it died: {describe_exit(child.process.exitcode)}"
+                    failure = (
+                        f"it died ({describe_exit(child.process.exitcode)}) before it could "
+                        "import the handler; its error is on stderr. A script that creates "
+                        "the queue outside `if __name__ == '__main__':` does this: each "
+                        "child imports the script again"
+                    )
             if failure is not None:
                 for other in started:
                     other.kill()
