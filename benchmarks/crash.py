@@ -62,12 +62,14 @@ def kill_mid_run(
 
     ``seed`` varies the moment of the kill a little (how many jobs have run); ``dsn``
     is the database of ``final-pg``, whose second child rescues the first one's claims.
+    ``final-process`` is final on a file with ``executor="process"``: the parent is
+    killed while its children run attempts.
     """
-    if tier not in (*TIERS, "final-pg") or (tier == "final-pg") != bool(dsn):
+    if tier not in (*TIERS, "final-pg", "final-process") or (tier == "final-pg") != bool(dsn):
         raise ValueError(f"tier must be one of {TIERS}, or final-pg with a dsn, got {tier!r}")
     workdir.mkdir(parents=True, exist_ok=True)
     stem = f"{tier}-{seed}-{time.monotonic_ns()}"
-    path = str(workdir / f"{stem}.db") if tier == "final" else dsn
+    path = str(workdir / f"{stem}.db") if tier in ("final", "final-process") else dsn
     ledger = workdir / f"{stem}.ledger"
     ledger.touch()
     threshold = max(1, jobs // 4 + random.Random(seed).randrange(max(1, jobs // 8)))

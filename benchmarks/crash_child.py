@@ -9,7 +9,9 @@ Two programs, each a subcommand:
   ``drain`` reopens ``PATH``, closes it (which runs what is left) and prints
   ``drained``. ``TIER`` ``final-pg`` is final on PostgreSQL, ``PATH`` its dsn: there
   ``drain`` waits until the whole queue has settled, the killed child's claims
-  rescued once their lease (1 s here) has passed.
+  rescued once their lease (1 s here) has passed. ``final-process`` is final on the
+  file with ``executor="process"``: the handler (``ledger_line``) runs in the queue's
+  children, and finds the ledger in the job's payload.
 - ``hammer PATH LEDGER FIRST LAST``: the final tier on ``PATH`` with ``WORKERS``
   workers and flaky handlers (every tenth job fails its first attempt; each attempt
   appends "id attempt" to ``LEDGER``). It enqueues ids ``FIRST`` to ``LAST - 1``,
@@ -41,8 +43,16 @@ def _ledger(path: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
 
+def ledger_line(job: Any) -> None:
+    """The handler of ``final-process``, importable by name: the ledger is the payload."""
+    out = _ledger(job.payload.decode())
+    os.write(out, (job.id + "\n").encode())
+    os.close(out)
+    time.sleep(0.002)
+
+
 def mid_run(tier: str, path: str, ledger: str, jobs: int, mode: str) -> None:
-    module = importlib.import_module(tier.removesuffix("-pg"))
+    module = importlib.import_module(tier.partition("-")[0])
     out = _ledger(ledger)
 
     def handler(job: Any) -> None:
@@ -52,6 +62,11 @@ def mid_run(tier: str, path: str, ledger: str, jobs: int, mode: str) -> None:
     options: dict[str, Any] = {"path": path} if path else {}
     if tier == "final-pg":
         options = {"dsn": path, "lease": 1.0}
+    if tier == "final-process":
+        # By its module's name: run with -m, this file is __main__, whose functions a
+        # child process cannot import by name (final/processes.py says why).
+        handler = importlib.import_module("benchmarks.crash_child").ledger_line
+        options["executor"] = "process"
     q = module.JobQueue(handler, workers=2, **options)
     if mode == "drain":
         if tier == "final-pg":  # this handle accepted nothing: wait for the queue itself
@@ -61,7 +76,7 @@ def mid_run(tier: str, path: str, ledger: str, jobs: int, mode: str) -> None:
         print("drained", flush=True)
         return
     for i in range(jobs):
-        q.enqueue(module.Job(id=str(i)))
+        q.enqueue(module.Job(id=str(i), payload=ledger.encode()))
         print(i, flush=True)
     print("accepted", flush=True)
     threading.Event().wait()  # until the harness kills this process
@@ -95,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     one = commands.add_parser("mid-run", help="accept jobs and wait to be killed, or drain")
-    one.add_argument("tier", choices=("naive", "improved", "final", "final-pg"))
+    one.add_argument("tier", choices=("naive", "improved", "final", "final-pg", "final-process"))
     one.add_argument("path", help="the queue's file; empty: in memory")
     one.add_argument("ledger")
     one.add_argument("jobs", type=int)

@@ -152,7 +152,7 @@ def targets(run: Run) -> list[Target]:
                 worst_fair < 50 and worst_strict > 10 * worst_fair,
             )
         )
-    return found + lateness_targets(run) + postgres_targets(run)
+    return found + lateness_targets(run) + postgres_targets(run) + process_targets(run)
 
 
 def lateness_targets(run: Run) -> list[Target]:
@@ -255,6 +255,37 @@ def soak_target(soak: dict[str, Any] | None) -> Target:
     )
     met = abs(last / first - 1) <= 0.2 and all(g <= 1.5 for g in growth.values())
     return Target(goal, measured, met)
+
+
+def process_targets(run: Run) -> list[Target]:
+    """final's ``executor="process"`` beside its threads, measured in alternating rounds."""
+    rows = {(r["figure"], r.get("workers")): r for r in run.rows("3 processes")}
+    found: list[Target] = []
+    cpu, noop, kill = rows.get(("cpu", 2)), rows.get(("noop", 2)), rows.get(("kill", None))
+    goal = "final, 2 workers, ~20 ms CPU-bound jobs: processes >= 1.8x threads"
+    if cpu is None:
+        found.append(Target(goal, "not measured", None))
+    else:
+        rates = cpu["jobs_per_s"]
+        measured = f"{cpu['ratio']:.2f}x ({rates['process']:,.1f} vs {rates['thread']:,.1f} jobs/s)"
+        found.append(Target(goal, measured, cpu["ratio"] >= 1.8))
+    goal = "final, 2 workers, no-op jobs: a process costs <= 100 us more per job than a thread"
+    if noop is None:
+        found.append(Target(goal, "not measured", None))
+    else:
+        rates = noop["jobs_per_s"]
+        measured = (
+            f"{noop['overhead_us']:.0f} us ({rates['process']:,.0f} vs "
+            f"{rates['thread']:,.0f} jobs/s)"
+        )
+        found.append(Target(goal, measured, noop["overhead_us"] <= 100))
+    goal = "a hung attempt's child ends within job_timeout + 0.5 s"
+    if kill is None:
+        found.append(Target(goal, "not measured", None))
+    else:
+        measured = f"+{kill['delay_s']:.3f} s (worst of 5: +{kill['worst_s']:.3f} s)"
+        found.append(Target(goal, measured, kill["worst_s"] <= 0.5))
+    return found
 
 
 def markdown(run: Run) -> str:

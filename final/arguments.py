@@ -158,6 +158,11 @@ QUEUE_OPTIONS: dict[str, tuple[Callable[[str], Any] | tuple[str, ...], str]] = {
         " names it (instead of a file)",
     ),
     "queue": (text("queue"), "the queue's name in that database (with --dsn)"),
+    "executor": (
+        ("thread", "process"),
+        "where the handler runs: on worker threads, or in worker processes (for"
+        " CPU-bound handlers; the handler must be importable by its name)",
+    ),
     "lease": (
         seconds("lease", positive=True),
         "seconds after which the jobs of a process that stopped heartbeating are"

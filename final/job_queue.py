@@ -86,6 +86,7 @@ from final.errors import DuplicateJob, NotADeadLetter, QueueClosed, QueueFull, U
 from final.fairness import FairPicker
 from final.jobs import Job, JobInfo, Priority, Record, Status, failure_text
 from final.periodic import Schedules
+from final.processes import ProcessPool, check_importable
 from final.rate_limit import TokenBucket
 from final.sqlite_store import RETENTION, SQLiteStore
 from final.store import DuplicateRow, MemoryStore, Store, StoreError
@@ -208,6 +209,40 @@ def current_attempt() -> Attempt:
     return attempt
 
 
+def _check_executor(executor: object, handler: object) -> None:
+    """``ValueError`` for an executor that is neither ``"thread"`` nor ``"process"``;
+    ``TypeError`` for a handler that cannot travel to a child by its name."""
+    if executor not in ("thread", "process"):
+        raise ValueError(f"executor must be 'thread' or 'process', got {executor!r}")
+    if executor == "process":
+        check_importable(handler)
+
+
+def _attempt_in_child(handler: Handler, job: Job, number: int, deadline: float | None) -> None:
+    """Run ``handler(job)`` in a child process, with ``current_attempt()`` answering.
+
+    ``deadline`` is ``time.monotonic()`` in the parent, and means the same here: the
+    monotonic clock is the system's, shared by every process (Linux, macOS, Windows).
+    The attempt is never ``abandoned`` here: a timed-out attempt's child is killed.
+    """
+    _current.attempt = Attempt(job, number, deadline, Record(job, 0), 0)
+    try:
+        handler(job)
+    finally:
+        _current.attempt = None
+
+
+def _in_a_child(pool: ProcessPool) -> Handler:
+    """The handler a worker thread calls: the attempt runs in one of ``pool``'s children,
+    and what it raised (or ``ChildDied``, or ``TimeoutError``) is raised here."""
+
+    def run_in_a_child(job: Job) -> None:
+        attempt = current_attempt()
+        pool.run((job, attempt.number, attempt.deadline), attempt.deadline)
+
+    return run_in_a_child
+
+
 def backoff_delay(
     retry: int, backoff: float, max_backoff: float, rand: Callable[[], float] = random.random
 ) -> float:
@@ -275,6 +310,10 @@ class JobQueue:
     """Run ``handler(job)`` on ``workers`` threads for every job given to ``enqueue``.
 
     The handler succeeds when it returns and fails when it raises an ``Exception``.
+    With ``executor="process"`` it runs in ``workers`` child processes instead, for
+    handlers that compute in Python (``final/processes.py``: what travels, what it
+    costs, why the ``forkserver`` start method); it must then be importable by its
+    module and name, or the constructor raises a ``TypeError`` that says what to do.
     With ``dsn``, the queue lives in PostgreSQL and is shared by every process that
     names the same database and ``queue``: see ``final/shared_queue.py``.
     """
@@ -313,16 +352,16 @@ class JobQueue:
         dsn: str | None = None,
         queue: str = "default",
         lease: float = 30.0,
+        executor: str = "thread",
     ) -> None:
         """``retention``: seconds a completed job stays in the file at ``path`` after it
         completed (7 days; None keeps every job); dead letters stay until replayed.
 
-        ``store``: a store of your own (see ``final/store.py``) instead of the one
-        ``path`` opens, or the ``MemoryStore``; tests use it for a failing or slow one.
-        Not with a ``path``, and ``durability`` and ``retention`` are then the store's
-        own business. The queue closes it in ``close()``. ``dsn``, ``queue`` and
-        ``lease``: the queue in PostgreSQL (``final/shared_queue.py``); ``queue`` and
-        ``lease`` mean nothing without a ``dsn``."""
+        ``store``: a store of your own (see ``final/store.py``) instead of the one ``path``
+        opens, or the ``MemoryStore``; tests use it for a failing or slow one. Not with a
+        ``path``, and ``durability`` and ``retention`` are then the store's own business.
+        The queue closes it in ``close()``. ``dsn``, ``queue`` and ``lease``: the queue in
+        PostgreSQL (``final/shared_queue.py``); ``queue`` and ``lease`` need a ``dsn``."""
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
         check_int("workers", workers, minimum=1)
@@ -334,8 +373,8 @@ class JobQueue:
             raise ValueError(f"max_backoff ({max_backoff!r}) must be >= backoff ({backoff!r})")
         if job_timeout is not None:
             check_seconds("job_timeout", job_timeout, positive=True)
-        _check_final_options(fairness, rate_limit, history, retention)
-        self._handler = handler
+        _check_final_options(fairness, rate_limit, history, retention, executor, handler)
+        self._handler, self._executor = handler, executor
         self._workers = workers
         self._queue_size = queue_size
         self._max_retries = max_retries
@@ -414,9 +453,17 @@ class JobQueue:
         self._threads: set[threading.Thread] = set()  # what close() joins
         self._thread_names = itertools.count()
         self._forked = False  # this is the child of an os.fork(): see _after_fork
+        self._pool: ProcessPool | None = None  # executor="process": the children
+
+    def _start_pool(self) -> None:
+        """``executor="process"``: start the children, and hand attempts to them."""
+        if self._executor == "process":
+            self._pool = ProcessPool(self._handler, self._workers, _attempt_in_child)
+            self._handler = _in_a_child(self._pool)
 
     def _start_threads(self) -> None:
         """The workers, the scheduler, and a hook that closes the queue at exit."""
+        self._start_pool()
         # Daemon threads, so that a hung handler cannot hold up interpreter exit;
         # the atexit hook below is what lets queued work finish first.
         for _ in range(self._workers):
@@ -447,6 +494,8 @@ class JobQueue:
         for thread in self._threads:
             if thread.is_alive():  # a thread whose start failed was never alive
                 thread.join()
+        if self._pool is not None:
+            self._pool.close()
         self._store.close()
 
     # -- the contract ------------------------------------------------------------------
@@ -574,6 +623,8 @@ class JobQueue:
         atexit.unregister(self._atexit_hook)
         for thread in threads:
             thread.join(None if endtime is None else max(0.0, endtime - time.monotonic()))
+        if self._pool is not None:  # busy children leave once their attempt ends
+            self._pool.close()
         with self._mutex:
             # Attempts still running will settle on their own threads; the store (and
             # the lock on its file) must outlive them, or a second queue could open
@@ -1428,9 +1479,15 @@ def _duplicate(job: Job, first: str) -> DuplicateJob:
 
 
 def _check_final_options(
-    fairness: int, rate_limit: float | None, history: int, retention: float | None
+    fairness: int,
+    rate_limit: float | None,
+    history: int,
+    retention: float | None,
+    executor: str = "thread",
+    handler: object = None,
 ) -> None:
     """The rules of the options final adds to improved's."""
+    _check_executor(executor, handler)
     check_int("fairness", fairness, minimum=0)
     if rate_limit is not None:
         check_seconds("rate_limit", rate_limit, positive=True)

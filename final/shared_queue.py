@@ -134,6 +134,7 @@ from final.job_queue import (
     JobQueue,
     LaneMetrics,
     Metrics,
+    _check_executor,
     _current,
     _forked,
     _log_failure,
@@ -142,6 +143,7 @@ from final.job_queue import (
     backoff_delay,
 )
 from final.jobs import Job, JobInfo, Priority, Record, Status, failure_text
+from final.processes import ProcessPool
 from final.sqlite_store import RETENTION
 from final.store import Store, StoreError
 from final.validation import check_int, check_job, check_seconds, check_timeout
@@ -184,6 +186,7 @@ class SharedQueue(JobQueue):
         dsn: str | None = None,
         queue: str = "default",
         lease: float = 30.0,
+        executor: str = "thread",
     ) -> None:
         """Raises ``ValueError`` for a malformed ``dsn`` or option, a ``dsn`` with a
         ``path`` or ``store``; ``StoreError`` when the server does not answer, or its
@@ -197,9 +200,9 @@ class SharedQueue(JobQueue):
         _check_options(
             workers, queue_size, max_retries, backoff, max_backoff, job_timeout, fairness
         )
-        _check_shared(queue, rate_limit, lease, retention)
+        _check_shared(queue, rate_limit, lease, retention, executor, handler)
         self._retention = retention
-        self._handler = handler
+        self._handler, self._executor = handler, executor
         self._workers = workers
         self._max_retries = max_retries
         self._queue_size = queue_size
@@ -262,6 +265,7 @@ class SharedQueue(JobQueue):
         self._threads: set[threading.Thread] = set()
         self._conns: list[psycopg.Connection[Any]] = []
         self._process = 0
+        self._pool: ProcessPool | None = None  # executor="process": the children
 
     def _connect(self, *, keep: bool = True, **settings: str) -> psycopg.Connection[Any]:
         """A new autocommit connection; clear errors for a bad dsn or a silent server."""
@@ -294,6 +298,7 @@ class SharedQueue(JobQueue):
         from final import pg_engine
 
         self._engine = pg_engine
+        self._start_pool()
         self._claimer = self._connect(synchronous_commit="off", lock_timeout="5s")
         self._upkeep = self._connect(synchronous_commit="off")
         self._process = pg_engine.register(self._upkeep, self._queue, self._lease)
@@ -715,6 +720,10 @@ class SharedQueue(JobQueue):
             logger.warning("PostgreSQL still does not answer; the next call tries again")
 
     def _close_connections(self) -> None:
+        """The database's, and the pipes to the children (executor="process"): busy
+        children leave once their attempt ends."""
+        if self._pool is not None:
+            self._pool.close()
         with self._api_lock:  # not under a lookup that is using the API connection
             for conn in self._conns:
                 conn.close()
@@ -1142,8 +1151,14 @@ def _check_options(
 
 
 def _check_shared(
-    queue: str, rate_limit: float | None, lease: float, retention: float | None
+    queue: str,
+    rate_limit: float | None,
+    lease: float,
+    retention: float | None,
+    executor: str = "thread",
+    handler: object = None,
 ) -> None:
+    _check_executor(executor, handler)
     if not isinstance(queue, str) or not queue:
         raise ValueError(f"queue must be a non-empty name, got {queue!r}")
     if rate_limit is not None:

@@ -13,9 +13,11 @@ from types import ModuleType
 from typing import Any
 
 # The tiers the suite runs against; the list grows as tiers land. "final-pg" is
-# final on PostgreSQL (``dsn=``), each test in a schema of its own (tests/pg.py).
-TIERS = ("naive", "improved", "final", "final-pg")
-# The packages among them (final-pg is final with a dsn).
+# final on PostgreSQL (``dsn=``), each test in a schema of its own (tests/pg.py);
+# "final-process" is final with ``executor="process"``, the test's handler relayed
+# from the children to the test's process (tests/relay.py).
+TIERS = ("naive", "improved", "final", "final-pg", "final-process")
+# The packages among them: what the README's matrix and lessons are about.
 PACKAGES = ("naive", "improved", "final")
 
 # The options each tier takes (beyond the handler), as the contract fixes them.
@@ -45,6 +47,7 @@ ALL_OPTIONS = OPTIONS["final"]
 # final's signature; on PostgreSQL the database is the store, so ``Tier.queue``
 # leaves out what names another one (a path, its durability, memory's history).
 OPTIONS["final-pg"] = OPTIONS["final"]
+OPTIONS["final-process"] = OPTIONS["final"]
 _NOT_WITH_A_DSN = frozenset({"path", "durability", "history"})
 
 # Long enough for a loaded 2-core machine; only reached when something is wrong.
@@ -108,7 +111,7 @@ class Tier:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.module: ModuleType = importlib.import_module(name.removesuffix("-pg"))
+        self.module: ModuleType = importlib.import_module(name.partition("-")[0])
         self._queues: list[Any] = []
         self._recorders: list[Recorder] = []
         self._database: Any = None  # final-pg: the test's schema, made at its first queue
@@ -147,6 +150,11 @@ class Tier:
         if self.name == "final-pg":
             kept = {k: v for k, v in kept.items() if k not in _NOT_WITH_A_DSN}
             kept["dsn"] = self._schema_dsn()
+        if self.name == "final-process":
+            from tests import relay
+
+            relay.serve(handler)
+            handler, kept["executor"] = relay.relay, "process"
         q = self.module.JobQueue(handler, **kept)
         self._queues.append(q)
         return q
