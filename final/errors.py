@@ -5,7 +5,7 @@ A leaf, like ``final/jobs.py``: every layer may raise or catch these.
 
 from __future__ import annotations
 
-__all__ = ["DuplicateJob", "NotADeadLetter", "QueueClosed", "QueueFull"]
+__all__ = ["ClaimLost", "DuplicateJob", "NotADeadLetter", "QueueClosed", "QueueFull"]
 
 
 class QueueFull(Exception):
@@ -41,3 +41,17 @@ class NotADeadLetter(KeyError):
         # KeyError's own str() is the repr of its argument, right for a bare key but
         # not for a sentence: that printed in double quotes, the id quoted inside.
         return f"job {self.job_id!r} is not in the dead letters"
+
+
+class ClaimLost(Exception):
+    """``complete(connection)`` of an attempt that no longer holds its job's claim.
+
+    Its lease passed and another process took the job (or this one timed the attempt
+    out): whatever the caller's transaction wrote for this attempt must not commit.
+    The caller rolls back; the job's other attempt is the one that counts. ``job_id``
+    is the job's id.
+    """
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id

@@ -78,7 +78,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from final.errors import DuplicateJob, NotADeadLetter, QueueClosed, QueueFull
 from final.fairness import FairPicker
@@ -181,6 +181,17 @@ class Attempt:
         """True once the queue has timed this attempt out and moved on without it."""
         return self._record.token != self._token
 
+    def complete(self, connection: Any) -> None:
+        """Record the job's completion in the handler's open transaction on ``connection``.
+
+        Only a queue on PostgreSQL (``dsn``) has a transaction to join; here it is a
+        ``ValueError``. See ``SharedQueue`` for what it does there.
+        """
+        raise ValueError(
+            "complete(connection) needs a queue with dsn: only a queue in PostgreSQL"
+            " can complete a job in the application's own transaction"
+        )
+
 
 _current = threading.local()
 
@@ -195,6 +206,14 @@ def _refuse_from_handler(queue: object, method: str) -> None:
     """
     if getattr(_current, "queue", None) is queue:
         raise RuntimeError(f"{method}() from a handler would wait for its own job")
+
+
+def _no_connection(connection: object) -> None:
+    if connection is not None:
+        raise ValueError(
+            "connection needs dsn: only a queue in PostgreSQL can enqueue in the"
+            " application's own transaction"
+        )
 
 
 def current_attempt() -> Attempt:
@@ -432,7 +451,7 @@ class JobQueue:
 
     # -- the contract ------------------------------------------------------------------
 
-    def enqueue(self, job: Job, timeout: float | None = None) -> None:
+    def enqueue(self, job: Job, timeout: float | None = None, *, connection: Any = None) -> None:
         """Accept ``job`` into its priority's lane.
 
         Blocks while the lane is full. Raises ``QueueFull`` if it is still full after
@@ -440,7 +459,9 @@ class JobQueue:
         ``DuplicateJob`` if its idempotency key or its id was used by a job the queue
         remembers, ``QueueClosed`` once ``close()`` has begun (a blocked producer is
         woken to raise it), and ``TypeError`` or ``ValueError`` for a malformed job.
+        ``connection`` (the application's transaction) needs a ``dsn``: a ``ValueError`` here.
         """
+        _no_connection(connection)
         if self._forked:
             raise _forked()
         check_job(job)
@@ -454,7 +475,9 @@ class JobQueue:
             self._reserved[job.priority] += 1  # room held while the store writes
         self._store_and_publish([record])
 
-    def enqueue_many(self, jobs: Iterable[Job], timeout: float | None = None) -> None:
+    def enqueue_many(
+        self, jobs: Iterable[Job], timeout: float | None = None, *, connection: Any = None
+    ) -> None:
         """Accept ``jobs`` in order, as ``enqueue`` would, storing them together.
 
         ``timeout`` applies to each job's wait for room. Every job is checked before
@@ -462,8 +485,10 @@ class JobQueue:
         ``QueueClosed``, or with a ``path`` a ``StoreError`` such as a full disk), the
         jobs before it stay accepted, and the exception's ``accepted`` says how many
         they are. On disk, a batch is one commit, or one per half lane when it is
-        larger than that: a failed commit takes all of its jobs with it.
+        larger than that: a failed commit takes all of its jobs with it. ``connection``
+        needs a ``dsn``: a ``ValueError`` here.
         """
+        _no_connection(connection)
         if self._forked:
             raise _forked()
         jobs = list(jobs)
