@@ -234,6 +234,7 @@ def drain_rate(queue_dsn: str, mode: str, jobs: int) -> float:
         return jobs / (time.perf_counter() - begun)
     finally:
         q.close()
+        pg_effects.close_connections()
 
 
 def with_schema(dsn: str, schema: str) -> str:

@@ -34,6 +34,8 @@ TABLE = "CREATE TABLE IF NOT EXISTS jobq_effects (mode text, job text, attempt i
 INSERT = "INSERT INTO jobq_effects VALUES (%s, %s, %s, %s)"
 
 _local = threading.local()
+_opened: list[psycopg.Connection[Any]] = []  # every thread's, for close_connections()
+_lock = threading.Lock()
 
 
 def _connection() -> psycopg.Connection[Any]:
@@ -42,7 +44,17 @@ def _connection() -> psycopg.Connection[Any]:
         dsn = EFFECTS_DSN or os.environ[DSN_ENV]
         conn = psycopg.connect(dsn, autocommit=False, connect_timeout=10)
         _local.conn = conn
+        with _lock:
+            _opened.append(conn)
     return conn
+
+
+def close_connections() -> None:
+    """Close the connections the handlers opened in this process (once its queue closed)."""
+    with _lock:
+        for conn in _opened:
+            conn.close()
+        _opened.clear()
 
 
 def _hold(job: Job) -> None:

@@ -152,7 +152,7 @@ def targets(run: Run) -> list[Target]:
                 worst_fair < 50 and worst_strict > 10 * worst_fair,
             )
         )
-    return found + postgres_targets(run)
+    return found + postgres_targets(run) + exactly_once_targets(run)
 
 
 def postgres_figures(run: Run) -> dict[str, dict[str, Any]]:
@@ -202,6 +202,18 @@ def postgres_targets(run: Run) -> list[Target]:
             )
         )
     return found
+
+
+def exactly_once_targets(run: Run) -> list[Target]:
+    """Completing in the handler's transaction against the plain path, same handler."""
+    goal = "final-pg complete(conn) >= 80% of the plain path's jobs/s (same effect)"
+    rows = run.rows("exactly-once on postgresql")
+    rates = rows[0].get("jobs_per_s", {}) if rows else {}
+    if "exactly" not in rates or "plain" not in rates:
+        return [Target(goal, "not measured", None)]
+    x = rates["exactly"] / rates["plain"]
+    measured = f"{x:.0%} ({rates['exactly']:,.0f} vs {rates['plain']:,.0f} jobs/s)"
+    return [Target(goal, measured, x >= 0.8)]
 
 
 def markdown(run: Run) -> str:
