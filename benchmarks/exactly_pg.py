@@ -195,7 +195,8 @@ def _worker(dsn: str, mode: str, lease: float, log: Path) -> subprocess.Popen[by
 
 def _settled(queue_dsn: str, mode: str) -> bool:
     """Whether no job of the queue is waiting, retrying or running."""
-    return all(status in ("completed", "failed") for status, _ in _rows(queue_dsn, mode)[0].values())
+    jobs, _ = _rows(queue_dsn, mode)
+    return all(status in ("completed", "failed") for status, _ in jobs.values())
 
 
 def _rows(queue_dsn: str, mode: str) -> tuple[dict[str, tuple[str, int]], dict[str, int]]:
@@ -295,7 +296,8 @@ def table(tallies: list[EffectTally]) -> str:
             value = getattr(t, name)
             cells.append(f"{value:>10.1f}" if isinstance(value, float) else f"{value:>10,}")
         lines.append(f"  {name:<14}" + "".join(cells))
-    lines.append(f"  {'verdict':<14}" + "".join(f"{'ok' if t.ok else 'FAILED':>10}" for t in tallies))
+    verdicts = "".join(f"{'ok' if t.ok else 'FAILED':>10}" for t in tallies)
+    lines.append(f"  {'verdict':<14}" + verdicts)
     return "\n".join(lines)
 
 

@@ -9,7 +9,9 @@ table at the end:
 3. a HIGH flood with a few LOW jobs: how long LOW waited, per tier;
 4. flaky handlers: retries, backoff, dead letters;
 5. ``close()`` with jobs still queued: what each tier did with them;
-6. a crash: a child process is killed with SIGKILL mid-run and restarted.
+6. a crash: a child process is killed with SIGKILL mid-run and restarted;
+7. (the full tour, when a PostgreSQL server answers) exactly-once effects: worker
+   processes of final on PostgreSQL killed while each job writes one row, counted.
 
 It ends by itself in well under a minute on two cores; ``--quick`` shrinks every
 scenario to a few seconds in all (what the test runs), ``--plot DIR`` also writes one
@@ -27,12 +29,14 @@ import argparse
 import importlib
 import itertools
 import logging
+import os
 import random
 import sys
 import tempfile
 import threading
 import time
 import tracemalloc
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -402,6 +406,53 @@ def crash(tier: str, size: Size, scenario: Scenario) -> None:
     }
 
 
+# -- on PostgreSQL: exactly-once effects ----------------------------------------------
+
+EXACTLY_KILLS = 50  # kills of worker processes in each mode
+
+
+def exactly_once_on_postgresql(kills: int = EXACTLY_KILLS) -> str:
+    """final on PostgreSQL: worker processes killed with SIGKILL, and one cut off past its
+    lease, while their handlers write one row per job into an application table.
+
+    Run twice (``benchmarks/exactly_pg.py``): with the row written in the transaction
+    that completes the job (``current_attempt().complete(conn)``), then with the row
+    committed first and the job completed after (at-least-once). Returns the lines to
+    print: each job's rows counted, side by side; or one line saying why it did not
+    run when no PostgreSQL server answers at ``$JOBQ_TEST_DSN``.
+    """
+    dsn = os.environ.get("JOBQ_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        import psycopg
+        from psycopg import sql
+    except ImportError:
+        return "(exactly-once on PostgreSQL: skipped, psycopg is not installed)"
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as admin:
+            schema = f"jobq_tour_{uuid.uuid4().hex[:12]}"
+            admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    except psycopg.OperationalError:
+        return f"(exactly-once on PostgreSQL: skipped, no server answers at {dsn})"
+    from benchmarks import exactly_pg
+
+    tallies = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="tour-exactly-") as workdir:
+            for mode in exactly_pg.MODES:
+                print(f"exactly-once on PostgreSQL: {mode}, {kills} kills", file=sys.stderr)
+                where = exactly_pg.with_schema(dsn, schema)
+                tallies.append(exactly_pg.kill_and_count(where, mode, kills, Path(workdir)))
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    title = (
+        f"7. final on PostgreSQL: {kills} kills and a lost lease, one effect row per job wanted"
+        "\n   (exactly: the row commits with complete(conn); plain: the row commits, then"
+        " the queue completes)"
+    )
+    return f"{title}\n{exactly_pg.table(tallies)}"
+
+
 # -- the tour ------------------------------------------------------------------------
 
 Step = Callable[[str, Size, Scenario], None]
@@ -549,6 +600,8 @@ def main(argv: list[str] | None = None) -> list[Scenario]:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
     print(table(scenarios))
+    if not (interrupted or args.quick or args.scenario):
+        print("\n" + exactly_once_on_postgresql())  # minutes of processes: the full tour only
     stopped = ", stopped by Ctrl+C" if interrupted else ""
     print(f"\n(the tour took {time.monotonic() - begun:.0f} s{stopped})")
     if interrupted:

@@ -251,9 +251,7 @@ class SharedQueue(JobQueue):
         self._conns: list[psycopg.Connection[Any]] = []
         self._process = 0
         # The application's connections found to see this queue's tables.
-        self._seen_connections: weakref.WeakKeyDictionary[Any, bool] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._seen_connections: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
     def _connect(self, *, keep: bool = True, **settings: str) -> psycopg.Connection[Any]:
         """A new autocommit connection; clear errors for a bad dsn or a silent server."""
@@ -976,7 +974,7 @@ class SharedQueue(JobQueue):
             held = True  # unknown: the fenced failure below retries until it knows
         if not held:
             if error is not None:
-                logger.info("job %s: completed; the handler's later %r changes nothing", job.id, error)
+                logger.info("job %s: completed; the later %r changes nothing", job.id, error)
             with self._mutex:
                 self._counts[job.priority]["completed"] += 1
             return

@@ -22,7 +22,7 @@ from tests.tcp_proxy import TcpProxy
 
 pytest.importorskip("psycopg")
 
-import psycopg  # noqa: E402 - after the skip
+import psycopg  # after the skip
 
 pytestmark = pytest.mark.tiers("final-pg")
 
