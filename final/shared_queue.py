@@ -78,13 +78,17 @@ What it still gets wrong, or leaves to you:
 - A job runs at least once, not exactly once: a lease that expires under a live
   worker (cut off from the database for longer than ``lease``) lets another process
   run it too. The fence only keeps the first from reporting; its side effects are
-  its own to make idempotent.
+  its own to make idempotent, except a write to this database: a handler that calls
+  ``current_attempt().complete(conn)`` in the transaction of its write commits the
+  write and the completion together, or neither, and the fence (the completion
+  matches the claim and locks the row until the commit) refuses a lost attempt's
+  (``ClaimLost``). The same goes the other way: ``enqueue(job, connection=conn)``
+  inserts the job in the application's transaction, to exist only if it commits.
 - ``close(timeout)`` leaves what it did not settle in the database, for the other
   processes (none of it is ``lost``): a last process that closes leaves it for the
   next one to start.
 - ``retention`` prunes completed and cancelled rows in batches, on the upkeep
-  connection at each rescue round; exactly-once effects are not wired here yet,
-  though the engine has their statements.
+  connection at each rescue round.
 
 Jobs in time. A job with a ``run_at`` is a row like any other, ``'scheduled'`` until
 the database's clock reaches it: it holds no claim, no worker and no lane room, and
@@ -361,9 +365,10 @@ class SharedQueue(JobQueue):
         yet): no process sees or claims them before it commits, a rollback leaves
         none, and the other processes are woken at the commit. A refused job raises
         ``DuplicateJob`` and leaves the transaction usable, the jobs before it in it.
-        ``join`` and ``close`` do not wait for these jobs, which this handle cannot
-        know to have committed (poll ``status`` for them). ``ValueError`` for a
-        connection in autocommit mode, closed, or seeing another database or schema.
+        ``join`` waits for these jobs once the transaction has committed; a ``join``
+        that looks before the commit, or after a rollback, finds no such job and does
+        not wait for it (it never waits for a job that will not exist). ``ValueError``
+        for a connection in autocommit mode, closed, or seeing other queue tables.
         """
         jobs = list(jobs)
         for job in jobs:
@@ -439,8 +444,9 @@ class SharedQueue(JobQueue):
         accepted = len(jobs) if refused is None else refused.index
         with self._mutex:
             for job in jobs[:accepted]:
-                if connection is None:  # the caller's transaction may yet roll back
-                    self._accepted.add(job.id)
+                # In the caller's transaction too: join() takes a job that is not in
+                # the table (not committed yet, or rolled back) as settled.
+                self._accepted.add(job.id)
                 self._counts[job.priority]["submitted"] += 1
         if refused is None:
             return
@@ -456,6 +462,9 @@ class SharedQueue(JobQueue):
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until every job this handle accepted has settled, wherever it ran.
+
+        A job enqueued in the caller's transaction counts once it has committed: one
+        not in the table when ``join`` looks (uncommitted, rolled back) is not waited for.
 
         ``False`` if ``timeout`` passed first. The jobs are polled in the database,
         every 10 ms at first, slowing to every 250 ms.
