@@ -485,9 +485,8 @@ class JobQueue:
         ``QueueClosed``, or with a ``path`` a ``StoreError`` such as a full disk), the
         jobs before it stay accepted, and the exception's ``accepted`` says how many
         they are. On disk, a batch is one commit, or one per half lane when it is
-        larger than that: a failed commit takes all of its jobs with it. ``connection``
-        needs a ``dsn``: a ``ValueError`` here.
-        """
+        larger than that: a failed commit takes all of its jobs with it. ``connection``:
+        see ``enqueue``."""
         _no_connection(connection)
         if self._forked:
             raise _forked()

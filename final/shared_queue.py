@@ -210,8 +210,7 @@ class SharedQueue(JobQueue):
 
             with self._api_lock:
                 ensure_schema(self._api)
-            # Asked now, while the server answers: a handler may need it cut off from it.
-            self._where = self._call(self._engine_where)
+            self._where = self._call(self._engine_where)  # kept: complete() may run cut off
             if workers:
                 self._start_workers()
         except BaseException:
