@@ -234,7 +234,7 @@ def drain_rate(queue_dsn: str, mode: str, jobs: int) -> float:
             raise RuntimeError(f"{jobs} {mode} jobs did not drain within 300 s")
         return jobs / (time.perf_counter() - begun)
     finally:
-        q.close()
+        q.close(timeout=30)  # after a failure, not for ever
         pg_effects.close_connections()
 
 
