@@ -6,13 +6,12 @@ commits the row and lets the queue complete the job in a statement of its own;
 ``exactly`` completes the job in the row's transaction, then the queue reads once
 whether that transaction committed. One handle, ``WORKERS`` threads, a fresh queue per
 round; the rounds interleave the two, and the median counts. Skipped when no server
-answers at ``PGBENCH_DSN``.
+answers at ``PGBENCH_DSN``; a database of its own, created and dropped.
 """
 
 from __future__ import annotations
 
 import statistics
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,19 +29,9 @@ GROUP = "exactly-once on postgresql"
 
 @pytest.fixture(scope="module")
 def schema_dsn() -> Iterator[str]:
-    import psycopg
-    from psycopg import sql
-
-    from benchmarks.exactly_pg import with_schema
-
-    schema = f"jobq_bench_exactly_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_peers.ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    try:
-        yield with_schema(pg_peers.ADMIN_DSN, schema)
-    finally:
-        with psycopg.connect(pg_peers.ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    """A database of its own, as the peers get: nothing else run on the server touches it."""
+    with pg_peers.database("exactly_once") as dsn:
+        yield dsn
 
 
 def test_pg_exactly_once_cost(benchmark: Benchmark, mode: Mode, schema_dsn: str) -> None:

@@ -246,3 +246,25 @@ def test_an_attempt_cut_off_past_its_lease_cannot_commit_its_effect(
         assert effects(db) == [("a", 2)]
     finally:
         proxy.close()
+
+
+def test_complete_on_a_connection_that_cannot_hold_the_effect_is_refused(
+    queues: Any, app: psycopg.Connection[Any], db: Database
+) -> None:
+    refusals: list[str] = []
+
+    def handler(job: Job) -> None:
+        with db.connect() as autocommit:  # each statement would commit on its own
+            try:
+                current_attempt().complete(autocommit)
+            except ValueError as error:
+                refusals.append(str(error))
+        with db.connect(autocommit=False) as conn:  # then the right way
+            conn.execute("INSERT INTO effects VALUES (%s, %s)", (job.id, 1))
+            current_attempt().complete(conn)
+
+    q = queues(handler, workers=1)
+    q.enqueue(Job(id="a"))
+    assert q.join(timeout=PATIENCE)
+    assert len(refusals) == 1 and "autocommit" in refusals[0]
+    assert q.status("a") is Status.COMPLETED and effects(db) == [("a", 1)]
