@@ -29,9 +29,22 @@ GROUP = "exactly-once on postgresql"
 
 @pytest.fixture(scope="module")
 def schema_dsn() -> Iterator[str]:
-    """A database of its own, as the peers get: nothing else run on the server touches it."""
-    with pg_peers.database("exactly_once") as dsn:
-        yield dsn
+    """A database of its own, named apart from the others' (a shared server's clean-ups
+    of ``bench_*`` databases, or of schemas in the test database, dropped it mid-run)."""
+    import os
+    import urllib.parse
+
+    import psycopg
+
+    name = f"exactly_once_cost_{os.getpid()}"
+    with psycopg.connect(pg_peers.ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        parts = urllib.parse.urlsplit(pg_peers.ADMIN_DSN)
+        yield urllib.parse.urlunsplit(parts._replace(path="/" + name))
+    finally:
+        with psycopg.connect(pg_peers.ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def test_pg_exactly_once_cost(benchmark: Benchmark, mode: Mode, schema_dsn: str) -> None:
