@@ -29,8 +29,7 @@ GROUP = "exactly-once on postgresql"
 
 @pytest.fixture(scope="module")
 def schema_dsn() -> Iterator[str]:
-    """A database of its own, named apart from the others' (a shared server's clean-ups
-    of ``bench_*`` databases, or of schemas in the test database, dropped it mid-run)."""
+    """A database of its own, created and dropped here, named apart from the peers'."""
     import os
     import urllib.parse
 
