@@ -152,7 +152,13 @@ def targets(run: Run) -> list[Target]:
                 worst_fair < 50 and worst_strict > 10 * worst_fair,
             )
         )
-    return found + lateness_targets(run) + postgres_targets(run) + process_targets(run)
+    return (
+        found
+        + lateness_targets(run)
+        + postgres_targets(run)
+        + process_targets(run)
+        + exactly_once_targets(run)
+    )
 
 
 def lateness_targets(run: Run) -> list[Target]:
@@ -286,6 +292,18 @@ def process_targets(run: Run) -> list[Target]:
         measured = f"+{kill['delay_s']:.3f} s (worst of 5: +{kill['worst_s']:.3f} s)"
         found.append(Target(goal, measured, kill["worst_s"] <= 0.5))
     return found
+
+
+def exactly_once_targets(run: Run) -> list[Target]:
+    """Completing in the handler's transaction against the plain path, same handler."""
+    goal = "final-pg complete(conn) >= 80% of the plain path's jobs/s (same effect)"
+    rows = run.rows("exactly-once on postgresql")
+    rates = rows[0].get("jobs_per_s", {}) if rows else {}
+    if "exactly" not in rates or "plain" not in rates:
+        return [Target(goal, "not measured", None)]
+    x = rates["exactly"] / rates["plain"]
+    measured = f"{x:.0%} ({rates['exactly']:,.0f} vs {rates['plain']:,.0f} jobs/s)"
+    return [Target(goal, measured, x >= 0.8)]
 
 
 def markdown(run: Run) -> str:

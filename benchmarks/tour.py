@@ -13,6 +13,8 @@ table at the end:
 7. jobs in time: jobs scheduled a moment ahead, half of them called off before.
 8. final on PostgreSQL: worker processes sharing one queue, killed at random (when a
    server answers at ``$JOBQ_TEST_DSN``; the table says it skipped when none does).
+9. (the full tour, when a PostgreSQL server answers) exactly-once effects: worker
+   processes of final on PostgreSQL killed while each job writes one row, counted.
 
 It ends by itself in well under a minute on two cores; ``--quick`` shrinks every
 scenario to a few seconds in all (what the test runs), ``--plot DIR`` also writes one
@@ -550,6 +552,53 @@ def _kill_pg_workers(dsn: str, kills: int) -> Any:
             admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
+# -- on PostgreSQL: exactly-once effects ----------------------------------------------
+
+EXACTLY_KILLS = 50  # kills of worker processes in each mode
+
+
+def exactly_once_on_postgresql(kills: int = EXACTLY_KILLS) -> str:
+    """final on PostgreSQL: worker processes killed with SIGKILL, and one cut off past its
+    lease, while their handlers write one row per job into an application table.
+
+    Run twice (``benchmarks/exactly_pg.py``): with the row written in the transaction
+    that completes the job (``current_attempt().complete(conn)``), then with the row
+    committed first and the job completed after (at-least-once). Returns the lines to
+    print: each job's rows counted, side by side; or one line saying why it did not
+    run when no PostgreSQL server answers at ``$JOBQ_TEST_DSN``.
+    """
+    dsn = os.environ.get("JOBQ_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        import psycopg
+        from psycopg import sql
+    except ImportError:
+        return "(exactly-once on PostgreSQL: skipped, psycopg is not installed)"
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as admin:
+            schema = f"jobq_tour_{uuid.uuid4().hex[:12]}"
+            admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    except psycopg.OperationalError:
+        return f"(exactly-once on PostgreSQL: skipped, no server answers at {dsn})"
+    from benchmarks import exactly_pg
+
+    tallies = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="tour-exactly-") as workdir:
+            for mode in exactly_pg.MODES:
+                print(f"exactly-once on PostgreSQL: {mode}, {kills} kills", file=sys.stderr)
+                where = exactly_pg.with_schema(dsn, schema)
+                tallies.append(exactly_pg.kill_and_count(where, mode, kills, Path(workdir)))
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    title = (
+        f"9. final on PostgreSQL: {kills} kills and a lost lease, one effect row per job wanted"
+        "\n   (exactly: the row commits with complete(conn); plain: the row commits, then"
+        " the queue completes)"
+    )
+    return f"{title}\n{exactly_pg.table(tallies)}"
+
+
 # -- the tour ------------------------------------------------------------------------
 
 Step = Callable[[str, Size, Scenario], None]
@@ -710,6 +759,8 @@ def main(argv: list[str] | None = None) -> list[Scenario]:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
     print(table(scenarios))
+    if not (interrupted or args.quick or args.scenario):
+        print("\n" + exactly_once_on_postgresql())  # minutes of processes: the full tour only
     stopped = ", stopped by Ctrl+C" if interrupted else ""
     print(f"\n(the tour took {time.monotonic() - begun:.0f} s{stopped})")
     if interrupted:

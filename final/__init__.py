@@ -1,6 +1,6 @@
 """The final tier: fairness, status, dead letters, idempotency, rate limiting. See job_queue.py."""
 
-from final.errors import NotADeadLetter, UnknownJob
+from final.errors import ClaimLost, NotADeadLetter, UnknownJob
 from final.job_queue import (
     Attempt,
     DuplicateJob,
@@ -21,6 +21,7 @@ from final.shared_queue import SharedQueue  # JobQueue(dsn=...) builds one
 
 __all__ = [
     "Attempt",
+    "ClaimLost",
     "DuplicateJob",
     "Job",
     "JobInfo",

@@ -5,7 +5,14 @@ A leaf, like ``final/jobs.py``: every layer may raise or catch these.
 
 from __future__ import annotations
 
-__all__ = ["DuplicateJob", "NotADeadLetter", "QueueClosed", "QueueFull", "UnknownJob"]
+__all__ = [
+    "ClaimLost",
+    "DuplicateJob",
+    "NotADeadLetter",
+    "QueueClosed",
+    "QueueFull",
+    "UnknownJob",
+]
 
 
 class QueueFull(Exception):
@@ -52,3 +59,17 @@ class UnknownJob(KeyError):
 
     def __str__(self) -> str:
         return f"no job with id {self.job_id!r} was accepted by this queue"
+
+
+class ClaimLost(Exception):
+    """``complete(connection)`` of an attempt that no longer holds its job's claim.
+
+    Its lease passed and another process took the job (or this one timed the attempt
+    out): whatever the caller's transaction wrote for this attempt must not commit.
+    The caller rolls back; the job's other attempt is the one that counts. ``job_id``
+    is the job's id.
+    """
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id

@@ -80,7 +80,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from final.errors import DuplicateJob, NotADeadLetter, QueueClosed, QueueFull, UnknownJob
 from final.fairness import FairPicker
@@ -185,6 +185,17 @@ class Attempt:
         """True once the queue has timed this attempt out and moved on without it."""
         return self._record.token != self._token
 
+    def complete(self, connection: Any) -> None:
+        """Record the job's completion in the handler's open transaction on ``connection``.
+
+        Only a queue on PostgreSQL (``dsn``) has a transaction to join; here it is a
+        ``ValueError``. See ``SharedQueue`` for what it does there.
+        """
+        raise ValueError(
+            "complete(connection) needs a queue with dsn: only a queue in PostgreSQL"
+            " can complete a job in the application's own transaction"
+        )
+
 
 _current = threading.local()
 
@@ -199,6 +210,14 @@ def _refuse_from_handler(queue: object, method: str) -> None:
     """
     if getattr(_current, "queue", None) is queue:
         raise RuntimeError(f"{method}() from a handler would wait for its own job")
+
+
+def _no_connection(connection: object) -> None:
+    if connection is not None:
+        raise ValueError(
+            "connection needs dsn: only a queue in PostgreSQL can enqueue in the"
+            " application's own transaction"
+        )
 
 
 def current_attempt() -> Attempt:
@@ -218,6 +237,20 @@ def _check_executor(executor: object, handler: object) -> None:
         check_importable(handler)
 
 
+class _ChildAttempt(Attempt):
+    """An attempt as a child process sees it: no claim of its own to complete with."""
+
+    __slots__ = ()
+
+    def complete(self, connection: Any) -> None:
+        """Not in a child: its claim is the parent's. ``RuntimeError``, always."""
+        raise RuntimeError(
+            "complete(connection) is not available with executor='process': the claim"
+            " it is fenced by belongs to the parent process; run this handler with"
+            " executor='thread'"
+        )
+
+
 def _attempt_in_child(handler: Handler, job: Job, number: int, deadline: float | None) -> None:
     """Run ``handler(job)`` in a child process, with ``current_attempt()`` answering.
 
@@ -225,7 +258,7 @@ def _attempt_in_child(handler: Handler, job: Job, number: int, deadline: float |
     monotonic clock is the system's, shared by every process (Linux, macOS, Windows).
     The attempt is never ``abandoned`` here: a timed-out attempt's child is killed.
     """
-    _current.attempt = Attempt(job, number, deadline, Record(job, 0), 0)
+    _current.attempt = _ChildAttempt(job, number, deadline, Record(job, 0), 0)
     try:
         handler(job)
     finally:
@@ -500,7 +533,7 @@ class JobQueue:
 
     # -- the contract ------------------------------------------------------------------
 
-    def enqueue(self, job: Job, timeout: float | None = None) -> None:
+    def enqueue(self, job: Job, timeout: float | None = None, *, connection: Any = None) -> None:
         """Accept ``job`` into its priority's lane.
 
         Blocks while the lane is full. Raises ``QueueFull`` if it is still full after
@@ -508,7 +541,9 @@ class JobQueue:
         ``DuplicateJob`` if its idempotency key or its id was used by a job the queue
         remembers, ``QueueClosed`` once ``close()`` has begun (a blocked producer is
         woken to raise it), and ``TypeError`` or ``ValueError`` for a malformed job.
+        ``connection`` (the application's transaction) needs a ``dsn``: a ``ValueError`` here.
         """
+        _no_connection(connection)
         if self._forked:
             raise _forked()
         check_job(job)
@@ -522,7 +557,9 @@ class JobQueue:
             self._reserved[job.priority] += 1  # room held while the store writes
         self._store_and_publish([record])
 
-    def enqueue_many(self, jobs: Iterable[Job], timeout: float | None = None) -> None:
+    def enqueue_many(
+        self, jobs: Iterable[Job], timeout: float | None = None, *, connection: Any = None
+    ) -> None:
         """Accept ``jobs`` in order, as ``enqueue`` would, storing them together.
 
         ``timeout`` applies to each job's wait for room. Every job is checked before
@@ -530,8 +567,9 @@ class JobQueue:
         ``QueueClosed``, or with a ``path`` a ``StoreError`` such as a full disk), the
         jobs before it stay accepted, and the exception's ``accepted`` says how many
         they are. On disk, a batch is one commit, or one per half lane when it is
-        larger than that: a failed commit takes all of its jobs with it.
-        """
+        larger than that: a failed commit takes all of its jobs with it. ``connection``:
+        see ``enqueue``."""
+        _no_connection(connection)
         if self._forked:
             raise _forked()
         jobs = list(jobs)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 
 from final import pg_queries as q
 from final.jobs import Priority
@@ -62,6 +62,7 @@ __all__ = [
     "find",
     "give_back",
     "heartbeat",
+    "held",
     "listen",
     "next_due",
     "oldest_waiting",
@@ -80,6 +81,7 @@ __all__ = [
     "vacuum",
     "vacuum_due",
     "waiting",
+    "where_am_i",
 ]
 
 Connection = psycopg.Connection[Any]
@@ -198,14 +200,17 @@ def enqueue(conn: Connection, queue: str, jobs: Sequence[NewJob]) -> Refused | N
     batch = list(jobs)
     if not batch:
         return None
-    if conn.autocommit and len(batch) == 1:
-        # One job, one statement: no transaction to open, one round trip.
+    if len(batch) == 1:
+        # One job, one statement: it commits on its own, or joins the caller's
+        # transaction, where a refusal (ON CONFLICT DO NOTHING) breaks nothing.
         inserted = _insert(conn, queue, batch)
         if inserted:
             return None
         holder = _holder(conn, queue, batch[0])
         if holder is not None:
             return Refused(0, *holder)
+    elif not conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+        conn.execute(q.FIRST_STATEMENT)  # the caller's transaction begins here, not ours
     refused: Refused | None = None
     while batch:
         # A transaction of our own on an idle connection, a savepoint in the caller's.
@@ -366,6 +371,20 @@ def complete(conn: Connection, queue: str, claims: Sequence[tuple[str, int]]) ->
         {"queue": queue, "ids": [c[0] for c in claims], "claims": [c[1] for c in claims]},
     ).fetchall()
     return {row[0] for row in rows}
+
+
+def held(conn: Connection, queue: str, job_id: str, token: int) -> bool:
+    """Whether the attempt of claim ``token`` still holds job ``job_id``; never waits."""
+    row = conn.execute(q.HELD, {"queue": queue, "id": job_id, "claim": token}).fetchone()
+    return row is not None and bool(row[0])
+
+
+def where_am_i(conn: Connection) -> tuple[Any, ...]:
+    """What identifies the queue's tables as ``conn`` sees them: the jobs table's oid
+    (None when it sees none), the database, and the server's start time and port."""
+    row = conn.execute(q.WHERE_AM_I).fetchone()
+    assert row is not None
+    return tuple(row)
 
 
 def retry(conn: Connection, queue: str, job_id: str, token: int, error: str, delay: float) -> bool:

@@ -41,8 +41,10 @@ __all__ = [
     "EXTEND",
     "FAIL",
     "FIND",
+    "FIRST_STATEMENT",
     "GIVE_BACK",
     "HEARTBEAT",
+    "HELD",
     "HOLDER",
     "NEXT_DUE",
     "NOTIFY",
@@ -64,6 +66,7 @@ __all__ = [
     "VACUUM",
     "VACUUM_STATE",
     "WAITING",
+    "WHERE_AM_I",
 ]
 
 # The queue's notification channel: one per schema and queue name, short enough for
@@ -263,6 +266,16 @@ FROM unnest(%(ids)s::text[], %(claims)s::bigint[]) AS s (id, claim)
 WHERE j.queue = %(queue)s AND j.id = s.id AND j.claim = s.claim
   AND j.status = 'processing'
 RETURNING j.id
+"""
+
+# Whether an attempt still holds its claim: read after a handler that completed in
+# its own transaction, to learn whether that transaction committed. A read, so it
+# never waits for the row's lock.
+HELD = """
+SELECT EXISTS (
+    SELECT FROM jobq_jobs
+    WHERE queue = %(queue)s AND id = %(id)s AND claim = %(claim)s AND status = 'processing'
+)
 """
 
 # A failed attempt with retries left: back in its line once the backoff has passed.
@@ -485,3 +498,15 @@ WHERE c.oid = 'jobq_jobs'::regclass
 # One pass over the jobs table, skipped when another vacuum already holds it. Not
 # in a transaction: VACUUM refuses to run inside one.
 VACUUM = "VACUUM (SKIP_LOCKED) jobq_jobs"
+
+# The first statement of a caller's transaction, sent before a savepoint: psycopg opens
+# the transaction at a connection's first statement, and a savepoint asked for on an
+# idle connection would be a transaction of its own instead, committed at its end.
+FIRST_STATEMENT = "SELECT 1"
+
+# Which server, database and jobs table a connection sees: an application's connection
+# must see the same as the queue's own, or its jobs would land in another queue.
+WHERE_AM_I = """
+SELECT to_regclass('jobq_jobs')::oid::bigint, current_database(),
+       pg_postmaster_start_time(), inet_server_port()
+"""

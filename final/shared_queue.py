@@ -88,13 +88,17 @@ What it still gets wrong, or leaves to you:
 - A job runs at least once, not exactly once: a lease that expires under a live
   worker (cut off from the database for longer than ``lease``) lets another process
   run it too. The fence only keeps the first from reporting; its side effects are
-  its own to make idempotent.
+  its own to make idempotent, except a write to this database: a handler that calls
+  ``current_attempt().complete(conn)`` in the transaction of its write commits the
+  write and the completion together, or neither, and the fence (the completion
+  matches the claim and locks the row until the commit) refuses a lost attempt's
+  (``ClaimLost``). The same goes the other way: ``enqueue(job, connection=conn)``
+  inserts the job in the application's transaction, to exist only if it commits.
 - ``close(timeout)`` leaves what it did not settle in the database, for the other
   processes (none of it is ``lost``): a last process that closes leaves it for the
   next one to start.
 - ``retention`` prunes completed and cancelled rows in batches, on the upkeep
-  connection at each rescue round; exactly-once effects are not wired here yet,
-  though the engine has their statements.
+  connection at each rescue round.
 
 Jobs in time. A job with a ``run_at`` is a row like any other, ``'scheduled'`` until
 the database's clock reaches it: it holds no claim, no worker and no lane room, and
@@ -123,9 +127,17 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from final.errors import DuplicateJob, NotADeadLetter, QueueClosed, QueueFull, UnknownJob
+from final.errors import (
+    ClaimLost,
+    DuplicateJob,
+    NotADeadLetter,
+    QueueClosed,
+    QueueFull,
+    UnknownJob,
+)
 from final.fairness import FairPicker
 from final.job_queue import (
     _COUNTERS,
@@ -222,6 +234,7 @@ class SharedQueue(JobQueue):
 
             with self._api_lock:
                 ensure_schema(self._api)
+            self._where = self._call(self._engine_where)  # kept: complete() may run cut off
             if workers:
                 self._start_workers()
         except BaseException:
@@ -266,6 +279,8 @@ class SharedQueue(JobQueue):
         self._conns: list[psycopg.Connection[Any]] = []
         self._process = 0
         self._pool: ProcessPool | None = None  # executor="process": the children
+        # The application's connections found to see this queue's tables.
+        self._seen_connections: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
     def _connect(self, *, keep: bool = True, **settings: str) -> psycopg.Connection[Any]:
         """A new autocommit connection; clear errors for a bad dsn or a silent server."""
@@ -332,11 +347,21 @@ class SharedQueue(JobQueue):
 
     # -- the contract ------------------------------------------------------------------
 
-    def enqueue(self, job: Job, timeout: float | None = None) -> None:
+    def enqueue(
+        self,
+        job: Job,
+        timeout: float | None = None,
+        *,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> None:
         """Commit ``job`` to the shared queue; on return it is in the database.
 
         A job with a ``run_at`` still to come is ``SCHEDULED`` until the database's
         clock reaches it, and holds no lane room meanwhile; one already past is queued.
+
+        With ``connection`` (the application's own psycopg connection, not in
+        autocommit mode), it is inserted in that connection's transaction instead,
+        never in one of its own: see ``enqueue_many``.
 
         Raises ``DuplicateJob`` when its id or idempotency key is taken by a job of
         the queue (whoever enqueued it), ``QueueClosed`` once ``close()`` has begun,
@@ -344,24 +369,43 @@ class SharedQueue(JobQueue):
         ``TypeError`` or ``ValueError`` for a malformed job. ``timeout`` is checked
         and otherwise unused: the table has no lane to fill.
         """
-        self.enqueue_many([job], timeout)
+        self.enqueue_many([job], timeout, connection=connection)
 
-    def enqueue_many(self, jobs: Iterable[Job], timeout: float | None = None) -> None:
+    def enqueue_many(
+        self,
+        jobs: Iterable[Job],
+        timeout: float | None = None,
+        *,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> None:
         """Commit ``jobs`` in order, as many as their lanes have room for in one
         transaction (and one wake-up of the other processes), waiting for room.
 
         ``timeout`` applies to each wait for room. If a job cannot be accepted
         (``QueueFull``, ``DuplicateJob``, ``QueueClosed``, ``StoreError``), the jobs
         before it stay accepted, and the exception's ``accepted`` says how many.
+
+        ``connection``: the application's psycopg connection to the queue's database
+        (the queue's tables in its ``search_path``), not in autocommit mode. The jobs
+        are inserted in its transaction (opened by this call if no statement opened it
+        yet): no process sees or claims them before it commits, a rollback leaves
+        none, and the other processes are woken at the commit. A refused job raises
+        ``DuplicateJob`` and leaves the transaction usable, the jobs before it in it.
+        ``join`` waits for these jobs once the transaction has committed; a ``join``
+        that looks before the commit, or after a rollback, finds no such job and does
+        not wait for it (it never waits for a job that will not exist). ``ValueError``
+        for a connection in autocommit mode, closed, or seeing other queue tables.
         """
         jobs = list(jobs)
         for job in jobs:
             check_job(job)
             _check_no_nul(job)
         check_timeout(timeout)
+        if connection is not None:
+            self._check_connection(connection)
         accepted = 0
-        if len(jobs) == 1 and jobs[0].run_at is None:
-            try:
+        if len(jobs) == 1 and jobs[0].run_at is None and connection is None:
+            try:  # the fast way runs on the queue's own connection: never the caller's
                 if self._insert_one(jobs[0]):
                     return
             except (QueueClosed, StoreError) as error:
@@ -370,7 +414,7 @@ class SharedQueue(JobQueue):
         while accepted < len(jobs):
             try:
                 fit = self._room_for(jobs[accepted:], timeout)
-                self._insert(jobs[accepted : accepted + fit])
+                self._insert(jobs[accepted : accepted + fit], connection)
             except (QueueFull, QueueClosed, DuplicateJob, StoreError) as error:
                 error.accepted = accepted + getattr(error, "accepted", 0)
                 raise
@@ -430,9 +474,10 @@ class SharedQueue(JobQueue):
             )  # a poll: room is made elsewhere
             pause = min(0.1, pause * 2)
 
-    def _insert(self, jobs: list[Job]) -> None:
-        """Insert ``jobs`` in one transaction; ``DuplicateJob`` (with ``accepted``)
-        for the first whose id or key is taken, the ones before it inserted."""
+    def _insert(self, jobs: list[Job], connection: psycopg.Connection[Any] | None) -> None:
+        """Insert ``jobs`` in one transaction (``connection``'s, if given);
+        ``DuplicateJob`` (with ``accepted``) for the first whose id or key is taken,
+        the ones before it inserted."""
         from final import pg_engine
 
         new = [
@@ -446,10 +491,15 @@ class SharedQueue(JobQueue):
             )
             for job in jobs
         ]
-        refused = self._call(pg_engine.enqueue, self._queue, new)
+        if connection is None:
+            refused = self._call(pg_engine.enqueue, self._queue, new)
+        else:
+            refused = _on_callers(pg_engine.enqueue, connection, self._queue, new)
         accepted = len(jobs) if refused is None else refused.index
         with self._mutex:
             for job in jobs[:accepted]:
+                # In the caller's transaction too: join() takes a job that is not in
+                # the table (not committed yet, or rolled back) as settled.
                 self._accepted.add(job.id)
                 self._counts[job.priority]["submitted"] += 1
         if refused is None:
@@ -466,6 +516,9 @@ class SharedQueue(JobQueue):
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until every job this handle accepted has settled, wherever it ran.
+
+        A job enqueued in the caller's transaction counts once it has committed: one
+        not in the table when ``join`` looks (uncommitted, rolled back) is not waited for.
 
         ``False`` if ``timeout`` passed first. The jobs are polled in the database,
         every 10 ms at first, slowing to every 250 ms.
@@ -867,7 +920,7 @@ class SharedQueue(JobQueue):
         record = Record(
             job, claim.max_retries, Status.PROCESSING, claim.attempts, token=claim.token
         )
-        return Attempt(job, claim.attempts, None, record, claim.token)
+        return _SharedAttempt(job, claim.attempts, None, record, claim.token, self)
 
     def _worker(self) -> None:
         _current.queue = self
@@ -909,7 +962,9 @@ class SharedQueue(JobQueue):
                 return False
             attempt._record.token = 0  # settled: a timeout cannot take it now
         try:
-            if error is None:
+            if isinstance(attempt, _SharedAttempt) and attempt.completed_on is not None:
+                self._after_complete_in(attempt, error)
+            elif error is None:
                 self._complete(attempt)
             else:
                 self._fail_attempt(attempt, failure_text(error), error)
@@ -949,6 +1004,91 @@ class SharedQueue(JobQueue):
         if mine[2]:
             with self._mutex:
                 self._counts[job.priority]["completed"] += 1
+
+    # -- exactly-once effects: the application's own transaction -----------------------
+
+    def _check_connection(self, conn: psycopg.Connection[Any]) -> None:
+        """``ValueError`` unless ``conn`` is an open, transactional connection that sees
+        the queue's own tables; asked of the server once per connection."""
+        import psycopg
+
+        if not isinstance(conn, psycopg.Connection):
+            raise TypeError(f"connection must be a psycopg Connection, got {type(conn).__name__}")
+        if conn.closed:
+            raise ValueError("connection is closed")
+        if conn.autocommit:
+            raise ValueError(
+                "connection is in autocommit mode: each statement would commit on its own,"
+                " so the jobs could not share the application's transaction"
+            )
+        if conn in self._seen_connections:
+            return
+        theirs = _on_callers(self._engine_where, conn)
+        if theirs[0] is None:
+            raise ValueError(
+                "connection sees no queue tables: is it on the queue's database,"
+                " with the queue's schema in its search_path?"
+            )
+        if theirs != self._where:  # the server may have restarted: ask again once
+            self._where = self._call(self._engine_where)
+        if theirs != self._where:
+            raise ValueError(
+                "connection sees other queue tables than this queue's: another server,"
+                " database or search_path"
+            )
+        self._seen_connections[conn] = True
+
+    @staticmethod
+    def _engine_where(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
+        from final import pg_engine
+
+        return pg_engine.where_am_i(conn)
+
+    def _complete_in(self, attempt: _SharedAttempt, conn: psycopg.Connection[Any]) -> None:
+        """``Attempt.complete(connection)`` on this queue: see ``_SharedAttempt``."""
+        from final import pg_engine
+
+        self._check_connection(conn)
+        job = attempt.job
+        if attempt.abandoned:
+            raise ClaimLost(job.id, f"job {job.id}: this attempt timed out; roll back")
+        pair = [(job.id, attempt._token)]
+        if _on_callers(pg_engine.complete, conn, self._queue, pair):
+            attempt.completed_on = conn
+            return
+        raise ClaimLost(
+            job.id, f"job {job.id}: this attempt lost its claim (another has the job); roll back"
+        )
+
+    def _after_complete_in(self, attempt: _SharedAttempt, error: BaseException | None) -> None:
+        """After a handler that called ``complete(connection)``: the job is what the
+        database says. Its transaction committed: completed, and nothing more to do
+        (an exception raised after the commit changes nothing). It rolled back: the
+        attempt failed, and the job is retried as after any failure."""
+        import psycopg
+
+        conn, job = attempt.completed_on, attempt.job
+        assert conn is not None
+        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            logger.warning(
+                "job %s: the handler returned with the transaction of complete() still open;"
+                " its commit or rollback decides the job, and this worker waits for it",
+                job.id,
+            )
+        try:
+            held = self._engine.held(self._claimer, self._queue, job.id, attempt._token)
+        except psycopg.Error:
+            held = True  # unknown: the fenced failure below retries until it knows
+        if not held:
+            if error is not None:
+                logger.info("job %s: completed; the later %r changes nothing", job.id, error)
+            with self._mutex:
+                self._counts[job.priority]["completed"] += 1
+            return
+        reason = "the transaction of complete() did not commit"
+        if error is not None:
+            reason = f"{type(error).__name__}: {error}"
+        self._fail_attempt(attempt, reason, error)
 
     def _fail_attempt(self, attempt: Attempt, reason: str, error: BaseException | None) -> None:
         job, number = attempt.job, attempt.number
@@ -1179,6 +1319,45 @@ def _seconds(payload: str) -> float | None:
 def _handle_counts(counts: dict[str, int]) -> dict[str, int]:
     """This handle's counters, less ``cancelled``, which the database counts for the queue."""
     return {name: n for name, n in counts.items() if name != "cancelled"}
+
+
+@dataclass(slots=True, eq=False)
+class _SharedAttempt(Attempt):
+    """An attempt of a ``SharedQueue``, which can complete in the handler's transaction."""
+
+    _owner: SharedQueue = field(repr=False)
+    completed_on: psycopg.Connection[Any] | None = None  # set by complete(connection)
+
+    def complete(self, connection: psycopg.Connection[Any]) -> None:
+        """Record the job's completion in the handler's open transaction on ``connection``.
+
+        ``connection``: a psycopg connection to the queue's database, not in autocommit
+        mode. The job becomes ``COMPLETED`` when that transaction commits, together with
+        what else it wrote, and not before; the handler's return (or exception) after
+        the commit changes nothing more. If the transaction rolls back, or the process
+        dies before its commit, the attempt did not complete: the job is retried.
+
+        The statement is fenced by this attempt's claim and locks the job's row until
+        the commit, so no rescue can take the job meanwhile. Raises ``ClaimLost`` when
+        the claim has moved on (the lease passed and another process took the job, or
+        ``job_timeout`` abandoned this attempt): roll the transaction back, its effects
+        must not commit. ``ValueError`` for a connection in autocommit mode, closed, or
+        seeing other tables than the queue's.
+        """
+        self._owner._complete_in(self, connection)
+
+
+def _on_callers(function: Any, conn: psycopg.Connection[Any], *args: Any) -> Any:
+    """Run an engine function on the application's connection: a lost server is a
+    ``StoreError``, as on the queue's own; every other error is the caller's to see."""
+    import psycopg
+
+    try:
+        return function(conn, *args)
+    except psycopg.OperationalError as error:
+        if not (conn.broken or conn.closed):
+            raise  # a lock timeout, a cancelled statement: the connection still stands
+        raise StoreError(f"PostgreSQL connection lost mid-call: {error}") from error
 
 
 class _Count:

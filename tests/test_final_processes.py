@@ -149,6 +149,15 @@ def test_a_handler_exception_comes_back_with_its_type_and_message(queues: Any) -
     assert info_of(q, "j").last_error == "ValueError: no good: j"
 
 
+def test_complete_in_a_transaction_is_refused_in_a_child_and_says_why(queues: Any) -> None:
+    q = queues(handlers.complete_in_child, workers=1, max_retries=0)
+    q.enqueue(Job(id="j"))
+    assert q.join(PATIENCE)
+    error = info_of(q, "j").last_error
+    assert error is not None and error.startswith("RuntimeError: complete(connection)")
+    assert "executor='thread'" in error
+
+
 def test_a_hung_attempt_times_out_its_child_is_killed_and_a_fresh_one_retries_it(
     queues: Any, tmp_path: Path
 ) -> None:

@@ -184,7 +184,7 @@ def test_a_full_disk_is_a_503_naming_it_and_acknowledges_nothing(
 class BrokenStore(JobQueue):
     """A queue whose every call that reads or writes its store fails, as a disk does."""
 
-    def enqueue(self, job: Job, timeout: float | None = None) -> None:
+    def enqueue(self, job: Job, timeout: float | None = None, *, connection: Any = None) -> None:
         raise StoreError("jobs.db: cannot write: database or disk is full")
 
     def info(self, job_id: str) -> JobInfo | None:
