@@ -14,8 +14,11 @@ when a fence is not a script:
   run outside their class. They must still be in that file, in the same order; each run
   of lines between blank lines must be consecutive there. Comments and indentation are
   not compared, and ``...`` stands for any text within a line.
-- ``<!-- not run: REASON -->``: a snippet that cannot run here (it needs a server, say).
-  Such fences stay few, and each gives its reason.
+- ``<!-- not run: REASON -->``: a snippet that cannot run here (it needs a server of
+  the reader's own, say). Such fences stay few, and each gives its reason.
+- ``<!-- needs: postgresql -->``: a script that runs against the test server
+  (``$JOBQ_TEST_DSN``, see tests/pg.py), given to it in that variable; skipped like the
+  other PostgreSQL tests when no server answers, and a failure under ``CI``.
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ FENCE = re.compile(
     r"^(?P<indent>[ \t]*)```(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
     re.MULTILINE | re.DOTALL,
 )
-MARK = re.compile(r"^\s*<!--\s*(?P<kind>excerpt|not run):\s*(?P<what>.*?)\s*-->\s*$")
-ANY_MARK = re.compile(r"<!--\s*(?:excerpt|not run)\b")
+MARK = re.compile(r"^\s*<!--\s*(?P<kind>excerpt|not run|needs):\s*(?P<what>.*?)\s*-->\s*$")
+ANY_MARK = re.compile(r"<!--\s*(?:excerpt|not run|needs)\b")
 # What a handler's traceback ends with when the snippet, not the job, is wrong.
 STALE = re.compile(
     r"^(?:NameError|AttributeError|TypeError|ImportError|ModuleNotFoundError|SyntaxError)\b.*",
@@ -58,7 +61,7 @@ class Snippet:
     page: Path
     line: int  # of the opening fence, from 1
     code: str  # dedented
-    kind: str  # "run", "excerpt" or "not run"
+    kind: str  # "run", "excerpt", "not run" or "needs" (a server the tests have)
     what: str  # the excerpt's file, or the reason it is not run; "" for "run"
 
     def __str__(self) -> str:
@@ -130,9 +133,21 @@ def test_the_readme_has_snippets_that_run_and_excerpts_that_are_checked() -> Non
 
 @pytest.mark.parametrize("snippet", of_kind("run"), ids=str)
 def test_the_snippet_runs(snippet: Snippet, tmp_path: Path) -> None:
+    run_snippet(snippet, tmp_path, dict(os.environ))
+
+
+@pytest.mark.parametrize("snippet", of_kind("needs"), ids=str)
+def test_the_snippet_runs_against_the_test_server(snippet: Snippet, tmp_path: Path) -> None:
+    assert snippet.what == "postgresql", f"{snippet}: needs what? ({snippet.what!r})"
+    from tests.pg import answering_server
+
+    run_snippet(snippet, tmp_path, dict(os.environ, JOBQ_TEST_DSN=answering_server()))
+
+
+def run_snippet(snippet: Snippet, tmp_path: Path, env: dict[str, str]) -> None:
+    """Run ``snippet`` as a script in ``tmp_path``: exit 0, and nothing stale on stderr."""
     script = tmp_path / "snippet.py"
     script.write_text(snippet.code, encoding="utf-8")
-    env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     try:
         done = subprocess.run(
