@@ -299,6 +299,108 @@ def test_after_kill_9_of_the_parent_its_children_end_and_the_jobs_rerun(
     assert attempts == [1, 2, 2]  # the two that died with the parent ran again, counted
 
 
+# --- os.fork() of the parent: the fork's exit leaves the parent's children alone ---------
+
+FORK_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from final import Job, JobQueue
+from final.processes import ChildDied
+from tests import process_handlers
+
+if __name__ == "__main__":
+    note = Path({note!r})
+    q = JobQueue(process_handlers.note_and_wait_for_go, workers=2, executor="process", **{options})
+    q.enqueue(Job(id="j", payload=str(note).encode()))
+    while not note.exists() or not note.read_text():
+        time.sleep(0.01)  # the attempt is running in a child
+    children = {{*q._pool.pids(), int(note.read_text().split()[0])}}
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)  # the interpreter's normal exit, multiprocessing's exit hook included
+    print("fork exit code", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+    Path(str(note) + ".go").touch()
+    assert q.join({patience})
+    info = q.info("j")
+    print("job", info.status.value, info.attempts, info.last_error, flush=True)
+    print("children kept", set(q._pool.pids()) == children, len(children), flush=True)
+    q.close()
+"""
+
+
+def run_fork_script(tmp_path: Path, options: dict[str, Any]) -> tuple[list[str], str]:
+    note = tmp_path / "notes"
+    code = FORK_SCRIPT.format(note=str(note), options=options, patience=PATIENCE)
+    script = tmp_path / "script.py"
+    script.write_text(code)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE * 3,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines(), out.stderr
+
+
+def check_fork_script(lines: list[str], stderr: str) -> None:
+    # Before the fix, the fork's exit sent SIGTERM to the parent's children (the attempt
+    # failed with ChildDied) and then failed "can only join a child process".
+    assert lines == ["fork exit code 0", "job completed 1 None", "children kept True 2"], stderr
+    assert "child process" not in stderr
+
+
+def test_a_forked_copy_of_the_parent_exits_without_touching_its_children(
+    tmp_path: Path,
+) -> None:
+    check_fork_script(*run_fork_script(tmp_path, {}))
+
+
+def test_after_kill_9_of_the_parent_its_children_end_even_while_a_fork_of_it_lives(
+    tmp_path: Path,
+) -> None:
+    # The fork must not hold the pipe whose end tells the children that the parent died.
+    note, forked = tmp_path / "notes", tmp_path / "forked"
+    script = _run_script(
+        f"""
+        import os, time
+        from pathlib import Path
+        from final import Job, JobQueue
+        from tests import process_handlers
+
+        if __name__ == "__main__":
+            q = JobQueue(process_handlers.note_and_hang, workers=1, executor="process")
+            q.enqueue(Job(payload={str(note).encode()!r}))
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(3600)
+                os._exit(0)
+            Path({str(forked)!r}).write_text(str(pid))
+            time.sleep(3600)
+        """,
+        tmp_path,
+    )
+    fork = 0
+    try:
+        wait_for(lambda: len(notes(note)) == 1 and forked.exists(), "the attempt and the fork")
+        wait_for(lambda: forked.read_text() != "", "the fork's pid")
+        fork = int(forked.read_text())
+    finally:
+        script.kill()
+        script.wait()
+    try:
+        [(child, _, _)] = notes(note)
+        wait_for(lambda: gone(child), "the orphaned child to end")
+        assert not gone(fork)
+    finally:
+        if fork:
+            os.kill(fork, signal.SIGKILL)
+
+
 # --- on PostgreSQL -----------------------------------------------------------------------
 
 
@@ -370,3 +472,11 @@ def test_on_postgresql_after_kill_9_of_the_parent_its_children_end_and_the_jobs_
     # The two that died with the parent were rescued once their lease passed, their
     # dead attempt counted; the third had not started and ran once.
     assert attempts == [1, 2, 2]
+
+
+@pytest.mark.tiers("final-pg")
+def test_on_postgresql_a_forked_copy_of_the_parent_exits_without_touching_its_children(
+    db: Any, tmp_path: Path
+) -> None:
+    pytest.importorskip("psycopg")
+    check_fork_script(*run_fork_script(tmp_path, {"dsn": db.queue_dsn}))
