@@ -162,7 +162,10 @@ def test_a_hung_attempt_times_out_its_child_is_killed_and_a_fresh_one_retries_it
     queues: Any, tmp_path: Path
 ) -> None:
     note = tmp_path / "notes"
-    q = queues(handlers.note_and_hang, workers=1, job_timeout=0.3, max_retries=1, **FAST)
+    # The retry's child may be started on demand (the killed one's replacement is still
+    # on its way), and that start counts in the retry's deadline: 1 s, not a few tenths,
+    # so that the retry still gets to its note on a loaded machine.
+    q = queues(handlers.note_and_hang, workers=1, job_timeout=1.0, max_retries=1, **FAST)
     q.enqueue(job(note))
     assert q.join(PATIENCE)
     (first, _, _), (second, _, _) = notes(note)
@@ -170,7 +173,7 @@ def test_a_hung_attempt_times_out_its_child_is_killed_and_a_fresh_one_retries_it
     wait_for(lambda: gone(first) and gone(second), "the hung children to be killed")
     info = info_of(q, "j")
     assert (info.status, info.attempts) == (Status.FAILED, 2)
-    assert info.last_error == "timed out after 0.3s"
+    assert info.last_error == "timed out after 1.0s"
     assert q.metrics().timed_out == 2
 
 
@@ -238,6 +241,25 @@ def test_close_leaves_no_child_behind(tmp_path: Path) -> None:
     assert len(children) == 3
     q.close()
     assert all(gone(pid) for pid in children)
+
+
+def test_close_with_a_timeout_returns_during_a_hung_attempt_whose_child_ends_at_its_deadline(
+    queues: Any, tmp_path: Path
+) -> None:
+    note = tmp_path / "notes"
+    q = queues(handlers.note_and_hang, workers=2, job_timeout=3.0, max_retries=0)
+    q.enqueue(job(note))
+    wait_for(lambda: len(notes(note)) == 1, "the attempt to start")
+    [(busy, _, _)] = notes(note)
+    assert q._pool is not None
+    [idle] = q._pool.pids()
+    q.close(timeout=0.1)
+    # close() did not wait for the hung attempt, nor leave the idle child behind.
+    assert q.status("j") is Status.PROCESSING and not gone(busy)
+    assert gone(idle)
+    wait_for(lambda: gone(busy), "the hung child to be killed at the attempt's deadline")
+    wait_for(lambda: q.status("j") is Status.FAILED, "the attempt to settle")
+    assert info_of(q, "j").last_error == "timed out after 3.0s"
 
 
 def _run_script(code: str, tmp_path: Path) -> subprocess.Popen[bytes]:
