@@ -56,6 +56,10 @@ at a time, so at most ``workers`` run at once, as with threads.
   exit the queue's exit hook closes it, children included. Children ignore ``SIGINT``:
   Ctrl-C in a terminal reaches the whole process group, and it is the parent's to
   decide what an interrupt does to the attempts in flight.
+- A fork of the parent lets the children be. After ``os.fork()`` (a pre-fork server
+  whose master made the queue), the copy's exit would otherwise ``SIGTERM`` them, as
+  ``multiprocessing`` does to the daemonic children it lists, and its copy of their
+  pipes would keep them alive after the parent's death; an after-fork hook drops both.
 
 What a child cannot do: the handler's ``current_attempt()`` in a child gives ``job``,
 ``number``, ``deadline``, ``expired`` and ``time_left()``; ``abandoned`` is always False
