@@ -56,6 +56,10 @@ at a time, so at most ``workers`` run at once, as with threads.
   exit the queue's exit hook closes it, children included. Children ignore ``SIGINT``:
   Ctrl-C in a terminal reaches the whole process group, and it is the parent's to
   decide what an interrupt does to the attempts in flight.
+- A fork of the parent lets the children be. After ``os.fork()`` (a pre-fork server
+  whose master made the queue), the copy's exit would otherwise ``SIGTERM`` them, as
+  ``multiprocessing`` does to the daemonic children it lists, and its copy of their
+  pipes would keep them alive after the parent's death; an after-fork hook drops both.
 
 What a child cannot do: the handler's ``current_attempt()`` in a child gives ``job``,
 ``number``, ``deadline``, ``expired`` and ``time_left()``; ``abandoned`` is always False
@@ -195,6 +199,7 @@ class _Child:
                 os.kill(self.pid, signal.SIGKILL)
         self.process.join()
         self.conn.close()
+        _live.discard(self)
 
     def stop(self) -> None:
         """Ask an idle child to leave, and reap it; kill it if it does not."""
@@ -330,7 +335,9 @@ class ProcessPool:
             )
             process.start()
             theirs.close()  # the child's end lives in the child only: EOF means it died
-            started.append(_Child(process, mine))
+            child = _Child(process, mine)
+            _live.add(child)
+            started.append(child)
         for child in started:
             failure = None
             if not child.conn.poll(_START_PATIENCE):
@@ -356,6 +363,42 @@ class ProcessPool:
                     f"{failure}"
                 )
         return started
+
+
+# Every child started in this process and not yet reaped, whichever pool it is in and
+# whether a worker thread holds it or not: what a forked copy of this process must let go.
+_live: set[_Child] = set()
+
+
+def _let_go_after_fork() -> None:
+    """In the child of an ``os.fork()`` of the parent: the pools' children are not ours.
+
+    The fork copies ``multiprocessing``'s list of the process's children, and at a
+    normal exit its hook sends ``SIGTERM`` to every daemonic one in it: the parent's
+    children, attempts and all. So they leave that list here. The fork also copies
+    the parent's ends of their pipes, and the write end of the pipe each child
+    watches for the parent's death (see ``_watch_parent``): held open here, it
+    would keep a child alive after the real parent's ``kill -9`` for as long as this
+    copy lives. Those are closed; closing a copy of a descriptor sends nothing (the
+    finalizer that would close them in the parent never runs here). No
+    ``poll`` or ``join`` of the parent's children either: those read the pipes whose
+    news (a child's exit code) is the parent's. Runs alone, without the pools' locks
+    (another thread of the parent may have held them at the fork).
+    """
+    for child in list(_live):
+        multiprocessing.process._children.discard(child.process)  # type: ignore[attr-defined]
+        # The popen's own finalizer would close them, but refuses in another process:
+        # its arguments are those descriptors (the sentinel, the parent's lifeline end).
+        finalizer = getattr(child.process._popen, "finalizer", None)
+        for fd in getattr(finalizer, "_args", ()):
+            if isinstance(fd, int):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        child.conn.close()
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_let_go_after_fork)
 
 
 def _preload_final() -> None:

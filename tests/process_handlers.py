@@ -37,6 +37,14 @@ def note_and_hang(job: Job) -> None:
         time.sleep(3600)
 
 
+def note_and_wait_for_go(job: Job) -> None:
+    """Returns once the file ``<payload>.go`` exists: the test says when."""
+    _note(job)
+    go = job.payload + b".go"
+    while not os.path.exists(go):
+        time.sleep(0.01)  # another process's file: nothing to wait on but its existence
+
+
 def note_and_hang_once(job: Job) -> None:
     """The first attempt hangs (until its child is killed); a retry returns."""
     _note(job)

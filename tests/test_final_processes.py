@@ -162,7 +162,10 @@ def test_a_hung_attempt_times_out_its_child_is_killed_and_a_fresh_one_retries_it
     queues: Any, tmp_path: Path
 ) -> None:
     note = tmp_path / "notes"
-    q = queues(handlers.note_and_hang, workers=1, job_timeout=0.3, max_retries=1, **FAST)
+    # The retry's child may be started on demand (the killed one's replacement is still
+    # on its way), and that start counts in the retry's deadline: 1 s, not a few tenths,
+    # so that the retry still gets to its note on a loaded machine.
+    q = queues(handlers.note_and_hang, workers=1, job_timeout=1.0, max_retries=1, **FAST)
     q.enqueue(job(note))
     assert q.join(PATIENCE)
     (first, _, _), (second, _, _) = notes(note)
@@ -170,7 +173,7 @@ def test_a_hung_attempt_times_out_its_child_is_killed_and_a_fresh_one_retries_it
     wait_for(lambda: gone(first) and gone(second), "the hung children to be killed")
     info = info_of(q, "j")
     assert (info.status, info.attempts) == (Status.FAILED, 2)
-    assert info.last_error == "timed out after 0.3s"
+    assert info.last_error == "timed out after 1.0s"
     assert q.metrics().timed_out == 2
 
 
@@ -240,6 +243,25 @@ def test_close_leaves_no_child_behind(tmp_path: Path) -> None:
     assert all(gone(pid) for pid in children)
 
 
+def test_close_with_a_timeout_returns_during_a_hung_attempt_whose_child_ends_at_its_deadline(
+    queues: Any, tmp_path: Path
+) -> None:
+    note = tmp_path / "notes"
+    q = queues(handlers.note_and_hang, workers=2, job_timeout=3.0, max_retries=0)
+    q.enqueue(job(note))
+    wait_for(lambda: len(notes(note)) == 1, "the attempt to start")
+    [(busy, _, _)] = notes(note)
+    assert q._pool is not None
+    [idle] = q._pool.pids()
+    q.close(timeout=0.1)
+    # close() did not wait for the hung attempt, nor leave the idle child behind.
+    assert q.status("j") is Status.PROCESSING and not gone(busy)
+    assert gone(idle)
+    wait_for(lambda: gone(busy), "the hung child to be killed at the attempt's deadline")
+    wait_for(lambda: q.status("j") is Status.FAILED, "the attempt to settle")
+    assert info_of(q, "j").last_error == "timed out after 3.0s"
+
+
 def _run_script(code: str, tmp_path: Path) -> subprocess.Popen[bytes]:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(code))
@@ -297,6 +319,108 @@ def test_after_kill_9_of_the_parent_its_children_end_and_the_jobs_rerun(
         assert {q.status(f"j{i}") for i in range(3)} == {Status.COMPLETED}
         attempts = sorted(info_of(q, f"j{i}").attempts for i in range(3))
     assert attempts == [1, 2, 2]  # the two that died with the parent ran again, counted
+
+
+# --- os.fork() of the parent: the fork's exit leaves the parent's children alone ---------
+
+FORK_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from final import Job, JobQueue
+from final.processes import ChildDied
+from tests import process_handlers
+
+if __name__ == "__main__":
+    note = Path({note!r})
+    q = JobQueue(process_handlers.note_and_wait_for_go, workers=2, executor="process", **{options})
+    q.enqueue(Job(id="j", payload=str(note).encode()))
+    while not note.exists() or not note.read_text():
+        time.sleep(0.01)  # the attempt is running in a child
+    children = {{*q._pool.pids(), int(note.read_text().split()[0])}}
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)  # the interpreter's normal exit, multiprocessing's exit hook included
+    print("fork exit code", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+    Path(str(note) + ".go").touch()
+    assert q.join({patience})
+    info = q.info("j")
+    print("job", info.status.value, info.attempts, info.last_error, flush=True)
+    print("children kept", set(q._pool.pids()) == children, len(children), flush=True)
+    q.close()
+"""
+
+
+def run_fork_script(tmp_path: Path, options: dict[str, Any]) -> tuple[list[str], str]:
+    note = tmp_path / "notes"
+    code = FORK_SCRIPT.format(note=str(note), options=options, patience=PATIENCE)
+    script = tmp_path / "script.py"
+    script.write_text(code)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE * 3,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines(), out.stderr
+
+
+def check_fork_script(lines: list[str], stderr: str) -> None:
+    # Before the fix, the fork's exit sent SIGTERM to the parent's children (the attempt
+    # failed with ChildDied) and then failed "can only join a child process".
+    assert lines == ["fork exit code 0", "job completed 1 None", "children kept True 2"], stderr
+    assert "child process" not in stderr
+
+
+def test_a_forked_copy_of_the_parent_exits_without_touching_its_children(
+    tmp_path: Path,
+) -> None:
+    check_fork_script(*run_fork_script(tmp_path, {}))
+
+
+def test_after_kill_9_of_the_parent_its_children_end_even_while_a_fork_of_it_lives(
+    tmp_path: Path,
+) -> None:
+    # The fork must not hold the pipe whose end tells the children that the parent died.
+    note, forked = tmp_path / "notes", tmp_path / "forked"
+    script = _run_script(
+        f"""
+        import os, time
+        from pathlib import Path
+        from final import Job, JobQueue
+        from tests import process_handlers
+
+        if __name__ == "__main__":
+            q = JobQueue(process_handlers.note_and_hang, workers=1, executor="process")
+            q.enqueue(Job(payload={str(note).encode()!r}))
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(3600)
+                os._exit(0)
+            Path({str(forked)!r}).write_text(str(pid))
+            time.sleep(3600)
+        """,
+        tmp_path,
+    )
+    fork = 0
+    try:
+        wait_for(lambda: len(notes(note)) == 1 and forked.exists(), "the attempt and the fork")
+        wait_for(lambda: forked.read_text() != "", "the fork's pid")
+        fork = int(forked.read_text())
+    finally:
+        script.kill()
+        script.wait()
+    try:
+        [(child, _, _)] = notes(note)
+        wait_for(lambda: gone(child), "the orphaned child to end")
+        assert not gone(fork)
+    finally:
+        if fork:
+            os.kill(fork, signal.SIGKILL)
 
 
 # --- on PostgreSQL -----------------------------------------------------------------------
@@ -370,3 +494,11 @@ def test_on_postgresql_after_kill_9_of_the_parent_its_children_end_and_the_jobs_
     # The two that died with the parent were rescued once their lease passed, their
     # dead attempt counted; the third had not started and ran once.
     assert attempts == [1, 2, 2]
+
+
+@pytest.mark.tiers("final-pg")
+def test_on_postgresql_a_forked_copy_of_the_parent_exits_without_touching_its_children(
+    db: Any, tmp_path: Path
+) -> None:
+    pytest.importorskip("psycopg")
+    check_fork_script(*run_fork_script(tmp_path, {"dsn": db.queue_dsn}))
