@@ -337,6 +337,7 @@ _COUNTERS = (
     "cancelled",
 )
 _WAIT_WINDOW = 1000  # attempts the wait percentiles are computed over
+_MAX_SLEEP = 3600.0  # seconds the scheduler sleeps at most before it looks again
 
 
 class JobQueue:
@@ -1069,6 +1070,9 @@ class JobQueue:
                 else:
                     self._publish(record)
             if self._closing:
+                # close() left the scheduled jobs before these were on the heap: leave
+                # these too (they are on disk), or close() would wait for their run_at.
+                self._leave_scheduled()
                 self._all_settled.notify_all()  # close() waits for reservations to end
         if duplicate is not None:
             refused = records[len(stored)].job
@@ -1426,7 +1430,9 @@ class JobQueue:
                 if self._retries:
                     wake = min(wake, self._retries[0][0])
                 self._next_wake = wake
-                self._timer_changed.wait(None if wake == math.inf else wake - now)
+                # Capped: Condition.wait refuses a timeout past threading.TIMEOUT_MAX
+                # (a run_at centuries ahead), and waking hourly to look again is free.
+                self._timer_changed.wait(None if wake == math.inf else min(wake - now, _MAX_SLEEP))
 
     def _time_out(self, record: Record) -> None:
         """Abandon an attempt past its deadline, and keep the pool full. Holds the lock."""
