@@ -645,8 +645,8 @@ class JobQueue:
         if self._forked:
             return  # the parent's to close: see _after_fork
         _refuse_from_handler(self, "close")
-        self._periodic_schedules().close()  # before the queue refuses their enqueues
         endtime = None if timeout is None else time.monotonic() + timeout
+        self._periodic_schedules().close(timeout)  # before the queue refuses their enqueues
         with self._mutex:
             self._closing = True
             self._leave_scheduled()
@@ -654,7 +654,8 @@ class JobQueue:
                 not_full.notify_all()
             # Enqueues still being written to disk hold reservations: wait for them too.
             self._all_settled.wait_for(
-                lambda: self._unsettled == 0 and not any(self._reserved.values()), timeout
+                lambda: self._unsettled == 0 and not any(self._reserved.values()),
+                None if endtime is None else max(0.0, endtime - time.monotonic()),
             )
             if not self._stopping:
                 self._stop()
