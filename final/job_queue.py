@@ -429,23 +429,8 @@ class JobQueue:
 
     def _init_state(self, fairness: int, rate_limit: float | None) -> None:
         """The lock, its conditions, and what they guard. Runs before any thread."""
-        # One lock guards everything below; every condition is built on it.
-        self._mutex = threading.Lock()
-        # Notified when a job enters a lane (enqueue, a retry falling due, a replay)
-        # and at stop; idle workers wait on it (with a timeout, for a rate limit token).
-        self._not_empty = threading.Condition(self._mutex)
-        # One per lane, notified (all waiters) when workers have made room for a
-        # refill in that lane (see _refill), when a store refuses reserved jobs, and
-        # at close; producers blocked on that lane wait on it. Per lane, because
-        # room in the LOW lane must not wake a HIGH producer for nothing.
-        self._lane_not_full = {p: threading.Condition(self._mutex) for p in Priority}
-        # Notified when the last accepted job settles; join() and close() wait on it.
-        self._all_settled = threading.Condition(self._mutex)
-        # Notified when the scheduler's next wake-up moves earlier (a retry or a
-        # deadline sooner than the one it sleeps towards) and at stop; the
-        # scheduler thread waits on it.
-        self._timer_changed = threading.Condition(self._mutex)
-
+        self._init_conditions()
+        # What the lock guards:
         self._lanes = {p: deque[Record]() for p in Priority}  # highest first
         self._reserved = dict.fromkeys(Priority, 0)  # room taken by enqueues being stored
         # Threads waiting on _not_empty and on each _lane_not_full. A notify is Python
@@ -488,6 +473,25 @@ class JobQueue:
         self._thread_names = itertools.count()
         self._forked = False  # this is the child of an os.fork(): see _after_fork
         self._pool: ProcessPool | None = None  # executor="process": the children
+
+    def _init_conditions(self) -> None:
+        """The lock, and the conditions built on it, with who waits on each."""
+        # One lock guards all of the queue's state; every condition is built on it.
+        self._mutex = threading.Lock()
+        # Notified when a job enters a lane (enqueue, a retry falling due, a replay)
+        # and at stop; idle workers wait on it (with a timeout, for a rate limit token).
+        self._not_empty = threading.Condition(self._mutex)
+        # One per lane, notified (all waiters) when workers have made room for a
+        # refill in that lane (see _refill), when a store refuses reserved jobs, and
+        # at close; producers blocked on that lane wait on it. Per lane, because
+        # room in the LOW lane must not wake a HIGH producer for nothing.
+        self._lane_not_full = {p: threading.Condition(self._mutex) for p in Priority}
+        # Notified when the last accepted job settles; join() and close() wait on it.
+        self._all_settled = threading.Condition(self._mutex)
+        # Notified when the scheduler's next wake-up moves earlier (a retry or a
+        # deadline sooner than the one it sleeps towards) and at stop; the
+        # scheduler thread waits on it.
+        self._timer_changed = threading.Condition(self._mutex)
 
     def _start_pool(self) -> None:
         """``executor="process"``: start the children, and hand attempts to them."""
