@@ -82,7 +82,7 @@ from final.errors import DuplicateJob, QueueClosed, QueueFull
 from final.job_queue import JobQueue
 from final.jobs import Job, JobInfo, Priority, Status
 from final.store import StoreError
-from final.validation import MAX_KEY_LENGTH
+from final.validation import MAX_KEY_LENGTH, MAX_RUN_AT_YEAR
 
 __all__ = ["MAX_BODY", "HttpState", "create_app", "instrument", "payload_bytes"]
 
@@ -216,8 +216,8 @@ class JobRequest(BaseModel):
 def parse_run_at(text: str) -> datetime:
     """The instant ``text`` names, an ISO 8601 date and time with an offset.
 
-    Raises ``ValueError`` naming ``text`` when it is not one, or has no offset (its
-    instant would depend on the server's time zone)."""
+    Raises ``ValueError`` naming ``text`` when it is not one, has no offset (its
+    instant would depend on the server's time zone), or is after year ``MAX_RUN_AT_YEAR``."""
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
@@ -227,6 +227,8 @@ def parse_run_at(text: str) -> datetime:
         ) from None
     if when.utcoffset() is None:
         raise ValueError(f"run_at {text!r} has no offset: add one, such as +00:00 (or Z)")
+    if when.year > MAX_RUN_AT_YEAR:  # the library's bound (check_run_at), in this field's name
+        raise ValueError(f"run_at must be in year {MAX_RUN_AT_YEAR} or before, got {text!r}")
     return when
 
 

@@ -337,6 +337,7 @@ _COUNTERS = (
     "cancelled",
 )
 _WAIT_WINDOW = 1000  # attempts the wait percentiles are computed over
+_MAX_SLEEP = 3600.0  # seconds the scheduler sleeps at most before it looks again
 
 
 class JobQueue:
@@ -428,23 +429,8 @@ class JobQueue:
 
     def _init_state(self, fairness: int, rate_limit: float | None) -> None:
         """The lock, its conditions, and what they guard. Runs before any thread."""
-        # One lock guards everything below; every condition is built on it.
-        self._mutex = threading.Lock()
-        # Notified when a job enters a lane (enqueue, a retry falling due, a replay)
-        # and at stop; idle workers wait on it (with a timeout, for a rate limit token).
-        self._not_empty = threading.Condition(self._mutex)
-        # One per lane, notified (all waiters) when workers have made room for a
-        # refill in that lane (see _refill), when a store refuses reserved jobs, and
-        # at close; producers blocked on that lane wait on it. Per lane, because
-        # room in the LOW lane must not wake a HIGH producer for nothing.
-        self._lane_not_full = {p: threading.Condition(self._mutex) for p in Priority}
-        # Notified when the last accepted job settles; join() and close() wait on it.
-        self._all_settled = threading.Condition(self._mutex)
-        # Notified when the scheduler's next wake-up moves earlier (a retry or a
-        # deadline sooner than the one it sleeps towards) and at stop; the
-        # scheduler thread waits on it.
-        self._timer_changed = threading.Condition(self._mutex)
-
+        self._init_conditions()
+        # What the lock guards:
         self._lanes = {p: deque[Record]() for p in Priority}  # highest first
         self._reserved = dict.fromkeys(Priority, 0)  # room taken by enqueues being stored
         # Threads waiting on _not_empty and on each _lane_not_full. A notify is Python
@@ -487,6 +473,25 @@ class JobQueue:
         self._thread_names = itertools.count()
         self._forked = False  # this is the child of an os.fork(): see _after_fork
         self._pool: ProcessPool | None = None  # executor="process": the children
+
+    def _init_conditions(self) -> None:
+        """The lock, and the conditions built on it, with who waits on each."""
+        # One lock guards all of the queue's state; every condition is built on it.
+        self._mutex = threading.Lock()
+        # Notified when a job enters a lane (enqueue, a retry falling due, a replay)
+        # and at stop; idle workers wait on it (with a timeout, for a rate limit token).
+        self._not_empty = threading.Condition(self._mutex)
+        # One per lane, notified (all waiters) when workers have made room for a
+        # refill in that lane (see _refill), when a store refuses reserved jobs, and
+        # at close; producers blocked on that lane wait on it. Per lane, because
+        # room in the LOW lane must not wake a HIGH producer for nothing.
+        self._lane_not_full = {p: threading.Condition(self._mutex) for p in Priority}
+        # Notified when the last accepted job settles; join() and close() wait on it.
+        self._all_settled = threading.Condition(self._mutex)
+        # Notified when the scheduler's next wake-up moves earlier (a retry or a
+        # deadline sooner than the one it sleeps towards) and at stop; the
+        # scheduler thread waits on it.
+        self._timer_changed = threading.Condition(self._mutex)
 
     def _start_pool(self) -> None:
         """``executor="process"``: start the children, and hand attempts to them."""
@@ -644,8 +649,8 @@ class JobQueue:
         if self._forked:
             return  # the parent's to close: see _after_fork
         _refuse_from_handler(self, "close")
-        self._periodic_schedules().close()  # before the queue refuses their enqueues
         endtime = None if timeout is None else time.monotonic() + timeout
+        self._periodic_schedules().close(timeout)  # before the queue refuses their enqueues
         with self._mutex:
             self._closing = True
             self._leave_scheduled()
@@ -653,7 +658,8 @@ class JobQueue:
                 not_full.notify_all()
             # Enqueues still being written to disk hold reservations: wait for them too.
             self._all_settled.wait_for(
-                lambda: self._unsettled == 0 and not any(self._reserved.values()), timeout
+                lambda: self._unsettled == 0 and not any(self._reserved.values()),
+                None if endtime is None else max(0.0, endtime - time.monotonic()),
             )
             if not self._stopping:
                 self._stop()
@@ -1069,6 +1075,9 @@ class JobQueue:
                 else:
                     self._publish(record)
             if self._closing:
+                # close() left the scheduled jobs before these were on the heap: leave
+                # these too (they are on disk), or close() would wait for their run_at.
+                self._leave_scheduled()
                 self._all_settled.notify_all()  # close() waits for reservations to end
         if duplicate is not None:
             refused = records[len(stored)].job
@@ -1426,7 +1435,9 @@ class JobQueue:
                 if self._retries:
                     wake = min(wake, self._retries[0][0])
                 self._next_wake = wake
-                self._timer_changed.wait(None if wake == math.inf else wake - now)
+                # Capped: Condition.wait refuses a timeout past threading.TIMEOUT_MAX
+                # (a run_at centuries ahead), and waking hourly to look again is free.
+                self._timer_changed.wait(None if wake == math.inf else min(wake - now, _MAX_SLEEP))
 
     def _time_out(self, record: Record) -> None:
         """Abandon an attempt past its deadline, and keep the pool full. Holds the lock."""

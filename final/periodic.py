@@ -127,14 +127,20 @@ class Schedules:
             self._threads.append(thread)
             thread.start()
 
-    def close(self) -> None:
-        """Stop every schedule, and wait for one that is enqueueing to finish."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop every schedule, and wait for one that is enqueueing to finish.
+
+        ``timeout`` (seconds, or None for no limit) bounds that wait, across all the
+        schedules: a ``job()`` that hangs is left running on its daemon thread, and
+        its enqueue, if it ever comes, finds the queue closed and is dropped.
+        """
+        endtime = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._stopped.set()
             threads = list(self._threads)
         for thread in threads:
             if thread is not threading.current_thread():  # close() from job() itself
-                thread.join()
+                thread.join(None if endtime is None else max(0.0, endtime - time.monotonic()))
 
 
 class _Schedule:

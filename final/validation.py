@@ -15,6 +15,7 @@ from final.jobs import Job, Priority
 
 __all__ = [
     "MAX_KEY_LENGTH",
+    "MAX_RUN_AT_YEAR",
     "check_int",
     "check_job",
     "check_key",
@@ -24,6 +25,7 @@ __all__ = [
 ]
 
 MAX_KEY_LENGTH = 1024  # for ids and idempotency keys: long enough for any real key
+MAX_RUN_AT_YEAR = 9000  # a run_at later than this is refused: see check_run_at
 
 
 def check_int(name: str, value: object, *, minimum: int) -> None:
@@ -78,11 +80,18 @@ def check_job(job: object) -> None:
 
 
 def check_run_at(run_at: object) -> None:
-    """``TypeError`` unless a datetime; ``ValueError`` for a naive one, whose instant is unknown."""
+    """``TypeError`` unless a datetime; ``ValueError`` for a naive one, whose instant is
+    unknown, or one after year ``MAX_RUN_AT_YEAR``."""
     if not isinstance(run_at, datetime.datetime):
         raise TypeError(f"Job.run_at must be a datetime, got {type(run_at).__name__}")
     if run_at.tzinfo is None or run_at.utcoffset() is None:
         raise ValueError(
             f"Job.run_at must be timezone-aware, got the naive datetime {run_at.isoformat()}"
             " (use datetime.now(timezone.utc) + timedelta(...))"
+        )
+    if run_at.year > MAX_RUN_AT_YEAR:
+        # A date near datetime.max cannot come back from a file as a datetime (its
+        # instant in UTC may be past year 9999), so the queue could not reopen.
+        raise ValueError(
+            f"Job.run_at must be in year {MAX_RUN_AT_YEAR} or before, got {run_at.isoformat()}"
         )

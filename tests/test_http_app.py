@@ -311,6 +311,8 @@ def test_run_at_schedules_the_job_and_delete_cancels_it() -> None:
         ("2030-01-01T09:00:00", "has no offset"),
         ("tomorrow at nine", "must be an ISO 8601 date and time with an offset"),
         ("2030-13-01T09:00:00+00:00", "must be an ISO 8601 date and time with an offset"),
+        # Stored, it could not be read back (year 10000 in UTC): the queue would not reopen.
+        ("9999-12-31T23:59:59-05:00", "must be in year 9000 or before"),
     ],
 )
 def test_a_run_at_without_an_offset_or_not_a_date_is_a_422_naming_it(
