@@ -146,7 +146,7 @@ def test_scheduled_jobs_hold_no_worker(queues: Any) -> None:
 
 def test_a_scheduled_job_keeps_its_time_across_a_restart(queues: Any, db: Database) -> None:
     first = queues(Recorder(), workers=2)
-    at = later(0.8)
+    at = later(2.0)  # still ahead when the second handle first looks, on a loaded machine
     first.enqueue(Job(id="kept", run_at=at))
     first.enqueue(Job(id="far", run_at=later(3600)))
     first.close()
