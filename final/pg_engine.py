@@ -231,7 +231,8 @@ def enqueue(conn: Connection, queue: str, jobs: Sequence[NewJob]) -> Refused | N
 
 def enqueue_one(conn: Connection, queue: str, job: NewJob, cap: int) -> bool:
     """Insert ``job`` (due now: no ``run_at``) if its lane holds fewer than ``cap``
-    queued jobs, and wake the queue's listeners; one statement.
+    due jobs (as ``waiting`` counts them), and wake the queue's listeners; one
+    statement.
 
     False when it was not inserted: its lane is full, or its id or idempotency key
     is taken. ``enqueue`` and ``waiting`` tell which.

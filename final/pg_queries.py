@@ -117,9 +117,10 @@ SELECT array_agg(id),
 FROM inserted HAVING count(*) > 0
 """
 
-# One job due now, inserted only while its lane holds fewer than %(cap)s queued jobs
-# (counted no further): queue_size's count and the insert in one round trip. No row
-# back: the lane is full, or the id or key is taken; the caller asks which.
+# One job due now, inserted only while its lane holds fewer than %(cap)s due jobs
+# (counted no further, as WAITING counts them: a job not due yet holds no room, and
+# is not read): queue_size's count and the insert in one round trip. No row back:
+# the lane is full, or the id or key is taken; the caller asks which.
 ENQUEUE_ONE = f"""
 WITH inserted AS (
     INSERT INTO jobq_jobs (
@@ -130,7 +131,8 @@ WITH inserted AS (
     WHERE (
         SELECT count(*) FROM (
             SELECT 1 FROM jobq_jobs
-            WHERE queue = %(queue)s AND status = 'queued' AND priority = %(priority)s
+            WHERE queue = %(queue)s AND status IN ('queued', 'scheduled', 'retrying')
+              AND priority = %(priority)s AND ready_at <= now()
             LIMIT %(cap)s
         ) AS lane
     ) < %(cap)s
@@ -198,23 +200,31 @@ FROM unnest(%(lanes)s::int[]) AS p (priority), LATERAL (
 """
 
 # CLAIM, and in the same statement (so in the same snapshot, taken before the claim
-# changed anything) each lane's queued jobs counted no further than the claim's limit,
+# changed anything) each lane's due jobs counted no further than the claim's limit,
 # as WAITING counts them: fairness's counts without a round trip of their own. Each
-# row carries the counts of every lane in %(lanes)s, in that order.
+# row carries the counts of every lane in %(lanes)s, in that order. The rows are
+# picked lane by lane, as CLAIM picks them, and every read ends at now(), so that
+# jobs not due yet, however many, are never read.
 CLAIM_COUNTING = """
 WITH picked AS MATERIALIZED (
-    SELECT id FROM jobq_jobs
-    WHERE queue = %(queue)s
-      AND status IN ('queued', 'scheduled', 'retrying')
-      AND ready_at <= now()
-    ORDER BY priority DESC, ready_at, seq
+    SELECT lane.id
+    FROM unnest(%(lanes)s::int[]) AS p (priority), LATERAL (
+        SELECT id FROM jobq_jobs
+        WHERE queue = %(queue)s
+          AND status IN ('queued', 'scheduled', 'retrying')
+          AND priority = p.priority
+          AND ready_at <= now()
+        ORDER BY ready_at, seq
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS lane
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 ), waiting AS MATERIALIZED (
     SELECT array_agg((
         SELECT count(*) FROM (
             SELECT 1 FROM jobq_jobs
-            WHERE queue = %(queue)s AND status = 'queued' AND priority = p.priority
+            WHERE queue = %(queue)s AND status IN ('queued', 'scheduled', 'retrying')
+              AND priority = p.priority AND ready_at <= now()
             LIMIT %(limit)s
         ) AS lane
     ) ORDER BY p.n) AS counts
