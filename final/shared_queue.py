@@ -205,10 +205,7 @@ class SharedQueue(JobQueue):
         tables are of another version (``SchemaMismatch``, which says what to do)."""
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
-        if not isinstance(dsn, str) or not dsn:
-            raise ValueError(f"dsn must be a PostgreSQL connection URI, got {dsn!r}")
-        if path is not None or store is not None:
-            raise ValueError("give a dsn or a path (or store), not both: they are two queues")
+        self._dsn = _check_target(dsn, path, store)
         _check_options(
             workers, queue_size, max_retries, backoff, max_backoff, job_timeout, fairness
         )
@@ -221,7 +218,6 @@ class SharedQueue(JobQueue):
         self._backoff = backoff
         self._max_backoff = max_backoff
         self._job_timeout = job_timeout
-        self._dsn = dsn
         self._queue = queue
         self._lease = lease
         self._rate = rate_limit
@@ -1288,6 +1284,16 @@ def _check_options(
     if job_timeout is not None:
         check_seconds("job_timeout", job_timeout, positive=True)
     check_int("fairness", fairness, minimum=0)
+
+
+def _check_target(dsn: object, path: object, store: object) -> str:
+    """Return ``dsn``; raise ``ValueError`` unless it is a non-empty string and no
+    ``path`` or ``store`` is named too."""
+    if not isinstance(dsn, str) or not dsn:
+        raise ValueError(f"dsn must be a PostgreSQL connection URI, got {dsn!r}")
+    if path is not None or store is not None:
+        raise ValueError("give a dsn or a path (or store), not both: they are two queues")
+    return dsn
 
 
 def _check_shared(
