@@ -411,12 +411,23 @@ WITH revived AS (
 SELECT id, pg_notify({_CHANNEL}, '') FROM revived
 """
 
-# A job that has not started never will: (cancelled, known). The EXISTS reads the
-# statement's snapshot, from before the update, so it sees the row either way.
+# A job that has not started never will: (cancelled, known). The row is taken FOR
+# UPDATE SKIP LOCKED: a waiting row locked by another transaction is being claimed
+# right now (the claim wins: it is running), and a running row locked by a handler's
+# own transaction (complete(connection)) is running anyway; either way the answer is
+# "not cancelled" at once, where a plain UPDATE would wait for that transaction to end
+# with the API connection, and every lookup behind it, stuck. Whoever holds the lock
+# first wins, so a claim and a cancel at the same instant still end with one winner.
+# The EXISTS reads the statement's snapshot, from before the update, so it sees the
+# row either way.
 CANCEL = """
-WITH cancelled AS (
-    UPDATE jobq_jobs SET status = 'cancelled', finished_at = now()
+WITH target AS MATERIALIZED (
+    SELECT id FROM jobq_jobs
     WHERE queue = %(queue)s AND id = %(id)s AND status IN ('queued', 'scheduled', 'retrying')
+    FOR UPDATE SKIP LOCKED
+), cancelled AS (
+    UPDATE jobq_jobs SET status = 'cancelled', finished_at = now()
+    WHERE queue = %(queue)s AND id = ANY (ARRAY(SELECT id FROM target))
     RETURNING id
 )
 SELECT EXISTS (SELECT FROM cancelled),

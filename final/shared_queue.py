@@ -699,8 +699,11 @@ class SharedQueue(JobQueue):
         ``retention`` prunes it). ``False``: it is running or has settled, and
         nothing changed. Raises ``UnknownJob`` (a ``KeyError``) for an id the queue does not know.
         One statement decides against the claim: if a worker of any process takes
-        the job at the same instant, exactly one of the two wins. Answers after
-        ``close()`` too, as the lookups do.
+        the job at the same instant, exactly one of the two wins (whichever locks the
+        row first; a cancel that finds it locked answers ``False`` at once rather
+        than wait, so a handler's open ``complete(connection)`` transaction holds up
+        neither this call nor the lookups behind it). Answers after ``close()`` too,
+        as the lookups do.
         """
         from final import pg_engine
 
@@ -1349,6 +1352,14 @@ class _SharedAttempt(Attempt):
         ``job_timeout`` abandoned this attempt): roll the transaction back, its effects
         must not commit. ``ValueError`` for a connection in autocommit mode, closed, or
         seeing other tables than the queue's.
+
+        End the transaction before the handler returns. While it is open the job's row
+        stays locked, and a move of this attempt the queue makes on its own (the retry
+        or dead letter after ``job_timeout``, or after a handler that returned with the
+        transaction still open) waits for that lock on the connection every worker of
+        this handle claims and settles on: up to 5 s (its ``lock_timeout``) per try,
+        tried again until the transaction ends, so claims and settles of this handle
+        stall meanwhile. ``cancel()`` and the lookups do not wait: they skip the row.
         """
         self._owner._complete_in(self, connection)
 

@@ -498,6 +498,19 @@ def test_only_a_job_that_has_not_started_can_be_cancelled(conn: Connection) -> N
     assert engine.claim(conn, QUEUE, process, limit=10) == []
 
 
+def test_a_cancel_never_waits_for_a_row_another_transaction_holds(
+    db: Database, conn: Connection
+) -> None:
+    engine.enqueue(conn, QUEUE, [new("a")])
+    with db.connect(autocommit=False) as claimer:  # a claim (or a completion) under way
+        claimer.execute("SELECT 1 FROM jobq_jobs WHERE id = 'a' FOR UPDATE")
+        conn.execute("SET lock_timeout = '60s'")  # a wait would show as a hang, not an error
+        assert engine.cancel(conn, QUEUE, "a") is False  # the holder wins, at once
+        claimer.rollback()  # the claim did not happen after all
+    assert engine.cancel(conn, QUEUE, "a") is True
+    assert status(conn, "a") == "cancelled"
+
+
 def test_unsettled_and_counts_answer_for_jobs_run_anywhere(conn: Connection) -> None:
     engine.enqueue(conn, QUEUE, [new("a", HIGH), new("b", HIGH), new("c", LOW), new("d")])
     process = engine.register(conn, QUEUE, lease=30.0)
