@@ -411,7 +411,8 @@ WITH revived AS (
 SELECT id, pg_notify({_CHANNEL}, '') FROM revived
 """
 
-# A job that has not started never will: (cancelled, known). The row is taken FOR
+# A job that has not started never will: (cancelled, known, its priority if
+# cancelled). The row is taken FOR
 # UPDATE SKIP LOCKED: a waiting row locked by another transaction is being claimed
 # right now (the claim wins: it is running), and a running row locked by a handler's
 # own transaction (complete(connection)) is running anyway; either way the answer is
@@ -428,10 +429,11 @@ WITH target AS MATERIALIZED (
 ), cancelled AS (
     UPDATE jobq_jobs SET status = 'cancelled', finished_at = now()
     WHERE queue = %(queue)s AND id = ANY (ARRAY(SELECT id FROM target))
-    RETURNING id
+    RETURNING id, priority
 )
 SELECT EXISTS (SELECT FROM cancelled),
-       EXISTS (SELECT FROM jobq_jobs WHERE queue = %(queue)s AND id = %(id)s)
+       EXISTS (SELECT FROM jobq_jobs WHERE queue = %(queue)s AND id = %(id)s),
+       (SELECT priority FROM cancelled)
 """
 
 # Of these ids, the ones not settled yet: what join() waits for. An id that is gone
@@ -444,12 +446,12 @@ WHERE queue = %(queue)s AND id = ANY (%(ids)s::text[])
   AND (%(scheduled)s OR status <> 'scheduled' OR ready_at <= now())
 """
 
-# The jobs waiting, running and cancelled, by priority and state as status() shows
-# it: the gauges. The partial indexes answer it.
+# The jobs waiting and running, by priority and state as status() shows it: the
+# gauges. The partial indexes answer it.
 COUNTS = f"""
 SELECT priority, {_SHOWN}, count(*) FROM jobq_jobs
 WHERE queue = %(queue)s
-  AND status IN ('queued', 'scheduled', 'retrying', 'processing', 'cancelled')
+  AND status IN ('queued', 'scheduled', 'retrying', 'processing')
 GROUP BY 1, 2
 """
 

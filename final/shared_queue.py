@@ -610,10 +610,13 @@ class SharedQueue(JobQueue):
     def metrics(self) -> Metrics:
         """This handle's counters, and the whole queue's gauges read from the database.
 
-        Gauges: ``queued`` (a job whose ``run_at`` or backoff has come is queued),
-        ``scheduled``, ``retrying``, ``in_flight``, ``dead``, and ``cancelled``: the
-        cancelled jobs the database keeps (until ``retention`` prunes them), whichever
-        handle cancelled them.
+        Counters, which only grow: ``submitted``, ``started``, ``completed``,
+        ``failed``, ``retried``, ``timed_out``, ``lost``, and ``cancelled``, the
+        jobs this handle's ``cancel()`` called off. Gauges: ``queued`` (a job whose
+        ``run_at`` or backoff has come is queued), ``scheduled``, ``retrying``,
+        ``in_flight``, ``dead``. The cancelled jobs the database still keeps, whoever
+        cancelled them, are not a counter (``retention`` prunes them, so their number
+        goes down): ``status()`` of each, or ``python -m final inspect --dsn``.
         """
         from final import pg_engine
 
@@ -627,7 +630,6 @@ class SharedQueue(JobQueue):
                     retrying=counts.get((int(p), "retrying"), 0),
                     in_flight=counts.get((int(p), "processing"), 0),
                     scheduled=counts.get((int(p), "scheduled"), 0),
-                    cancelled=counts.get((int(p), "cancelled"), 0),
                 )
                 for p in Priority
             }
@@ -649,7 +651,6 @@ class SharedQueue(JobQueue):
             wait_p99=None,
             utilization=min(1.0, busy / elapsed) if elapsed > 0 else 0.0,
             scheduled=sum(m.scheduled for m in lanes.values()),
-            cancelled=sum(m.cancelled for m in lanes.values()),
         )
 
     def info(self, job_id: str) -> JobInfo | None:
@@ -707,10 +708,13 @@ class SharedQueue(JobQueue):
         """
         from final import pg_engine
 
-        cancelled: bool | None = self._call(pg_engine.cancel, self._queue, job_id)
+        cancelled, priority = self._call(pg_engine.cancel_in_lane, self._queue, job_id)
         if cancelled is None:
             raise UnknownJob(job_id)
-        return cancelled
+        if cancelled:
+            with self._mutex:
+                self._counts[Priority(priority)]["cancelled"] += 1
+        return bool(cancelled)
 
     def recent_failures(self, limit: int = 20) -> list[JobInfo]:
         """What ``info`` says of the queue's jobs whose latest attempt failed, whichever
@@ -1326,8 +1330,8 @@ def _seconds(payload: str) -> float | None:
 
 
 def _handle_counts(counts: dict[str, int]) -> dict[str, int]:
-    """This handle's counters, less ``cancelled``, which the database counts for the queue."""
-    return {name: n for name, n in counts.items() if name != "cancelled"}
+    """This handle's counters (a copy)."""
+    return dict(counts)
 
 
 @dataclass(slots=True, eq=False)
