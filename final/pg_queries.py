@@ -288,22 +288,38 @@ SELECT EXISTS (
 )
 """
 
+# The row of an attempt that failed, locked NOWAIT: a lock held on it is most likely
+# the handler's own complete() transaction, still open after a timeout or after the
+# handler returned, and it may stay open for long. Waiting for it would hold the claim
+# connection, which every worker of the process shares; the error (lock_not_available)
+# comes back at once instead, and the caller tries again later, the connection free
+# in between.
+_FAILED_ROW = """
+WITH mine AS MATERIALIZED (
+    SELECT id FROM jobq_jobs
+    WHERE queue = %(queue)s AND id = %(id)s AND claim = %(claim)s AND status = 'processing'
+    FOR UPDATE NOWAIT
+)
+"""
+_FENCED = """
+WHERE queue = %(queue)s AND id = %(id)s AND claim = %(claim)s AND status = 'processing'
+  AND id = ANY (ARRAY(SELECT id FROM mine))
+"""
+
 # A failed attempt with retries left: back in its line once the backoff has passed.
-RETRY = """
+RETRY = f"""{_FAILED_ROW}
 UPDATE jobq_jobs
 SET status = CASE WHEN %(delay)s::float8 > 0 THEN 'retrying' ELSE 'queued' END,
     ready_at = now() + make_interval(secs => %(delay)s::float8),
     last_error = %(error)s, process_id = NULL, claim = NULL, deadline = NULL
-WHERE queue = %(queue)s AND id = %(id)s AND claim = %(claim)s AND status = 'processing'
-"""
+{_FENCED}"""
 
 # A failed attempt with no retries left: into the dead letters.
-FAIL = """
+FAIL = f"""{_FAILED_ROW}
 UPDATE jobq_jobs
 SET status = 'failed', finished_at = now(), last_error = %(error)s,
     process_id = NULL, claim = NULL, deadline = NULL
-WHERE queue = %(queue)s AND id = %(id)s AND claim = %(claim)s AND status = 'processing'
-"""
+{_FENCED}"""
 
 # Claimed but never started (the process is closing): the attempt is taken back, and
 # the job keeps its place in the line, since ready_at does not change.

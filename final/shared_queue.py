@@ -1119,7 +1119,9 @@ class SharedQueue(JobQueue):
         goes through (or the handle has left): this process is alive, so no rescue
         would ever take the job back. A move is fenced, so trying it twice is safe;
         if the first try committed and only its answer was lost, the second finds
-        the claim cleared and reports it moved on.
+        the claim cleared and reports it moved on. A retry or dead letter whose row
+        another transaction holds (a handler's ``complete()`` left open) fails at once
+        (``NOWAIT``) and is tried again the same way, the connection free meanwhile.
         """
         import psycopg
 
@@ -1358,12 +1360,14 @@ class _SharedAttempt(Attempt):
         seeing other tables than the queue's.
 
         End the transaction before the handler returns. While it is open the job's row
-        stays locked, and a move of this attempt the queue makes on its own (the retry
-        or dead letter after ``job_timeout``, or after a handler that returned with the
-        transaction still open) waits for that lock on the connection every worker of
-        this handle claims and settles on: up to 5 s (its ``lock_timeout``) per try,
-        tried again until the transaction ends, so claims and settles of this handle
-        stall meanwhile. ``cancel()`` and the lookups do not wait: they skip the row.
+        stays locked, and the move of this attempt the queue makes on its own (the
+        retry or dead letter after ``job_timeout``, or after a handler that returned
+        with the transaction still open) cannot happen: it is refused at once (the row
+        is locked ``NOWAIT``) and tried again after a pause that doubles up to a third
+        of ``lease``, until the transaction ends. The thread that settles it (the
+        worker, or the one that timed it out) waits meanwhile; the connection the other
+        workers claim and settle on does not. ``cancel()`` and the lookups do not wait
+        either: the cancel skips the locked row, the lookups only read.
         """
         self._owner._complete_in(self, connection)
 

@@ -511,6 +511,25 @@ def test_a_cancel_never_waits_for_a_row_another_transaction_holds(
     assert status(conn, "a") == "cancelled"
 
 
+def test_a_failed_attempt_whose_row_is_locked_is_refused_at_once_not_waited_for(
+    db: Database, conn: Connection
+) -> None:
+    engine.enqueue(conn, QUEUE, [new("a")])
+    process = engine.register(conn, QUEUE, lease=30.0)
+    [a] = engine.claim(conn, QUEUE, process, limit=1)
+    conn.execute("SET lock_timeout = '60s'")  # a wait would show as a hang, not an error
+    with db.connect(autocommit=False) as handler:  # complete() left open by a handler
+        handler.execute("SELECT 1 FROM jobq_jobs WHERE id = 'a' FOR UPDATE")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            engine.retry(conn, QUEUE, "a", a.token, "boom", 0.0)
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            engine.fail(conn, QUEUE, "a", a.token, "boom")
+        handler.rollback()
+    assert engine.retry(conn, QUEUE, "a", a.token, "boom", 0.0) is True  # tried again
+    assert engine.retry(conn, QUEUE, "a", a.token, "boom", 0.0) is False  # fenced
+    assert status(conn, "a") == "queued"
+
+
 def test_unsettled_and_counts_answer_for_jobs_run_anywhere(conn: Connection) -> None:
     engine.enqueue(conn, QUEUE, [new("a", HIGH), new("b", HIGH), new("c", LOW), new("d")])
     process = engine.register(conn, QUEUE, lease=30.0)
