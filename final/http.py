@@ -390,8 +390,10 @@ _COUNTERS = {
     "retried": "Retries scheduled",
     "timed_out": "Attempts that ran past the job timeout",
     "lost": "Accepted jobs a close left unrun (never, with a path: they stay on disk)",
-    "cancelled": "Jobs called off before they started",
+    "cancelled": "Jobs this queue's cancel() called off before they started",
 }
+# Every counter only grows, on every store: on PostgreSQL too each is the handle's own
+# (the database's cancelled rows, which retention prunes, would read as a reset).
 _GAUGES = {
     "queued": "Jobs waiting in their lane",
     "retrying": "Jobs waiting out a backoff",

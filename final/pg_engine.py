@@ -231,7 +231,8 @@ def enqueue(conn: Connection, queue: str, jobs: Sequence[NewJob]) -> Refused | N
 
 def enqueue_one(conn: Connection, queue: str, job: NewJob, cap: int) -> bool:
     """Insert ``job`` (due now: no ``run_at``) if its lane holds fewer than ``cap``
-    queued jobs, and wake the queue's listeners; one statement.
+    due jobs (as ``waiting`` counts them), and wake the queue's listeners; one
+    statement.
 
     False when it was not inserted: its lane is full, or its id or idempotency key
     is taken. ``enqueue`` and ``waiting`` tell which.
@@ -481,14 +482,19 @@ def revive(conn: Connection, queue: str, job_id: str) -> bool:
 
 
 def cancel(conn: Connection, queue: str, job_id: str) -> bool | None:
-    """Cancel a job that has not started: True; False if it is running or settled.
-
-    None when the queue has no job ``job_id``.
+    """Cancel a job that has not started: True; False if it is running or settled
+    (or being claimed right now). None when the queue has no job ``job_id``.
     """
+    cancelled, _ = cancel_in_lane(conn, queue, job_id)
+    return cancelled
+
+
+def cancel_in_lane(conn: Connection, queue: str, job_id: str) -> tuple[bool | None, int | None]:
+    """``cancel``, and the priority of the job it cancelled (None when it did not)."""
     row = conn.execute(q.CANCEL, {"queue": queue, "id": job_id}).fetchone()
     assert row is not None
-    cancelled, known = row
-    return bool(cancelled) if known else None
+    cancelled, known, priority = row
+    return (bool(cancelled) if known else None), priority
 
 
 def next_due(conn: Connection, queue: str, lanes: Sequence[int]) -> float | None:

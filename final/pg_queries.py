@@ -117,9 +117,10 @@ SELECT array_agg(id),
 FROM inserted HAVING count(*) > 0
 """
 
-# One job due now, inserted only while its lane holds fewer than %(cap)s queued jobs
-# (counted no further): queue_size's count and the insert in one round trip. No row
-# back: the lane is full, or the id or key is taken; the caller asks which.
+# One job due now, inserted only while its lane holds fewer than %(cap)s due jobs
+# (counted no further, as WAITING counts them: a job not due yet holds no room, and
+# is not read): queue_size's count and the insert in one round trip. No row back:
+# the lane is full, or the id or key is taken; the caller asks which.
 ENQUEUE_ONE = f"""
 WITH inserted AS (
     INSERT INTO jobq_jobs (
@@ -130,7 +131,8 @@ WITH inserted AS (
     WHERE (
         SELECT count(*) FROM (
             SELECT 1 FROM jobq_jobs
-            WHERE queue = %(queue)s AND status = 'queued' AND priority = %(priority)s
+            WHERE queue = %(queue)s AND status IN ('queued', 'scheduled', 'retrying')
+              AND priority = %(priority)s AND ready_at <= now()
             LIMIT %(cap)s
         ) AS lane
     ) < %(cap)s
@@ -198,23 +200,31 @@ FROM unnest(%(lanes)s::int[]) AS p (priority), LATERAL (
 """
 
 # CLAIM, and in the same statement (so in the same snapshot, taken before the claim
-# changed anything) each lane's queued jobs counted no further than the claim's limit,
+# changed anything) each lane's due jobs counted no further than the claim's limit,
 # as WAITING counts them: fairness's counts without a round trip of their own. Each
-# row carries the counts of every lane in %(lanes)s, in that order.
+# row carries the counts of every lane in %(lanes)s, in that order. The rows are
+# picked lane by lane, as CLAIM picks them, and every read ends at now(), so that
+# jobs not due yet, however many, are never read.
 CLAIM_COUNTING = """
 WITH picked AS MATERIALIZED (
-    SELECT id FROM jobq_jobs
-    WHERE queue = %(queue)s
-      AND status IN ('queued', 'scheduled', 'retrying')
-      AND ready_at <= now()
-    ORDER BY priority DESC, ready_at, seq
+    SELECT lane.id
+    FROM unnest(%(lanes)s::int[]) AS p (priority), LATERAL (
+        SELECT id FROM jobq_jobs
+        WHERE queue = %(queue)s
+          AND status IN ('queued', 'scheduled', 'retrying')
+          AND priority = p.priority
+          AND ready_at <= now()
+        ORDER BY ready_at, seq
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS lane
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 ), waiting AS MATERIALIZED (
     SELECT array_agg((
         SELECT count(*) FROM (
             SELECT 1 FROM jobq_jobs
-            WHERE queue = %(queue)s AND status = 'queued' AND priority = p.priority
+            WHERE queue = %(queue)s AND status IN ('queued', 'scheduled', 'retrying')
+              AND priority = p.priority AND ready_at <= now()
             LIMIT %(limit)s
         ) AS lane
     ) ORDER BY p.n) AS counts
@@ -278,22 +288,38 @@ SELECT EXISTS (
 )
 """
 
+# The row of an attempt that failed, locked NOWAIT: a lock held on it is most likely
+# the handler's own complete() transaction, still open after a timeout or after the
+# handler returned, and it may stay open for long. Waiting for it would hold the claim
+# connection, which every worker of the process shares; the error (lock_not_available)
+# comes back at once instead, and the caller tries again later, the connection free
+# in between.
+_FAILED_ROW = """
+WITH mine AS MATERIALIZED (
+    SELECT id FROM jobq_jobs
+    WHERE queue = %(queue)s AND id = %(id)s AND claim = %(claim)s AND status = 'processing'
+    FOR UPDATE NOWAIT
+)
+"""
+_FENCED = """
+WHERE queue = %(queue)s AND id = %(id)s AND claim = %(claim)s AND status = 'processing'
+  AND id = ANY (ARRAY(SELECT id FROM mine))
+"""
+
 # A failed attempt with retries left: back in its line once the backoff has passed.
-RETRY = """
+RETRY = f"""{_FAILED_ROW}
 UPDATE jobq_jobs
 SET status = CASE WHEN %(delay)s::float8 > 0 THEN 'retrying' ELSE 'queued' END,
     ready_at = now() + make_interval(secs => %(delay)s::float8),
     last_error = %(error)s, process_id = NULL, claim = NULL, deadline = NULL
-WHERE queue = %(queue)s AND id = %(id)s AND claim = %(claim)s AND status = 'processing'
-"""
+{_FENCED}"""
 
 # A failed attempt with no retries left: into the dead letters.
-FAIL = """
+FAIL = f"""{_FAILED_ROW}
 UPDATE jobq_jobs
 SET status = 'failed', finished_at = now(), last_error = %(error)s,
     process_id = NULL, claim = NULL, deadline = NULL
-WHERE queue = %(queue)s AND id = %(id)s AND claim = %(claim)s AND status = 'processing'
-"""
+{_FENCED}"""
 
 # Claimed but never started (the process is closing): the attempt is taken back, and
 # the job keeps its place in the line, since ready_at does not change.
@@ -401,16 +427,29 @@ WITH revived AS (
 SELECT id, pg_notify({_CHANNEL}, '') FROM revived
 """
 
-# A job that has not started never will: (cancelled, known). The EXISTS reads the
-# statement's snapshot, from before the update, so it sees the row either way.
+# A job that has not started never will: (cancelled, known, its priority if
+# cancelled). The row is taken FOR
+# UPDATE SKIP LOCKED: a waiting row locked by another transaction is being claimed
+# right now (the claim wins: it is running), and a running row locked by a handler's
+# own transaction (complete(connection)) is running anyway; either way the answer is
+# "not cancelled" at once, where a plain UPDATE would wait for that transaction to end
+# with the API connection, and every lookup behind it, stuck. Whoever holds the lock
+# first wins, so a claim and a cancel at the same instant still end with one winner.
+# The EXISTS reads the statement's snapshot, from before the update, so it sees the
+# row either way.
 CANCEL = """
-WITH cancelled AS (
-    UPDATE jobq_jobs SET status = 'cancelled', finished_at = now()
+WITH target AS MATERIALIZED (
+    SELECT id FROM jobq_jobs
     WHERE queue = %(queue)s AND id = %(id)s AND status IN ('queued', 'scheduled', 'retrying')
-    RETURNING id
+    FOR UPDATE SKIP LOCKED
+), cancelled AS (
+    UPDATE jobq_jobs SET status = 'cancelled', finished_at = now()
+    WHERE queue = %(queue)s AND id = ANY (ARRAY(SELECT id FROM target))
+    RETURNING id, priority
 )
 SELECT EXISTS (SELECT FROM cancelled),
-       EXISTS (SELECT FROM jobq_jobs WHERE queue = %(queue)s AND id = %(id)s)
+       EXISTS (SELECT FROM jobq_jobs WHERE queue = %(queue)s AND id = %(id)s),
+       (SELECT priority FROM cancelled)
 """
 
 # Of these ids, the ones not settled yet: what join() waits for. An id that is gone
@@ -423,12 +462,12 @@ WHERE queue = %(queue)s AND id = ANY (%(ids)s::text[])
   AND (%(scheduled)s OR status <> 'scheduled' OR ready_at <= now())
 """
 
-# The jobs waiting, running and cancelled, by priority and state as status() shows
-# it: the gauges. The partial indexes answer it.
+# The jobs waiting and running, by priority and state as status() shows it: the
+# gauges. The partial indexes answer it.
 COUNTS = f"""
 SELECT priority, {_SHOWN}, count(*) FROM jobq_jobs
 WHERE queue = %(queue)s
-  AND status IN ('queued', 'scheduled', 'retrying', 'processing', 'cancelled')
+  AND status IN ('queued', 'scheduled', 'retrying', 'processing')
 GROUP BY 1, 2
 """
 

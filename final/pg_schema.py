@@ -14,7 +14,9 @@ with ``options=-csearch_path=NAME`` puts a queue in a schema of its own):
 and two concurrent ``CREATE TABLE IF NOT EXISTS`` of one name can still fail on the
 catalog's own unique index, so the creation runs under a transaction-level advisory
 lock: the first process creates, the others wait and then find the tables made.
-Tables of another version are refused, never altered.
+Tables of version 1 are upgraded in place under the same lock (version 2 only adds
+the nullable column ``run_at``); tables of any other version are refused, never
+altered.
 """
 
 from __future__ import annotations
@@ -116,6 +118,16 @@ CREATE INDEX IF NOT EXISTS jobq_jobs_settled
 #   reused, unlike an attempt count, which a replay from the dead letters resets.
 
 
+# Version 1 to 2: run_at, a nullable column, so the ALTER rewrites no row (it holds
+# the table's lock only for a moment). A job still waiting for its time in version 1
+# waited for its ready_at; a retry's or a settled job's run_at is not known, and stays
+# NULL, as a job enqueued with no run_at. _TABLES after it makes anything else missing.
+_UPGRADE_1 = """
+ALTER TABLE jobq_jobs ADD COLUMN IF NOT EXISTS run_at timestamptz;
+UPDATE jobq_jobs SET run_at = ready_at WHERE status = 'scheduled' AND run_at IS NULL;
+"""
+
+
 class SchemaMismatch(StoreError):
     """The database holds tables this code cannot use: another version, or not ours."""
 
@@ -124,7 +136,9 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> None:
     """Create the queue's tables in the connection's current schema, unless they exist.
 
     Safe to call from many processes at once. Commits its own transaction, so
-    ``conn`` must not be in one. Raises ``SchemaMismatch`` when the tables are of
+    ``conn`` must not be in one. Tables of version 1 are upgraded to this version in
+    that transaction (processes still running version 1's code keep working: they
+    name their columns). Raises ``SchemaMismatch`` when the tables are of
     another version, when a table of ours is there without its version, or when
     the ``search_path`` names no schema that exists.
     """
@@ -157,6 +171,11 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> None:
             conn.execute("INSERT INTO jobq_version (version) VALUES (%s)", (SCHEMA_VERSION,))
             return
         versions = [row[0] for row in conn.execute("SELECT version FROM jobq_version")]
+        if versions == [1]:
+            conn.execute(_UPGRADE_1)
+            conn.execute(_TABLES)
+            conn.execute("UPDATE jobq_version SET version = %s", (SCHEMA_VERSION,))
+            return
         if versions != [SCHEMA_VERSION]:
             found_text = ", ".join(map(str, versions)) or "none"
             raise SchemaMismatch(

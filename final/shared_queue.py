@@ -205,10 +205,7 @@ class SharedQueue(JobQueue):
         tables are of another version (``SchemaMismatch``, which says what to do)."""
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
-        if not isinstance(dsn, str) or not dsn:
-            raise ValueError(f"dsn must be a PostgreSQL connection URI, got {dsn!r}")
-        if path is not None or store is not None:
-            raise ValueError("give a dsn or a path (or store), not both: they are two queues")
+        self._dsn = _check_target(dsn, path, store)
         _check_options(
             workers, queue_size, max_retries, backoff, max_backoff, job_timeout, fairness
         )
@@ -221,7 +218,6 @@ class SharedQueue(JobQueue):
         self._backoff = backoff
         self._max_backoff = max_backoff
         self._job_timeout = job_timeout
-        self._dsn = dsn
         self._queue = queue
         self._lease = lease
         self._rate = rate_limit
@@ -614,10 +610,13 @@ class SharedQueue(JobQueue):
     def metrics(self) -> Metrics:
         """This handle's counters, and the whole queue's gauges read from the database.
 
-        Gauges: ``queued`` (a job whose ``run_at`` or backoff has come is queued),
-        ``scheduled``, ``retrying``, ``in_flight``, ``dead``, and ``cancelled``: the
-        cancelled jobs the database keeps (until ``retention`` prunes them), whichever
-        handle cancelled them.
+        Counters, which only grow: ``submitted``, ``started``, ``completed``,
+        ``failed``, ``retried``, ``timed_out``, ``lost``, and ``cancelled``, the
+        jobs this handle's ``cancel()`` called off. Gauges: ``queued`` (a job whose
+        ``run_at`` or backoff has come is queued), ``scheduled``, ``retrying``,
+        ``in_flight``, ``dead``. The cancelled jobs the database still keeps, whoever
+        cancelled them, are not a counter (``retention`` prunes them, so their number
+        goes down): ``status()`` of each, or ``python -m final inspect --dsn``.
         """
         from final import pg_engine
 
@@ -631,7 +630,6 @@ class SharedQueue(JobQueue):
                     retrying=counts.get((int(p), "retrying"), 0),
                     in_flight=counts.get((int(p), "processing"), 0),
                     scheduled=counts.get((int(p), "scheduled"), 0),
-                    cancelled=counts.get((int(p), "cancelled"), 0),
                 )
                 for p in Priority
             }
@@ -653,7 +651,6 @@ class SharedQueue(JobQueue):
             wait_p99=None,
             utilization=min(1.0, busy / elapsed) if elapsed > 0 else 0.0,
             scheduled=sum(m.scheduled for m in lanes.values()),
-            cancelled=sum(m.cancelled for m in lanes.values()),
         )
 
     def info(self, job_id: str) -> JobInfo | None:
@@ -703,15 +700,21 @@ class SharedQueue(JobQueue):
         ``retention`` prunes it). ``False``: it is running or has settled, and
         nothing changed. Raises ``UnknownJob`` (a ``KeyError``) for an id the queue does not know.
         One statement decides against the claim: if a worker of any process takes
-        the job at the same instant, exactly one of the two wins. Answers after
-        ``close()`` too, as the lookups do.
+        the job at the same instant, exactly one of the two wins (whichever locks the
+        row first; a cancel that finds it locked answers ``False`` at once rather
+        than wait, so a handler's open ``complete(connection)`` transaction holds up
+        neither this call nor the lookups behind it). Answers after ``close()`` too,
+        as the lookups do.
         """
         from final import pg_engine
 
-        cancelled: bool | None = self._call(pg_engine.cancel, self._queue, job_id)
+        cancelled, priority = self._call(pg_engine.cancel_in_lane, self._queue, job_id)
         if cancelled is None:
             raise UnknownJob(job_id)
-        return cancelled
+        if cancelled:
+            with self._mutex:
+                self._counts[Priority(priority)]["cancelled"] += 1
+        return bool(cancelled)
 
     def recent_failures(self, limit: int = 20) -> list[JobInfo]:
         """What ``info`` says of the queue's jobs whose latest attempt failed, whichever
@@ -1116,7 +1119,9 @@ class SharedQueue(JobQueue):
         goes through (or the handle has left): this process is alive, so no rescue
         would ever take the job back. A move is fenced, so trying it twice is safe;
         if the first try committed and only its answer was lost, the second finds
-        the claim cleared and reports it moved on.
+        the claim cleared and reports it moved on. A retry or dead letter whose row
+        another transaction holds (a handler's ``complete()`` left open) fails at once
+        (``NOWAIT``) and is tried again the same way, the connection free meanwhile.
         """
         import psycopg
 
@@ -1290,6 +1295,16 @@ def _check_options(
     check_int("fairness", fairness, minimum=0)
 
 
+def _check_target(dsn: object, path: object, store: object) -> str:
+    """Return ``dsn``; raise ``ValueError`` unless it is a non-empty string and no
+    ``path`` or ``store`` is named too."""
+    if not isinstance(dsn, str) or not dsn:
+        raise ValueError(f"dsn must be a PostgreSQL connection URI, got {dsn!r}")
+    if path is not None or store is not None:
+        raise ValueError("give a dsn or a path (or store), not both: they are two queues")
+    return dsn
+
+
 def _check_shared(
     queue: str,
     rate_limit: float | None,
@@ -1317,8 +1332,8 @@ def _seconds(payload: str) -> float | None:
 
 
 def _handle_counts(counts: dict[str, int]) -> dict[str, int]:
-    """This handle's counters, less ``cancelled``, which the database counts for the queue."""
-    return {name: n for name, n in counts.items() if name != "cancelled"}
+    """This handle's counters (a copy)."""
+    return dict(counts)
 
 
 @dataclass(slots=True, eq=False)
@@ -1343,6 +1358,16 @@ class _SharedAttempt(Attempt):
         ``job_timeout`` abandoned this attempt): roll the transaction back, its effects
         must not commit. ``ValueError`` for a connection in autocommit mode, closed, or
         seeing other tables than the queue's.
+
+        End the transaction before the handler returns. While it is open the job's row
+        stays locked, and the move of this attempt the queue makes on its own (the
+        retry or dead letter after ``job_timeout``, or after a handler that returned
+        with the transaction still open) cannot happen: it is refused at once (the row
+        is locked ``NOWAIT``) and tried again after a pause that doubles up to a third
+        of ``lease``, until the transaction ends. The thread that settles it (the
+        worker, or the one that timed it out) waits meanwhile; the connection the other
+        workers claim and settle on does not. ``cancel()`` and the lookups do not wait
+        either: the cancel skips the locked row, the lookups only read.
         """
         self._owner._complete_in(self, connection)
 

@@ -350,6 +350,28 @@ def test_a_server_that_does_not_answer_is_a_store_error() -> None:
         JobQueue(lambda job: None, dsn="postgresql://postgres@127.0.0.1:1/test", workers=0)
 
 
+def test_tables_of_version_1_are_upgraded_in_place(queues: Any, db: Database) -> None:
+    queues(workers=0)
+    with db.connect() as conn:  # version 1's tables: version 2's, less run_at
+        conn.execute("ALTER TABLE jobq_jobs DROP COLUMN run_at")
+        conn.execute("UPDATE jobq_version SET version = 1")
+        conn.execute(
+            "INSERT INTO jobq_jobs (queue, id, payload, priority, max_retries, status, ready_at)"
+            " VALUES ('default', 'old', '', 1, 0, 'scheduled', now() + interval '1 day'),"
+            " ('default', 'due', '', 1, 0, 'queued', now())"
+        )
+    recorder = Recorder()
+    q = queues(recorder, workers=1)
+    recorder.wait_until(lambda r: "due" in r.attempts, "the job of version 1 to run")
+    old = q.info("old")
+    assert old is not None and old.status is Status.SCHEDULED and old.run_at is not None
+    q.enqueue(Job(id="new"))
+    assert q.join(PATIENCE)
+    assert sorted(recorder.attempts) == ["due", "new"]
+    with db.connect() as conn:
+        assert conn.execute("SELECT version FROM jobq_version").fetchall() == [(2,)]
+
+
 def test_tables_of_another_version_are_refused_with_what_to_do(queues: Any, db: Database) -> None:
     queues(workers=0)
     with db.connect() as conn:

@@ -205,6 +205,36 @@ def test_a_rolled_back_completion_is_a_failed_attempt_and_the_job_is_retried(
     assert effects(db) == [("a", 2)]
 
 
+def test_a_completion_left_open_holds_up_neither_cancel_nor_lookups(
+    queues: Any, app: psycopg.Connection[Any], db: Database
+) -> None:
+    completed, commit = threading.Event(), threading.Event()
+
+    def handler(job: Job) -> None:
+        with db.connect(autocommit=False) as conn:
+            conn.execute("INSERT INTO effects VALUES (%s, %s)", (job.id, 1))
+            current_attempt().complete(conn)
+            completed.set()
+            assert commit.wait(PATIENCE)
+            conn.commit()
+
+    q = queues(handler, workers=1)
+    q.enqueue(Job(id="a"))
+    assert completed.wait(PATIENCE)
+    answers: list[object] = []
+    asker = threading.Thread(target=lambda: answers.extend([q.cancel("a"), q.info("a")]))
+    asker.start()
+    asker.join(PATIENCE)  # a cancel that waited for the row would still be waiting
+    alive = asker.is_alive()
+    commit.set()
+    assert not alive
+    assert answers[0] is False  # running: its completion is under way
+    assert q.join(timeout=PATIENCE)
+    info = q.info("a")
+    assert info is not None and info.status is Status.COMPLETED
+    assert effects(db) == [("a", 1)]
+
+
 def test_an_attempt_cut_off_past_its_lease_cannot_commit_its_effect(
     queues: Any, app: psycopg.Connection[Any], db: Database
 ) -> None:

@@ -162,6 +162,71 @@ def test_claims_take_the_highest_priority_first_then_the_longest_waiting(conn: C
     assert status(conn, "later") == "scheduled"
 
 
+def rows_read_from_jobs(conn: Connection, statement: str, params: dict[str, Any]) -> int:
+    """The rows every scan of jobq_jobs in ``statement``'s plan read, kept or filtered
+    out, as EXPLAIN ANALYZE counts them; the statement's changes are rolled back."""
+
+    def walk(node: dict[str, Any]) -> int:
+        here = 0
+        if node.get("Relation Name") == "jobq_jobs" and "Scan" in node["Node Type"]:
+            kept = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
+            here = kept * node["Actual Loops"]
+        return here + sum(walk(child) for child in node.get("Plans", []))
+
+    with conn.transaction(force_rollback=True):
+        row = conn.execute(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, params
+        ).fetchone()
+    assert row is not None
+    plan: dict[str, Any] = row[0][0]["Plan"]
+    return walk(plan)
+
+
+def test_claims_and_enqueues_never_read_the_jobs_not_due_yet(conn: Connection) -> None:
+    future = 30_000
+    conn.execute(
+        "INSERT INTO jobq_jobs (queue, id, payload, priority, max_retries, status, ready_at,"
+        " run_at) SELECT %(queue)s, 'later' || p || '-' || g, '', p, 0, 'scheduled',"
+        " now() + interval '1 day', now() + interval '1 day'"
+        " FROM generate_series(1, %(n)s) AS g, unnest(%(lanes)s::int[]) AS p",
+        {"queue": QUEUE, "n": future // 3, "lanes": [int(p) for p in Priority]},
+    )
+    engine.enqueue(conn, QUEUE, [new("low1", LOW), new("low2", LOW), new("high", HIGH)])
+    conn.execute("ANALYZE jobq_jobs")
+    process = engine.register(conn, QUEUE, lease=30.0)
+    lanes = [int(p) for p in Priority]
+    claim = {"queue": QUEUE, "process": process, "limit": 10, "timeout": None, "lanes": lanes}
+    enqueue = {
+        "queue": QUEUE,
+        "id": "new",
+        "payload": b"",
+        "priority": int(LOW),
+        "key": None,
+        "max_retries": 0,
+        "cap": 1000,
+    }
+    # The three due jobs and each lane's counts read them again: a few rows, not 30,000.
+    assert rows_read_from_jobs(conn, pg_queries.CLAIM_COUNTING, claim) <= 20
+    assert rows_read_from_jobs(conn, pg_queries.CLAIM, claim) <= 20
+    assert rows_read_from_jobs(conn, pg_queries.ENQUEUE_ONE, enqueue) <= 20
+    claims, counts = engine.claim_counting(conn, QUEUE, process, 10, None, lanes)
+    assert [c.id for c in claims] == ["high", "low1", "low2"]
+    assert counts == {int(HIGH): 1, int(MEDIUM): 0, int(LOW): 2}
+
+
+def test_a_lane_full_of_due_scheduled_jobs_refuses_a_single_enqueue(conn: Connection) -> None:
+    # Two jobs whose time has come (as after a wait, or a backoff): due, in the line.
+    conn.execute(
+        "INSERT INTO jobq_jobs (queue, id, payload, priority, max_retries, status, ready_at)"
+        " SELECT %(queue)s, id, '', %(p)s, 0, status, now() - interval '1 second'"
+        " FROM unnest(ARRAY['a', 'b'], ARRAY['scheduled', 'retrying']) AS s (id, status)",
+        {"queue": QUEUE, "p": int(MEDIUM)},
+    )
+    assert engine.waiting(conn, QUEUE, 10, [int(MEDIUM)]) == {int(MEDIUM): 2}
+    assert not engine.enqueue_one(conn, QUEUE, new("c"), cap=2)  # the lane of 2 is full
+    assert engine.enqueue_one(conn, QUEUE, new("c"), cap=3)
+
+
 def test_racing_claimers_never_share_a_job(db: Database, conn: Connection) -> None:
     jobs = [new(f"job{i}", i % 3) for i in range(300)]
     engine.enqueue(conn, QUEUE, jobs)
@@ -431,6 +496,38 @@ def test_only_a_job_that_has_not_started_can_be_cancelled(conn: Connection) -> N
         "processing",
     ]
     assert engine.claim(conn, QUEUE, process, limit=10) == []
+
+
+def test_a_cancel_never_waits_for_a_row_another_transaction_holds(
+    db: Database, conn: Connection
+) -> None:
+    engine.enqueue(conn, QUEUE, [new("a")])
+    with db.connect(autocommit=False) as claimer:  # a claim (or a completion) under way
+        claimer.execute("SELECT 1 FROM jobq_jobs WHERE id = 'a' FOR UPDATE")
+        conn.execute("SET lock_timeout = '60s'")  # a wait would show as a hang, not an error
+        assert engine.cancel(conn, QUEUE, "a") is False  # the holder wins, at once
+        claimer.rollback()  # the claim did not happen after all
+    assert engine.cancel(conn, QUEUE, "a") is True
+    assert status(conn, "a") == "cancelled"
+
+
+def test_a_failed_attempt_whose_row_is_locked_is_refused_at_once_not_waited_for(
+    db: Database, conn: Connection
+) -> None:
+    engine.enqueue(conn, QUEUE, [new("a")])
+    process = engine.register(conn, QUEUE, lease=30.0)
+    [a] = engine.claim(conn, QUEUE, process, limit=1)
+    conn.execute("SET lock_timeout = '60s'")  # a wait would show as a hang, not an error
+    with db.connect(autocommit=False) as handler:  # complete() left open by a handler
+        handler.execute("SELECT 1 FROM jobq_jobs WHERE id = 'a' FOR UPDATE")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            engine.retry(conn, QUEUE, "a", a.token, "boom", 0.0)
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            engine.fail(conn, QUEUE, "a", a.token, "boom")
+        handler.rollback()
+    assert engine.retry(conn, QUEUE, "a", a.token, "boom", 0.0) is True  # tried again
+    assert engine.retry(conn, QUEUE, "a", a.token, "boom", 0.0) is False  # fenced
+    assert status(conn, "a") == "queued"
 
 
 def test_unsettled_and_counts_answer_for_jobs_run_anywhere(conn: Connection) -> None:
