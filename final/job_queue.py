@@ -908,7 +908,7 @@ class JobQueue:
         ``final/periodic.py``; ``close()`` stops the schedules.
 
         Raises ``TypeError`` for a ``name`` that is not a str or a ``job`` that is not
-        callable, ``ValueError`` for an ``every`` that is not a number of seconds > 0,
+        callable, ``ValueError`` for an ``every`` that is not a number of seconds >= 0.001,
         an empty name, or a name this queue has with another ``every``;
         ``QueueClosed`` once ``close()`` has begun.
         """
