@@ -356,7 +356,8 @@ class SharedQueue(JobQueue):
         clock reaches it, and holds no lane room meanwhile; one already past is queued.
 
         With ``connection`` (the application's own psycopg connection, not in
-        autocommit mode), it is inserted in that connection's transaction instead,
+        autocommit mode unless inside ``with connection.transaction():``), it is
+        inserted in that connection's transaction instead,
         never in one of its own: see ``enqueue_many``.
 
         Raises ``DuplicateJob`` when its id or idempotency key is taken by a job of
@@ -382,7 +383,8 @@ class SharedQueue(JobQueue):
         before it stay accepted, and the exception's ``accepted`` says how many.
 
         ``connection``: the application's psycopg connection to the queue's database
-        (the queue's tables in its ``search_path``), not in autocommit mode. The jobs
+        (the queue's tables in its ``search_path``), not in autocommit mode unless a
+        ``with connection.transaction():`` block is open on it. The jobs
         are inserted in its transaction (opened by this call if no statement opened it
         yet): no process sees or claims them before it commits, a rollback leaves
         none, and the other processes are woken at the commit. A refused job raises
@@ -390,7 +392,8 @@ class SharedQueue(JobQueue):
         ``join`` waits for these jobs once the transaction has committed; a ``join``
         that looks before the commit, or after a rollback, finds no such job and does
         not wait for it (it never waits for a job that will not exist). ``ValueError``
-        for a connection in autocommit mode, closed, or seeing other queue tables.
+        for a connection in autocommit mode outside a transaction, closed, or seeing
+        other queue tables.
         """
         jobs = list(jobs)
         for job in jobs:
@@ -1019,10 +1022,14 @@ class SharedQueue(JobQueue):
             raise TypeError(f"connection must be a psycopg Connection, got {type(conn).__name__}")
         if conn.closed:
             raise ValueError("connection is closed")
-        if conn.autocommit:
+        # An autocommit connection inside ``with conn.transaction():`` has a transaction
+        # open (psycopg sent BEGIN): that one the jobs can share.
+        idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if conn.autocommit and idle:
             raise ValueError(
-                "connection is in autocommit mode: each statement would commit on its own,"
-                " so the jobs could not share the application's transaction"
+                "connection is in autocommit mode outside any transaction: each statement"
+                " would commit on its own, so the jobs could not share the application's"
+                " transaction (open one with `with connection.transaction():`)"
             )
         if conn in self._seen_connections:
             return

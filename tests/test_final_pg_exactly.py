@@ -128,6 +128,20 @@ def test_a_connection_that_cannot_share_its_transaction_is_refused(
     assert q.status("a") is None
 
 
+def test_an_autocommit_connection_inside_a_transaction_block_shares_it(
+    queues: Any, db: Database
+) -> None:
+    q = queues(workers=0)
+    with db.connect() as conn:  # autocommit, as many applications keep theirs
+        with conn.transaction():
+            q.enqueue(Job(id="kept"), connection=conn)
+            assert q.status("kept") is None  # not committed yet
+        with conn.transaction() as block:
+            q.enqueue(Job(id="rolled-back"), connection=conn)
+            raise psycopg.Rollback(block)  # leaves the block, rolled back
+    assert q.status("kept") is Status.QUEUED and q.status("rolled-back") is None
+
+
 def test_without_dsn_a_connection_is_a_value_error() -> None:
     q = JobQueue(lambda job: None, workers=1)
     try:
