@@ -312,3 +312,41 @@ def test_complete_on_a_connection_that_cannot_hold_the_effect_is_refused(
     assert q.join(timeout=PATIENCE)
     assert len(refusals) == 1 and "autocommit" in refusals[0]
     assert q.status("a") is Status.COMPLETED and effects(db) == [("a", 1)]
+
+
+def test_complete_twice_in_one_transaction_completes_once(
+    queues: Any, app: psycopg.Connection[Any], db: Database
+) -> None:
+    def handler(job: Job) -> None:
+        with db.connect(autocommit=False) as conn:
+            conn.execute("INSERT INTO effects VALUES (%s, %s)", (job.id, current_attempt().number))
+            current_attempt().complete(conn)
+            current_attempt().complete(conn)  # a helper that completes too: no harm
+
+    q = queues(handler, workers=1, max_retries=0)
+    q.enqueue(Job(id="a"))
+    assert q.join(timeout=PATIENCE)
+    assert q.status("a") is Status.COMPLETED and effects(db) == [("a", 1)]
+
+
+def test_complete_on_a_second_connection_while_the_first_is_open_is_refused_not_hung(
+    queues: Any, app: psycopg.Connection[Any], db: Database
+) -> None:
+    refusals: list[str] = []
+
+    def handler(job: Job) -> None:
+        with db.connect(autocommit=False) as first, db.connect(autocommit=False) as second:
+            current_attempt().complete(first)  # the job's row is locked until first ends
+            # Only the unfixed code waits here; the bound makes it fail instead of hang.
+            second.execute("SET lock_timeout = '10s'")
+            try:
+                current_attempt().complete(second)
+            except RuntimeError as error:
+                refusals.append(str(error))
+            first.execute("INSERT INTO effects VALUES (%s, %s)", (job.id, 1))
+
+    q = queues(handler, workers=1, max_retries=0)
+    q.enqueue(Job(id="a"))
+    assert q.join(timeout=PATIENCE)
+    assert len(refusals) == 1 and "another connection" in refusals[0]
+    assert q.status("a") is Status.COMPLETED and effects(db) == [("a", 1)]
