@@ -830,9 +830,10 @@ class JobQueue:
         or it is cancelled, never both.
 
         Raises ``KeyError`` for an id the queue does not know (an ``enqueue`` that has
-        not returned included), ``QueueClosed`` for a job that ``close(timeout)`` left
-        on disk (cancel it after the next start), and ``StoreError`` when the disk
-        refuses the write: the job then stays as it was, and may still run.
+        not returned included), ``QueueClosed`` for a job that ``close()`` let go of
+        (left on disk: cancel it after the next start; in memory: counted lost), and
+        ``StoreError`` when the disk refuses the write: the job then stays as it was,
+        and may still run.
         """
         if self._forked:
             raise _forked()
@@ -908,7 +909,7 @@ class JobQueue:
         ``final/periodic.py``; ``close()`` stops the schedules.
 
         Raises ``TypeError`` for a ``name`` that is not a str or a ``job`` that is not
-        callable, ``ValueError`` for an ``every`` that is not a number of seconds > 0,
+        callable, ``ValueError`` for an ``every`` that is not a number of seconds >= 0.001,
         an empty name, or a name this queue has with another ``every``;
         ``QueueClosed`` once ``close()`` has begun.
         """
@@ -1372,6 +1373,10 @@ class JobQueue:
         left on disk by close(timeout) (QueueClosed)."""
         on_disk = self._store.find(job_id)
         if on_disk is None:
+            with self._mutex:
+                closing = self._closing
+            if closing:  # close() let go of its jobs, and a closed store finds none
+                raise QueueClosed("the queue is closed; cancel the job after the next start")
             raise UnknownJob(job_id)
         if on_disk.status in (Status.QUEUED, Status.SCHEDULED, Status.RETRYING):
             raise QueueClosed("the queue is closed; cancel the job after the next start")

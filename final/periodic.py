@@ -60,6 +60,10 @@ logger = logging.getLogger(__name__)
 _SETTLED = (Status.COMPLETED, Status.FAILED, Status.CANCELLED, None)  # None: forgotten
 _LOOK = 1.0  # seconds: the longest a schedule sleeps without reading the clock again
 _RETRY = 0.25  # seconds between tries of a period's enqueue (full lane, store away)
+# The shortest interval: the loop's own resolution (it waits at least 1 ms). A shorter
+# one would spin the thread and flood the log with skipped periods, and its period
+# numbers would pass 2**53, where a float can no longer tell two periods apart.
+MIN_EVERY = 0.001
 
 
 class _Queue(Protocol):
@@ -94,12 +98,14 @@ class Schedules:
 
         Raises ``TypeError`` for a name that is not a str or a ``job`` that is not
         callable, ``ValueError`` for an empty or too long name, an ``every`` that is
-        not a finite number of seconds > 0, or a name declared before with another
-        ``every``; ``QueueClosed`` once ``close()`` has begun.
+        not a finite number of seconds >= ``MIN_EVERY`` (1 ms), or a name declared
+        before with another ``every``; ``QueueClosed`` once ``close()`` has begun.
         """
         if not isinstance(name, str):
             raise TypeError(f"periodic name must be a str, got {type(name).__name__}")
         check_seconds("every", every, positive=True)
+        if every < MIN_EVERY:
+            raise ValueError(f"every must be at least {MIN_EVERY} seconds, got {every!r}")
         longest = MAX_KEY_LENGTH - len(period_key("", every, 2**63))
         if not 0 < len(name) <= longest:
             raise ValueError(f"periodic name must have 1 to {longest} characters, got {len(name)}")

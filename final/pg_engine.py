@@ -380,6 +380,12 @@ def held(conn: Connection, queue: str, job_id: str, token: int) -> bool:
     return row is not None and bool(row[0])
 
 
+def completed_here(conn: Connection, queue: str, job_id: str) -> bool:
+    """Whether the transaction open on ``conn`` is the one that completed ``job_id``."""
+    row = conn.execute(q.COMPLETED_HERE, {"queue": queue, "id": job_id}).fetchone()
+    return row is not None and bool(row[0])
+
+
 def where_am_i(conn: Connection) -> tuple[Any, ...]:
     """What identifies the queue's tables as ``conn`` sees them: the jobs table's oid
     (None when it sees none), the database, and the server's start time and port."""

@@ -32,6 +32,7 @@ __all__ = [
     "CLAIM",
     "CLAIM_COUNTING",
     "COMPLETE",
+    "COMPLETED_HERE",
     "COUNTS",
     "DEAD_COUNT",
     "DEAD_LETTERS",
@@ -285,6 +286,17 @@ HELD = """
 SELECT EXISTS (
     SELECT FROM jobq_jobs
     WHERE queue = %(queue)s AND id = %(id)s AND claim = %(claim)s AND status = 'processing'
+)
+"""
+
+# Whether the transaction open on the caller's connection is the one that completed the
+# job: its row's version was written by this very transaction (xmin is the 32 bits of
+# the 64-bit transaction id). A second complete() in one transaction is then a no-op.
+COMPLETED_HERE = """
+SELECT EXISTS (
+    SELECT FROM jobq_jobs
+    WHERE queue = %(queue)s AND id = %(id)s AND status = 'completed'
+      AND xmin::text::bigint = pg_current_xact_id_if_assigned()::text::bigint %% 4294967296
 )
 """
 

@@ -465,6 +465,7 @@ def _child_main(conn: Connection, module: str, qualname: str, call: Call) -> Non
         return
     _watch_parent()
     conn.send(("ready", ""))
+    me = os.getpid()
     while True:
         try:
             args = conn.recv()
@@ -477,6 +478,11 @@ def _child_main(conn: Connection, module: str, qualname: str, call: Call) -> Non
             call(handler, *args)
         except BaseException as exc:  # SystemExit too: it fails the attempt, not the child
             reply = (_pickled(exc), f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        if os.getpid() != me:
+            # A fork made by the handler came back here. It must not answer: the parent
+            # would take its reply for this attempt's, and then for the next one's, and
+            # it would read the pipe beside the child. It has no lifeline either.
+            os._exit(0)
         conn.send(reply)
 
 

@@ -356,7 +356,8 @@ class SharedQueue(JobQueue):
         clock reaches it, and holds no lane room meanwhile; one already past is queued.
 
         With ``connection`` (the application's own psycopg connection, not in
-        autocommit mode), it is inserted in that connection's transaction instead,
+        autocommit mode unless inside ``with connection.transaction():``), it is
+        inserted in that connection's transaction instead,
         never in one of its own: see ``enqueue_many``.
 
         Raises ``DuplicateJob`` when its id or idempotency key is taken by a job of
@@ -382,7 +383,8 @@ class SharedQueue(JobQueue):
         before it stay accepted, and the exception's ``accepted`` says how many.
 
         ``connection``: the application's psycopg connection to the queue's database
-        (the queue's tables in its ``search_path``), not in autocommit mode. The jobs
+        (the queue's tables in its ``search_path``), not in autocommit mode unless a
+        ``with connection.transaction():`` block is open on it. The jobs
         are inserted in its transaction (opened by this call if no statement opened it
         yet): no process sees or claims them before it commits, a rollback leaves
         none, and the other processes are woken at the commit. A refused job raises
@@ -390,7 +392,8 @@ class SharedQueue(JobQueue):
         ``join`` waits for these jobs once the transaction has committed; a ``join``
         that looks before the commit, or after a rollback, finds no such job and does
         not wait for it (it never waits for a job that will not exist). ``ValueError``
-        for a connection in autocommit mode, closed, or seeing other queue tables.
+        for a connection in autocommit mode outside a transaction, closed, or seeing
+        other queue tables.
         """
         jobs = list(jobs)
         for job in jobs:
@@ -1019,10 +1022,14 @@ class SharedQueue(JobQueue):
             raise TypeError(f"connection must be a psycopg Connection, got {type(conn).__name__}")
         if conn.closed:
             raise ValueError("connection is closed")
-        if conn.autocommit:
+        # An autocommit connection inside ``with conn.transaction():`` has a transaction
+        # open (psycopg sent BEGIN): that one the jobs can share.
+        idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if conn.autocommit and idle:
             raise ValueError(
-                "connection is in autocommit mode: each statement would commit on its own,"
-                " so the jobs could not share the application's transaction"
+                "connection is in autocommit mode outside any transaction: each statement"
+                " would commit on its own, so the jobs could not share the application's"
+                " transaction (open one with `with connection.transaction():`)"
             )
         if conn in self._seen_connections:
             return
@@ -1055,10 +1062,21 @@ class SharedQueue(JobQueue):
         job = attempt.job
         if attempt.abandoned:
             raise ClaimLost(job.id, f"job {job.id}: this attempt timed out; roll back")
+        first = attempt.completed_on
+        if first is not None and first is not conn and not _ended(first):
+            # Its transaction holds the job's row locked: the statement below, on
+            # another connection of this same thread, would wait for it for ever.
+            raise RuntimeError(
+                f"job {job.id}: complete() was called on another connection whose"
+                " transaction is still open; complete on the connection that holds the"
+                " effect, once"
+            )
         pair = [(job.id, attempt._token)]
         if _on_callers(pg_engine.complete, conn, self._queue, pair):
             attempt.completed_on = conn
             return
+        if first is conn and _on_callers(pg_engine.completed_here, conn, self._queue, job.id):
+            return  # called twice in one transaction: the first one stands
         raise ClaimLost(
             job.id, f"job {job.id}: this attempt lost its claim (another has the job); roll back"
         )
@@ -1346,9 +1364,10 @@ class _SharedAttempt(Attempt):
     def complete(self, connection: psycopg.Connection[Any]) -> None:
         """Record the job's completion in the handler's open transaction on ``connection``.
 
-        ``connection``: a psycopg connection to the queue's database, not in autocommit
-        mode. The job becomes ``COMPLETED`` when that transaction commits, together with
-        what else it wrote, and not before; the handler's return (or exception) after
+        ``connection``: a psycopg connection to the queue's database, with a
+        transaction open or to open (see ``enqueue_many``). The job becomes
+        ``COMPLETED`` when that transaction commits, together with what else it
+        wrote, and not before; the handler's return (or exception) after
         the commit changes nothing more. If the transaction rolls back, or the process
         dies before its commit, the attempt did not complete: the job is retried.
 
@@ -1356,8 +1375,11 @@ class _SharedAttempt(Attempt):
         the commit, so no rescue can take the job meanwhile. Raises ``ClaimLost`` when
         the claim has moved on (the lease passed and another process took the job, or
         ``job_timeout`` abandoned this attempt): roll the transaction back, its effects
-        must not commit. ``ValueError`` for a connection in autocommit mode, closed, or
-        seeing other tables than the queue's.
+        must not commit. ``ValueError`` for a connection in autocommit mode outside a
+        ``with connection.transaction():`` block, closed, or seeing other tables than
+        the queue's. Called again in the same transaction, it does nothing; called on
+        another connection while the first one's transaction is open, it raises
+        ``RuntimeError`` (it would wait for that transaction's lock for ever).
 
         End the transaction before the handler returns. While it is open the job's row
         stays locked, and the move of this attempt the queue makes on its own (the
@@ -1370,6 +1392,13 @@ class _SharedAttempt(Attempt):
         either: the cancel skips the locked row, the lookups only read.
         """
         self._owner._complete_in(self, connection)
+
+
+def _ended(conn: psycopg.Connection[Any]) -> bool:
+    """Whether ``conn`` has no transaction open (or is closed)."""
+    import psycopg
+
+    return conn.closed or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
 def _on_callers(function: Any, conn: psycopg.Connection[Any], *args: Any) -> Any:

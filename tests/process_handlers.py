@@ -63,6 +63,20 @@ def note_and_segfault(job: Job) -> None:
     time.sleep(3600)
 
 
+def fork_and_return(job: Job) -> None:
+    """Forks, and the fork returns into the child's loop, as a careless library's might;
+    the child writes the fork's pid to the payload's file and waits for it to end.
+    With no payload, it does nothing."""
+    if not job.payload:
+        return
+    pid = os.fork()
+    if pid == 0:
+        return
+    with open(job.payload, "a") as file:
+        file.write(f"{pid}\n")
+    os.waitpid(pid, 0)
+
+
 def fail(job: Job) -> None:
     raise ValueError(f"no good: {job.id}")
 

@@ -63,6 +63,7 @@ def test_declaring_a_schedule_again_in_one_queue_changes_nothing(caplog: Any) ->
         (-1.5, Job, ValueError, "got -1.5"),
         (float("inf"), Job, ValueError, "got inf"),
         (True, Job, ValueError, "got True"),
+        (1e-9, Job, ValueError, "every must be at least 0.001 seconds, got 1e-09"),
         (1.0, "not callable", TypeError, "job must be a callable that returns a Job"),
     ],
 )

@@ -128,6 +128,20 @@ def test_a_connection_that_cannot_share_its_transaction_is_refused(
     assert q.status("a") is None
 
 
+def test_an_autocommit_connection_inside_a_transaction_block_shares_it(
+    queues: Any, db: Database
+) -> None:
+    q = queues(workers=0)
+    with db.connect() as conn:  # autocommit, as many applications keep theirs
+        with conn.transaction():
+            q.enqueue(Job(id="kept"), connection=conn)
+            assert q.status("kept") is None  # not committed yet
+        with conn.transaction() as block:
+            q.enqueue(Job(id="rolled-back"), connection=conn)
+            raise psycopg.Rollback(block)  # leaves the block, rolled back
+    assert q.status("kept") is Status.QUEUED and q.status("rolled-back") is None
+
+
 def test_without_dsn_a_connection_is_a_value_error() -> None:
     q = JobQueue(lambda job: None, workers=1)
     try:
@@ -297,4 +311,42 @@ def test_complete_on_a_connection_that_cannot_hold_the_effect_is_refused(
     q.enqueue(Job(id="a"))
     assert q.join(timeout=PATIENCE)
     assert len(refusals) == 1 and "autocommit" in refusals[0]
+    assert q.status("a") is Status.COMPLETED and effects(db) == [("a", 1)]
+
+
+def test_complete_twice_in_one_transaction_completes_once(
+    queues: Any, app: psycopg.Connection[Any], db: Database
+) -> None:
+    def handler(job: Job) -> None:
+        with db.connect(autocommit=False) as conn:
+            conn.execute("INSERT INTO effects VALUES (%s, %s)", (job.id, current_attempt().number))
+            current_attempt().complete(conn)
+            current_attempt().complete(conn)  # a helper that completes too: no harm
+
+    q = queues(handler, workers=1, max_retries=0)
+    q.enqueue(Job(id="a"))
+    assert q.join(timeout=PATIENCE)
+    assert q.status("a") is Status.COMPLETED and effects(db) == [("a", 1)]
+
+
+def test_complete_on_a_second_connection_while_the_first_is_open_is_refused_not_hung(
+    queues: Any, app: psycopg.Connection[Any], db: Database
+) -> None:
+    refusals: list[str] = []
+
+    def handler(job: Job) -> None:
+        with db.connect(autocommit=False) as first, db.connect(autocommit=False) as second:
+            current_attempt().complete(first)  # the job's row is locked until first ends
+            # Only the unfixed code waits here; the bound makes it fail instead of hang.
+            second.execute("SET lock_timeout = '10s'")
+            try:
+                current_attempt().complete(second)
+            except RuntimeError as error:
+                refusals.append(str(error))
+            first.execute("INSERT INTO effects VALUES (%s, %s)", (job.id, 1))
+
+    q = queues(handler, workers=1, max_retries=0)
+    q.enqueue(Job(id="a"))
+    assert q.join(timeout=PATIENCE)
+    assert len(refusals) == 1 and "another connection" in refusals[0]
     assert q.status("a") is Status.COMPLETED and effects(db) == [("a", 1)]

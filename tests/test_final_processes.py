@@ -149,6 +149,19 @@ def test_a_handler_exception_comes_back_with_its_type_and_message(queues: Any) -
     assert info_of(q, "j").last_error == "ValueError: no good: j"
 
 
+def test_a_fork_that_returns_from_the_handler_ends_and_answers_nothing(
+    queues: Any, tmp_path: Path
+) -> None:
+    note = tmp_path / "forks"
+    q = queues(handlers.fork_and_return, workers=1, max_retries=0)
+    q.enqueue(job(note, "forks"))
+    q.enqueue(Job(id="after"))  # runs on the same child, after the fork is gone
+    assert q.join(PATIENCE)
+    (fork,) = (int(line) for line in note.read_text().split())
+    assert gone(fork)  # the child waited for it before it answered
+    assert q.status("forks") is Status.COMPLETED and q.status("after") is Status.COMPLETED
+
+
 def test_complete_in_a_transaction_is_refused_in_a_child_and_says_why(queues: Any) -> None:
     q = queues(handlers.complete_in_child, workers=1, max_retries=0)
     q.enqueue(Job(id="j"))

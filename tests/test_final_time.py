@@ -243,6 +243,23 @@ def test_close_waits_for_no_run_at_in_memory_it_counts_them_lost(opened: list[Jo
     assert m.submitted == m.completed + m.failed + m.lost + m.cancelled
 
 
+def test_cancel_after_close_of_a_job_left_for_later_says_the_queue_is_closed(
+    path: str,
+) -> None:
+    # A cancel racing close() lands here once close() has let go of the job; "no job
+    # with that id was accepted" would be false: it was, and it waits on disk.
+    for q in (JobQueue(lambda job: None), JobQueue(lambda job: None, path=path)):
+        q.enqueue(Job(id="later", run_at=in_(LATER)))
+        q.close()
+        with pytest.raises(QueueClosed, match="cancel the job after the next start"):
+            q.cancel("later")
+    again = JobQueue(lambda job: None, path=path)
+    try:
+        assert again.cancel("later") is True
+    finally:
+        again.close()
+
+
 def test_a_run_at_centuries_ahead_leaves_the_scheduler_running(opened: list[JobQueue]) -> None:
     # Past threading.TIMEOUT_MAX from now, a wait until it would raise OverflowError.
     starts = Starts()
