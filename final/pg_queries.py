@@ -159,8 +159,8 @@ LIMIT 1
 # lane that is not due yet, and jobs may wait for their time by the hundred thousand.
 # The outer LIMIT pulls rows as it needs them, so a lower lane is read, and its rows
 # locked, only when the lanes above it had too few.
-CLAIM = """
-WITH picked AS MATERIALIZED (
+_PICKED = """
+picked AS MATERIALIZED (
     SELECT lane.id
     FROM unnest(%(lanes)s::int[]) AS p (priority), LATERAL (
         SELECT id FROM jobq_jobs
@@ -173,17 +173,22 @@ WITH picked AS MATERIALIZED (
         FOR UPDATE SKIP LOCKED
     ) AS lane
     LIMIT %(limit)s
-)
+)"""
+# What a claim does to each picked row, and the columns of a pg_engine.Claim.
+_TAKE = """
 UPDATE jobq_jobs AS j
 SET status = 'processing',
     attempts = j.attempts + 1,
     started_at = now(),
     process_id = %(process)s,
     claim = nextval('jobq_claims'),
-    deadline = now() + make_interval(secs => %(timeout)s::float8)
-WHERE j.queue = %(queue)s AND j.id = ANY (ARRAY(SELECT id FROM picked))
+    deadline = now() + make_interval(secs => %(timeout)s::float8)"""
+_CLAIMED = """
 RETURNING j.id, j.claim, j.payload, j.priority, j.idempotency_key, j.max_retries,
-          j.attempts, j.enqueued_at, j.ready_at, j.seq, j.deadline, j.run_at
+          j.attempts, j.enqueued_at, j.ready_at, j.seq, j.deadline, j.run_at"""
+CLAIM = f"""
+WITH {_PICKED}{_TAKE}
+WHERE j.queue = %(queue)s AND j.id = ANY (ARRAY(SELECT id FROM picked)){_CLAIMED}
 """
 
 # Seconds from now until the first waiting job that is not due yet (scheduled, or
@@ -206,21 +211,8 @@ FROM unnest(%(lanes)s::int[]) AS p (priority), LATERAL (
 # row carries the counts of every lane in %(lanes)s, in that order. The rows are
 # picked lane by lane, as CLAIM picks them, and every read ends at now(), so that
 # jobs not due yet, however many, are never read.
-CLAIM_COUNTING = """
-WITH picked AS MATERIALIZED (
-    SELECT lane.id
-    FROM unnest(%(lanes)s::int[]) AS p (priority), LATERAL (
-        SELECT id FROM jobq_jobs
-        WHERE queue = %(queue)s
-          AND status IN ('queued', 'scheduled', 'retrying')
-          AND priority = p.priority
-          AND ready_at <= now()
-        ORDER BY ready_at, seq
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) AS lane
-    LIMIT %(limit)s
-), waiting AS MATERIALIZED (
+CLAIM_COUNTING = f"""
+WITH {_PICKED}, waiting AS MATERIALIZED (
     SELECT array_agg((
         SELECT count(*) FROM (
             SELECT 1 FROM jobq_jobs
@@ -230,18 +222,9 @@ WITH picked AS MATERIALIZED (
         ) AS lane
     ) ORDER BY p.n) AS counts
     FROM unnest(%(lanes)s::int[]) WITH ORDINALITY AS p (priority, n)
-)
-UPDATE jobq_jobs AS j
-SET status = 'processing',
-    attempts = j.attempts + 1,
-    started_at = now(),
-    process_id = %(process)s,
-    claim = nextval('jobq_claims'),
-    deadline = now() + make_interval(secs => %(timeout)s::float8)
+){_TAKE}
 FROM waiting AS w
-WHERE j.queue = %(queue)s AND j.id = ANY (ARRAY(SELECT id FROM picked))
-RETURNING j.id, j.claim, j.payload, j.priority, j.idempotency_key, j.max_retries,
-          j.attempts, j.enqueued_at, j.ready_at, j.seq, j.deadline, w.counts
+WHERE j.queue = %(queue)s AND j.id = ANY (ARRAY(SELECT id FROM picked)){_CLAIMED}, w.counts
 """
 
 # A queue's shared token bucket (rate_limit across processes): its row is made once,

@@ -446,6 +446,15 @@ def test_next_due_is_when_the_first_job_waiting_for_a_time_is_due(conn: Connecti
     assert status(conn, "past") == "queued"
 
 
+def test_both_claims_carry_the_jobs_run_at(conn: Connection) -> None:
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
+    engine.enqueue(conn, QUEUE, [new("a", run_at=past), new("b", run_at=past)])
+    process = engine.register(conn, QUEUE, lease=30.0)
+    [first] = engine.claim(conn, QUEUE, process, 1)
+    [second], _ = engine.claim_counting(conn, QUEUE, process, 1, None, [int(p) for p in Priority])
+    assert first.run_at == second.run_at == past
+
+
 # --- retention ----------------------------------------------------------------------
 
 
