@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,26 +29,6 @@ from final import pg_engine  # after the skip: it imports psycopg
 pytestmark = pytest.mark.tiers("final-pg")
 
 FAST = {"backoff": 0.01, "max_backoff": 0.02}
-
-
-@pytest.fixture
-def queues(db: Database) -> Iterator[Callable[..., JobQueue]]:
-    """Build handles on the test's schema; each is closed after the test."""
-    made: list[JobQueue] = []
-    recorders: list[Recorder] = []
-
-    def make(handler: Callable[[Job], object] = lambda job: None, **options: Any) -> JobQueue:
-        if isinstance(handler, Recorder):
-            recorders.append(handler)
-        q = JobQueue(handler, dsn=db.queue_dsn, **options)
-        made.append(q)
-        return q
-
-    yield make
-    for recorder in recorders:
-        recorder.release()
-    for q in made:
-        q.close(timeout=PATIENCE)
 
 
 def row(db: Database, job_id: str) -> pg_engine.StoredJob | None:
@@ -68,16 +48,16 @@ def wait_for(predicate: Callable[[], bool], what: str) -> None:
 # --- one queue, many handles ---------------------------------------------------------
 
 
-def test_a_dsn_builds_a_job_queue_shared_through_the_database(queues: Any) -> None:
-    q = queues(workers=0)
+def test_a_dsn_builds_a_job_queue_shared_through_the_database(pg_queues: Any) -> None:
+    q = pg_queues(workers=0)
     assert isinstance(q, JobQueue)
     assert type(q).__name__ == "SharedQueue"
 
 
-def test_jobs_enqueued_by_a_handle_without_workers_run_on_another(queues: Any) -> None:
+def test_jobs_enqueued_by_a_handle_without_workers_run_on_another(pg_queues: Any) -> None:
     recorder = Recorder()
-    producer = queues(workers=0)
-    queues(recorder, workers=3)
+    producer = pg_queues(workers=0)
+    pg_queues(recorder, workers=3)
     producer.enqueue_many([Job(id=f"j{i}") for i in range(30)])
     producer.enqueue(Job(id="last", priority=Priority.HIGH))
     assert producer.join(PATIENCE)
@@ -89,9 +69,9 @@ def test_jobs_enqueued_by_a_handle_without_workers_run_on_another(queues: Any) -
 
 
 def test_an_idempotency_key_used_through_one_handle_is_refused_through_another(
-    queues: Any,
+    pg_queues: Any,
 ) -> None:
-    first, second = queues(workers=0), queues(workers=0)
+    first, second = pg_queues(workers=0), pg_queues(workers=0)
     first.enqueue(Job(id="a", idempotency_key="order-1"))
     with pytest.raises(DuplicateJob) as refused:
         second.enqueue_many([Job(id="b"), Job(id="c", idempotency_key="order-1"), Job(id="d")])
@@ -103,9 +83,9 @@ def test_an_idempotency_key_used_through_one_handle_is_refused_through_another(
         second.enqueue(Job(id="a"))
 
 
-def test_an_id_or_key_with_a_nul_is_refused_by_name_not_by_the_database(queues: Any) -> None:
+def test_an_id_or_key_with_a_nul_is_refused_by_name_not_by_the_database(pg_queues: Any) -> None:
     # PostgreSQL's text holds no NUL: the insert failed, and over HTTP that was a 500.
-    q = queues(workers=0)
+    q = pg_queues(workers=0)
     with pytest.raises(ValueError, match=r"Job\.idempotency_key must not contain NUL"):
         q.enqueue(Job(id="a", idempotency_key="order\x001"))
     with pytest.raises(ValueError, match=r"Job\.id must not contain NUL"):
@@ -114,11 +94,11 @@ def test_an_id_or_key_with_a_nul_is_refused_by_name_not_by_the_database(queues: 
 
 
 def test_metrics_count_the_dead_letters_without_reading_them(
-    queues: Any, monkeypatch: pytest.MonkeyPatch
+    pg_queues: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The dashboard reads metrics() every second: with 20,000 dead letters, fetching
     # every row and its payload to count them took 0.2 s of each read.
-    q = queues(Recorder(fail=lambda job, n: True), workers=1, max_retries=0)
+    q = pg_queues(Recorder(fail=lambda job, n: True), workers=1, max_retries=0)
     q.enqueue_many([Job(id=f"dead-{i}") for i in range(3)])
     assert q.join(PATIENCE)
 
@@ -130,11 +110,11 @@ def test_metrics_count_the_dead_letters_without_reading_them(
 
 
 def test_a_failing_job_is_retried_then_dead_lettered_and_replayed_from_another_handle(
-    queues: Any,
+    pg_queues: Any,
 ) -> None:
     recorder = Recorder(fail=lambda job, n: n <= 3)
-    worker = queues(recorder, workers=2, **FAST)
-    producer = queues(workers=0, max_retries=2)  # the budget is fixed where it is enqueued
+    worker = pg_queues(recorder, workers=2, **FAST)
+    producer = pg_queues(workers=0, max_retries=2)  # the budget is fixed where it is enqueued
     producer.enqueue(Job(id="flaky"))
     assert producer.join(PATIENCE)
     assert producer.status("flaky") is Status.FAILED
@@ -151,10 +131,10 @@ def test_a_failing_job_is_retried_then_dead_lettered_and_replayed_from_another_h
 
 
 def test_an_attempt_past_job_timeout_fails_and_its_late_end_is_ignored(
-    queues: Any, db: Database
+    pg_queues: Any, db: Database
 ) -> None:
     gate = threading.Event()
-    worker = queues(lambda job: gate.wait(PATIENCE), workers=1, job_timeout=0.2, max_retries=0)
+    worker = pg_queues(lambda job: gate.wait(PATIENCE), workers=1, job_timeout=0.2, max_retries=0)
     worker.enqueue(Job(id="slow"))
     wait_for(lambda: worker.status("slow") is Status.FAILED, "the timeout")
     gate.set()
@@ -165,10 +145,10 @@ def test_an_attempt_past_job_timeout_fails_and_its_late_end_is_ignored(
     assert worker.metrics().timed_out == 1
 
 
-def test_join_waits_only_for_the_jobs_this_handle_accepted(queues: Any) -> None:
+def test_join_waits_only_for_the_jobs_this_handle_accepted(pg_queues: Any) -> None:
     recorder = Recorder(hold=lambda job: job.id == "theirs")
-    queues(recorder, workers=2)
-    mine, theirs = queues(workers=0), queues(workers=0)
+    pg_queues(recorder, workers=2)
+    mine, theirs = pg_queues(workers=0), pg_queues(workers=0)
     theirs.enqueue(Job(id="theirs"))
     recorder.wait_started(1)
     mine.enqueue(Job(id="mine"))
@@ -194,15 +174,15 @@ def test_queues_of_one_database_are_apart(db: Database) -> None:
 
 
 def test_a_low_job_is_claimed_within_the_fairness_bound_of_several_processes(
-    queues: Any,
+    pg_queues: Any,
 ) -> None:
     fairness, processes = 2, 2
-    producer = queues(workers=0)
+    producer = pg_queues(workers=0)
     producer.enqueue_many([Job(id=f"high{i}", priority=Priority.HIGH) for i in range(30)])
     producer.enqueue(Job(id="low", priority=Priority.LOW))
     recorder = Recorder()
     for _ in range(processes):
-        queues(recorder, workers=1, fairness=fairness)
+        pg_queues(recorder, workers=1, fairness=fairness)
     assert producer.join(PATIENCE)
     # Each process owes LOW its turn after `fairness` picks of its own from above.
     assert recorder.order.index("low") <= processes * fairness + 1
@@ -212,10 +192,10 @@ def test_a_low_job_is_claimed_within_the_fairness_bound_of_several_processes(
 
 
 def test_close_gives_back_claimed_jobs_it_did_not_start_without_an_attempt(
-    queues: Any, db: Database
+    pg_queues: Any, db: Database
 ) -> None:
     recorder = Recorder(hold=lambda job: True)
-    q = queues(recorder, workers=1)
+    q = pg_queues(recorder, workers=1)
     q.enqueue(Job(id="running"))
     recorder.wait_started(1)
     q.enqueue(Job(id="claimed"))
@@ -235,9 +215,9 @@ def test_close_gives_back_claimed_jobs_it_did_not_start_without_an_attempt(
     assert row(db, "running") is not None and row(db, "running").status == "completed"  # type: ignore[union-attr]
 
 
-def test_a_process_that_lost_its_claim_cannot_settle_the_job(queues: Any, db: Database) -> None:
+def test_a_process_that_lost_its_claim_cannot_settle_the_job(pg_queues: Any, db: Database) -> None:
     recorder = Recorder(hold=lambda job: job.id == "held")
-    q = queues(recorder, workers=1)
+    q = pg_queues(recorder, workers=1)
     q.enqueue(Job(id="held"))
     recorder.wait_started(1)
     with db.connect(autocommit=False) as conn:
@@ -260,7 +240,7 @@ def test_a_process_that_lost_its_claim_cannot_settle_the_job(queues: Any, db: Da
         assert pg_engine.complete(conn, "default", [("held", claim.token)]) == {"held"}
 
 
-def test_rate_limit_bounds_starts_across_handles(queues: Any) -> None:
+def test_rate_limit_bounds_starts_across_handles(pg_queues: Any) -> None:
     starts: list[float] = []
     lock = threading.Lock()
 
@@ -269,9 +249,9 @@ def test_rate_limit_bounds_starts_across_handles(queues: Any) -> None:
             starts.append(time.monotonic())
 
     rate = 10.0
-    producer = queues(workers=0)
+    producer = pg_queues(workers=0)
     for _ in range(2):
-        queues(handler, workers=2, rate_limit=rate)
+        pg_queues(handler, workers=2, rate_limit=rate)
     producer.enqueue_many([Job(id=f"r{i}") for i in range(25)])
     assert producer.join(PATIENCE)
     starts.sort()
@@ -282,26 +262,26 @@ def test_rate_limit_bounds_starts_across_handles(queues: Any) -> None:
 
 
 def test_a_job_that_kills_its_process_is_rescued_with_the_attempt_counted(
-    queues: Any, db: Database
+    pg_queues: Any, db: Database
 ) -> None:
-    producer = queues(workers=0)
+    producer = pg_queues(workers=0)
     producer.enqueue(Job(id="orphan"))
     with db.connect() as conn:  # a process that claims the job and dies at once
         dead = pg_engine.register(conn, "default", 0.1)
         pg_engine.claim(conn, "default", dead, 1)
     recorder = Recorder()
-    queues(recorder, workers=1, lease=0.3)
+    pg_queues(recorder, workers=1, lease=0.3)
     assert producer.join(PATIENCE)
     info = producer.info("orphan")
     assert info is not None and info.status is Status.COMPLETED and info.attempts == 2
 
 
 def test_a_server_that_drops_every_connection_loses_nothing_acknowledged(
-    queues: Any, db: Database
+    pg_queues: Any, db: Database
 ) -> None:
     recorder = Recorder()
-    producer = queues(workers=0)
-    queues(recorder, workers=2)
+    producer = pg_queues(workers=0)
+    pg_queues(recorder, workers=2)
     producer.enqueue_many([Job(id=f"before{i}") for i in range(20)])
     with db.connect() as conn:  # what a restart of the server does to the queue's sessions
         conn.execute(
@@ -350,8 +330,8 @@ def test_a_server_that_does_not_answer_is_a_store_error() -> None:
         JobQueue(lambda job: None, dsn="postgresql://postgres@127.0.0.1:1/test", workers=0)
 
 
-def test_tables_of_version_1_are_upgraded_in_place(queues: Any, db: Database) -> None:
-    queues(workers=0)
+def test_tables_of_version_1_are_upgraded_in_place(pg_queues: Any, db: Database) -> None:
+    pg_queues(workers=0)
     with db.connect() as conn:  # version 1's tables: version 2's, less run_at
         conn.execute("ALTER TABLE jobq_jobs DROP COLUMN run_at")
         conn.execute("UPDATE jobq_version SET version = 1")
@@ -361,7 +341,7 @@ def test_tables_of_version_1_are_upgraded_in_place(queues: Any, db: Database) ->
             " ('default', 'due', '', 1, 0, 'queued', now())"
         )
     recorder = Recorder()
-    q = queues(recorder, workers=1)
+    q = pg_queues(recorder, workers=1)
     recorder.wait_until(lambda r: "due" in r.attempts, "the job of version 1 to run")
     old = q.info("old")
     assert old is not None and old.status is Status.SCHEDULED and old.run_at is not None
@@ -372,19 +352,21 @@ def test_tables_of_version_1_are_upgraded_in_place(queues: Any, db: Database) ->
         assert conn.execute("SELECT version FROM jobq_version").fetchall() == [(2,)]
 
 
-def test_tables_of_another_version_are_refused_with_what_to_do(queues: Any, db: Database) -> None:
-    queues(workers=0)
+def test_tables_of_another_version_are_refused_with_what_to_do(
+    pg_queues: Any, db: Database
+) -> None:
+    pg_queues(workers=0)
     with db.connect() as conn:
         conn.execute("UPDATE jobq_version SET version = 99")
     with pytest.raises(SchemaMismatch, match="99"):
         JobQueue(lambda job: None, dsn=db.queue_dsn, workers=0)
 
 
-def test_a_failed_handler_names_its_error_in_the_row(queues: Any, db: Database) -> None:
+def test_a_failed_handler_names_its_error_in_the_row(pg_queues: Any, db: Database) -> None:
     def handler(job: Job) -> None:
         raise Boom("no luck")
 
-    q = queues(handler, workers=1, max_retries=0)
+    q = pg_queues(handler, workers=1, max_retries=0)
     q.enqueue(Job(id="x"))
     assert q.join(PATIENCE)
     stored = row(db, "x")
@@ -408,9 +390,9 @@ def start_worker(dsn: str, *options: str) -> subprocess.Popen[str]:
 
 
 def test_a_worker_process_runs_the_jobs_and_stops_on_sigterm_after_its_attempts(
-    queues: Any, tmp_path: Any, db: Database
+    pg_queues: Any, tmp_path: Any, db: Database
 ) -> None:
-    producer = queues(workers=0)
+    producer = pg_queues(workers=0)
     handler = "tests.http_handlers:handle"
     worker = start_worker(db.queue_dsn, "--handler", handler, "--workers", "2")
     try:
@@ -441,14 +423,14 @@ def test_a_worker_without_a_dsn_is_refused(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_inspect_reads_a_queue_in_postgresql(
-    queues: Any, db: Database, capsys: pytest.CaptureFixture[str]
+    pg_queues: Any, db: Database, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from final.__main__ import main
 
     def handler(job: Job) -> None:
         raise Boom("broken")
 
-    q = queues(handler, workers=1, max_retries=0)
+    q = pg_queues(handler, workers=1, max_retries=0)
     q.enqueue_many([Job(id="dead"), Job(id="waiting", priority=Priority.LOW)])
     wait_for(lambda: q.status("dead") is Status.FAILED, "the dead letter")
     assert main(["inspect", "--dsn", db.queue_dsn]) == 0
@@ -457,13 +439,13 @@ def test_inspect_reads_a_queue_in_postgresql(
 
 
 def test_completed_jobs_are_pruned_after_retention_and_dead_letters_stay(
-    queues: Any, db: Database
+    pg_queues: Any, db: Database
 ) -> None:
     def handler(job: Job) -> None:
         if job.payload == b"fail":
             raise Boom("for good")
 
-    q = queues(handler, workers=2, max_retries=0, retention=0.05, lease=0.3)
+    q = pg_queues(handler, workers=2, max_retries=0, retention=0.05, lease=0.3)
     q.enqueue_many([Job(id=f"done-{n}") for n in range(20)] + [Job(id="dead", payload=b"fail")])
     assert q.join(timeout=PATIENCE)
     # The upkeep prunes at each rescue round (every lease / 2): the rows go, the dead stays.
@@ -478,11 +460,11 @@ def test_a_bad_retention_is_refused_naming_it(db: Database) -> None:
         JobQueue(lambda job: None, dsn=db.queue_dsn, workers=0, retention=-1.0)
 
 
-def test_with_autovacuum_off_the_queue_vacuums_its_own_table(queues: Any, db: Database) -> None:
+def test_with_autovacuum_off_the_queue_vacuums_its_own_table(pg_queues: Any, db: Database) -> None:
     # This test's own table is opted out of autovacuum (the server's setting stays as
     # it is): the dead rows of 3,000 jobs pass the table's trigger, and the upkeep of
     # the queue's process vacuums it.
-    q = queues(workers=2, lease=0.6)
+    q = pg_queues(workers=2, lease=0.6)
     with db.connect() as conn:
         conn.execute("ALTER TABLE jobq_jobs SET (autovacuum_enabled = off)")
         assert pg_engine.vacuum_due(conn) is False

@@ -28,20 +28,6 @@ pytestmark = pytest.mark.tiers("final-pg")
 
 
 @pytest.fixture
-def queues(db: Database) -> Iterator[Callable[..., JobQueue]]:
-    made: list[JobQueue] = []
-
-    def make(handler: Callable[[Job], object] = lambda job: None, **options: Any) -> JobQueue:
-        q = JobQueue(handler, dsn=options.pop("dsn", db.queue_dsn), **options)
-        made.append(q)
-        return q
-
-    yield make
-    for q in made:
-        q.close(timeout=PATIENCE)
-
-
-@pytest.fixture
 def app(db: Database) -> Iterator[psycopg.Connection[Any]]:
     """The application's connection, with an effects table of its own."""
     with db.connect() as setup:
@@ -59,11 +45,11 @@ def effects(db: Database) -> list[tuple[str, int]]:
 
 
 def test_a_job_enqueued_in_a_transaction_is_never_claimed_before_the_commit(
-    queues: Any, app: psycopg.Connection[Any]
+    pg_queues: Any, app: psycopg.Connection[Any]
 ) -> None:
     recorder = Recorder()
-    producer = queues(workers=0)
-    queues(recorder, workers=4)
+    producer = pg_queues(workers=0)
+    pg_queues(recorder, workers=4)
     app.execute("INSERT INTO effects VALUES ('order', 0)")  # the order that causes the job
     producer.enqueue(Job(id="mine"), connection=app)
     # Load: 200 other jobs claimed and run while the transaction stays open.
@@ -77,10 +63,10 @@ def test_a_job_enqueued_in_a_transaction_is_never_claimed_before_the_commit(
 
 
 def test_a_rollback_leaves_no_job_and_join_does_not_wait_for_it(
-    queues: Any, app: psycopg.Connection[Any]
+    pg_queues: Any, app: psycopg.Connection[Any]
 ) -> None:
     recorder = Recorder()
-    q = queues(recorder, workers=2)
+    q = pg_queues(recorder, workers=2)
     q.enqueue_many([Job(id="a"), Job(id="b")], connection=app)  # the transaction opens here
     app.rollback()
     assert q.join(timeout=PATIENCE)  # a job that will never exist is not waited for
@@ -93,9 +79,9 @@ def test_a_rollback_leaves_no_job_and_join_does_not_wait_for_it(
 
 
 def test_a_duplicate_in_the_transaction_leaves_it_usable(
-    queues: Any, app: psycopg.Connection[Any], db: Database
+    pg_queues: Any, app: psycopg.Connection[Any], db: Database
 ) -> None:
-    q = queues(workers=0)
+    q = pg_queues(workers=0)
     q.enqueue(Job(id="taken", idempotency_key="paid"))
     with app.transaction():
         app.execute("INSERT INTO effects VALUES ('order', 1)")
@@ -113,9 +99,9 @@ def test_a_duplicate_in_the_transaction_leaves_it_usable(
 
 
 def test_a_connection_that_cannot_share_its_transaction_is_refused(
-    queues: Any, db: Database, server: str
+    pg_queues: Any, db: Database, server: str
 ) -> None:
-    q = queues(workers=0)
+    q = pg_queues(workers=0)
     with db.connect() as autocommit, pytest.raises(ValueError, match="autocommit"):
         q.enqueue(Job(id="a"), connection=autocommit)
     # A connection on the same server whose search_path holds no queue tables.
@@ -129,9 +115,9 @@ def test_a_connection_that_cannot_share_its_transaction_is_refused(
 
 
 def test_an_autocommit_connection_inside_a_transaction_block_shares_it(
-    queues: Any, db: Database
+    pg_queues: Any, db: Database
 ) -> None:
-    q = queues(workers=0)
+    q = pg_queues(workers=0)
     with db.connect() as conn:  # autocommit, as many applications keep theirs
         with conn.transaction():
             q.enqueue(Job(id="kept"), connection=conn)
@@ -195,9 +181,9 @@ def effect_handler(
 
 
 def test_a_completion_commits_with_the_effect_and_a_later_exception_changes_nothing(
-    queues: Any, app: psycopg.Connection[Any], db: Database
+    pg_queues: Any, app: psycopg.Connection[Any], db: Database
 ) -> None:
-    q = queues(effect_handler(db, raise_after=True), workers=2, max_retries=3)
+    q = pg_queues(effect_handler(db, raise_after=True), workers=2, max_retries=3)
     q.enqueue(Job(id="a"))
     assert q.join(timeout=PATIENCE)
     info = q.info("a")
@@ -207,9 +193,9 @@ def test_a_completion_commits_with_the_effect_and_a_later_exception_changes_noth
 
 
 def test_a_rolled_back_completion_is_a_failed_attempt_and_the_job_is_retried(
-    queues: Any, app: psycopg.Connection[Any], db: Database
+    pg_queues: Any, app: psycopg.Connection[Any], db: Database
 ) -> None:
-    q = queues(effect_handler(db, roll_back_first=True), workers=2, backoff=0.01)
+    q = pg_queues(effect_handler(db, roll_back_first=True), workers=2, backoff=0.01)
     q.enqueue(Job(id="a"))
     assert q.join(timeout=PATIENCE)
     info = q.info("a")
@@ -220,7 +206,7 @@ def test_a_rolled_back_completion_is_a_failed_attempt_and_the_job_is_retried(
 
 
 def test_a_completion_left_open_holds_up_neither_cancel_nor_lookups(
-    queues: Any, app: psycopg.Connection[Any], db: Database
+    pg_queues: Any, app: psycopg.Connection[Any], db: Database
 ) -> None:
     completed, commit = threading.Event(), threading.Event()
 
@@ -232,7 +218,7 @@ def test_a_completion_left_open_holds_up_neither_cancel_nor_lookups(
             assert commit.wait(PATIENCE)
             conn.commit()
 
-    q = queues(handler, workers=1)
+    q = pg_queues(handler, workers=1)
     q.enqueue(Job(id="a"))
     assert completed.wait(PATIENCE)
     answers: list[object] = []
@@ -250,7 +236,7 @@ def test_a_completion_left_open_holds_up_neither_cancel_nor_lookups(
 
 
 def test_an_attempt_cut_off_past_its_lease_cannot_commit_its_effect(
-    queues: Any, app: psycopg.Connection[Any], db: Database
+    pg_queues: Any, app: psycopg.Connection[Any], db: Database
 ) -> None:
     """The queue's own connections go through a proxy that is cut; the handler's do
     not, so that nothing but the claim's fence stands between its effect and a commit."""
@@ -276,12 +262,12 @@ def test_an_attempt_cut_off_past_its_lease_cannot_commit_its_effect(
             conn.commit()
 
     try:
-        first = queues(slow, dsn=through_proxy, workers=1, lease=1.0)
-        queues(workers=0).enqueue(Job(id="a"))
+        first = pg_queues(slow, dsn=through_proxy, workers=1, lease=1.0)
+        pg_queues(workers=0).enqueue(Job(id="a"))
         assert started.wait(PATIENCE)
         proxy.cut()  # its heartbeats stop: after the lease, the job is anyone's
         committed = threading.Event()
-        queues(effect_handler(db, then=committed.set), workers=1, lease=1.0)
+        pg_queues(effect_handler(db, then=committed.set), workers=1, lease=1.0)
         assert committed.wait(PATIENCE)  # the second attempt, after the rescue
         rescued.set()  # now the first attempt tries to commit its effect
         proxy.resume()
@@ -293,7 +279,7 @@ def test_an_attempt_cut_off_past_its_lease_cannot_commit_its_effect(
 
 
 def test_complete_on_a_connection_that_cannot_hold_the_effect_is_refused(
-    queues: Any, app: psycopg.Connection[Any], db: Database
+    pg_queues: Any, app: psycopg.Connection[Any], db: Database
 ) -> None:
     refusals: list[str] = []
 
@@ -307,7 +293,7 @@ def test_complete_on_a_connection_that_cannot_hold_the_effect_is_refused(
             conn.execute("INSERT INTO effects VALUES (%s, %s)", (job.id, 1))
             current_attempt().complete(conn)
 
-    q = queues(handler, workers=1)
+    q = pg_queues(handler, workers=1)
     q.enqueue(Job(id="a"))
     assert q.join(timeout=PATIENCE)
     assert len(refusals) == 1 and "autocommit" in refusals[0]
@@ -315,7 +301,7 @@ def test_complete_on_a_connection_that_cannot_hold_the_effect_is_refused(
 
 
 def test_complete_twice_in_one_transaction_completes_once(
-    queues: Any, app: psycopg.Connection[Any], db: Database
+    pg_queues: Any, app: psycopg.Connection[Any], db: Database
 ) -> None:
     def handler(job: Job) -> None:
         with db.connect(autocommit=False) as conn:
@@ -323,14 +309,14 @@ def test_complete_twice_in_one_transaction_completes_once(
             current_attempt().complete(conn)
             current_attempt().complete(conn)  # a helper that completes too: no harm
 
-    q = queues(handler, workers=1, max_retries=0)
+    q = pg_queues(handler, workers=1, max_retries=0)
     q.enqueue(Job(id="a"))
     assert q.join(timeout=PATIENCE)
     assert q.status("a") is Status.COMPLETED and effects(db) == [("a", 1)]
 
 
 def test_complete_on_a_second_connection_while_the_first_is_open_is_refused_not_hung(
-    queues: Any, app: psycopg.Connection[Any], db: Database
+    pg_queues: Any, app: psycopg.Connection[Any], db: Database
 ) -> None:
     refusals: list[str] = []
 
@@ -345,7 +331,7 @@ def test_complete_on_a_second_connection_while_the_first_is_open_is_refused_not_
                 refusals.append(str(error))
             first.execute("INSERT INTO effects VALUES (%s, %s)", (job.id, 1))
 
-    q = queues(handler, workers=1, max_retries=0)
+    q = pg_queues(handler, workers=1, max_retries=0)
     q.enqueue(Job(id="a"))
     assert q.join(timeout=PATIENCE)
     assert len(refusals) == 1 and "another connection" in refusals[0]

@@ -15,7 +15,6 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,26 +34,6 @@ UTC = datetime.UTC
 
 def later(seconds: float) -> datetime.datetime:
     return datetime.datetime.now(UTC) + datetime.timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def queues(db: Database) -> Iterator[Callable[..., JobQueue]]:
-    """Build handles on the test's schema; each is closed after the test."""
-    made: list[JobQueue] = []
-    recorders: list[Recorder] = []
-
-    def make(handler: Callable[[Job], object] = lambda job: None, **options: Any) -> JobQueue:
-        if isinstance(handler, Recorder):
-            recorders.append(handler)
-        q = JobQueue(handler, dsn=db.queue_dsn, **options)
-        made.append(q)
-        return q
-
-    yield make
-    for recorder in recorders:
-        recorder.release()
-    for q in made:
-        q.close(timeout=PATIENCE)
 
 
 class Starts:
@@ -77,10 +56,10 @@ class Starts:
 # --- run_at ---------------------------------------------------------------------------
 
 
-def test_a_scheduled_job_waits_for_its_time_then_runs_never_before(queues: Any) -> None:
+def test_a_scheduled_job_waits_for_its_time_then_runs_never_before(pg_queues: Any) -> None:
     starts = Starts()
-    queues(starts, workers=2)
-    producer = queues(workers=0)
+    pg_queues(starts, workers=2)
+    producer = pg_queues(workers=0)
     time.sleep(0.1)  # let the worker handle reach its first wait: the NOTIFY must wake it
     at = later(0.3)
     producer.enqueue(Job(id="soon", run_at=at))
@@ -96,29 +75,31 @@ def test_a_scheduled_job_waits_for_its_time_then_runs_never_before(queues: Any) 
     assert done.run_at == pytest.approx(at.timestamp(), abs=1e-5)
 
 
-def test_a_job_due_with_no_enqueue_to_wake_anyone_starts_on_time(queues: Any, db: Database) -> None:
+def test_a_job_due_with_no_enqueue_to_wake_anyone_starts_on_time(
+    pg_queues: Any, db: Database
+) -> None:
     # Enqueued before any worker listened: only the worker's own look into the
     # database, at start and after each wait, knows when it is due.
-    producer = queues(workers=0)
+    producer = pg_queues(workers=0)
     at = later(1.5)
     producer.enqueue_many([Job(id=f"j{i}", run_at=at) for i in range(20)])
     starts = Starts()
-    queues(starts, workers=4)
+    pg_queues(starts, workers=4)
     starts.wait(20)
     assert min(starts.at.values()) >= at.timestamp()
 
 
-def test_a_run_at_in_the_past_is_queued_at_once(queues: Any) -> None:
+def test_a_run_at_in_the_past_is_queued_at_once(pg_queues: Any) -> None:
     starts = Starts()
-    producer = queues(workers=0)
+    producer = pg_queues(workers=0)
     producer.enqueue(Job(id="late", run_at=later(-60)))
     assert producer.status("late") is Status.QUEUED
-    queues(starts, workers=1)
+    pg_queues(starts, workers=1)
     starts.wait(1)
 
 
-def test_scheduled_jobs_hold_no_lane_room(queues: Any) -> None:
-    producer = queues(workers=0, queue_size=2)
+def test_scheduled_jobs_hold_no_lane_room(pg_queues: Any) -> None:
+    producer = pg_queues(workers=0, queue_size=2)
     producer.enqueue_many(
         [Job(id=f"later{i}", priority=Priority.HIGH, run_at=later(3600)) for i in range(5)],
         timeout=0,
@@ -131,9 +112,9 @@ def test_scheduled_jobs_hold_no_lane_room(queues: Any) -> None:
     assert metrics.queued == 2
 
 
-def test_scheduled_jobs_hold_no_worker(queues: Any) -> None:
+def test_scheduled_jobs_hold_no_worker(pg_queues: Any) -> None:
     recorder = Recorder()
-    worker = queues(recorder, workers=1)
+    worker = pg_queues(recorder, workers=1)
     worker.enqueue_many(
         [Job(id=f"later{i}", priority=Priority.HIGH, run_at=later(3600)) for i in range(5)]
     )
@@ -144,14 +125,14 @@ def test_scheduled_jobs_hold_no_worker(queues: Any) -> None:
     assert metrics.scheduled == 5 and metrics.queued == 0 and metrics.in_flight == 0
 
 
-def test_a_scheduled_job_keeps_its_time_across_a_restart(queues: Any, db: Database) -> None:
-    first = queues(Recorder(), workers=2)
+def test_a_scheduled_job_keeps_its_time_across_a_restart(pg_queues: Any, db: Database) -> None:
+    first = pg_queues(Recorder(), workers=2)
     at = later(2.0)  # still ahead when the second handle first looks, on a loaded machine
     first.enqueue(Job(id="kept", run_at=at))
     first.enqueue(Job(id="far", run_at=later(3600)))
     first.close()
     starts = Starts()
-    second = queues(starts, workers=2)
+    second = pg_queues(starts, workers=2)
     assert second.status("kept") in (Status.SCHEDULED, Status.QUEUED, Status.PROCESSING)
     starts.wait(1)
     assert starts.at["kept"] >= at.timestamp()
@@ -161,10 +142,10 @@ def test_a_scheduled_job_keeps_its_time_across_a_restart(queues: Any, db: Databa
 # --- cancel ---------------------------------------------------------------------------
 
 
-def test_cancel_calls_off_a_job_that_has_not_started_from_any_handle(queues: Any) -> None:
+def test_cancel_calls_off_a_job_that_has_not_started_from_any_handle(pg_queues: Any) -> None:
     recorder = Recorder(hold=lambda job: job.id == "running")
-    worker = queues(recorder, workers=1, **{"backoff": 5.0, "max_backoff": 5.0})
-    web = queues(workers=0)
+    worker = pg_queues(recorder, workers=1, **{"backoff": 5.0, "max_backoff": 5.0})
+    web = pg_queues(workers=0)
     web.enqueue_many([Job(id="running"), Job(id="queued"), Job(id="later", run_at=later(60))])
     recorder.wait_started(1)
     assert web.cancel("queued") is True
@@ -186,9 +167,9 @@ def test_cancel_calls_off_a_job_that_has_not_started_from_any_handle(queues: Any
     assert recorder.attempts == Counter({"running": 1})
 
 
-def test_a_job_waiting_out_a_backoff_can_be_cancelled(queues: Any) -> None:
+def test_a_job_waiting_out_a_backoff_can_be_cancelled(pg_queues: Any) -> None:
     recorder = Recorder(fail=lambda job, n: True)
-    worker = queues(recorder, workers=1, backoff=30.0, max_backoff=30.0)
+    worker = pg_queues(recorder, workers=1, backoff=30.0, max_backoff=30.0)
     worker.enqueue(Job(id="flaky"))
     recorder.wait_started(1)
     wait_for_status(worker, "flaky", Status.RETRYING)
@@ -204,7 +185,7 @@ def wait_for_status(q: JobQueue, job_id: str, status: Status) -> None:
         time.sleep(0.01)
 
 
-def test_cancel_and_a_claim_racing_for_a_job_exactly_one_wins(queues: Any) -> None:
+def test_cancel_and_a_claim_racing_for_a_job_exactly_one_wins(pg_queues: Any) -> None:
     # Each round, the workers claim a batch from its front while cancel() works
     # from its back: they meet somewhere in the middle, at a different job each
     # round. Every job either ran once or was cancelled, never both, never neither.
@@ -215,8 +196,8 @@ def test_cancel_and_a_claim_racing_for_a_job_exactly_one_wins(queues: Any) -> No
         with lock:
             ran[job.id] += 1
 
-    queues(handler, workers=4)
-    web = queues(workers=0)
+    pg_queues(handler, workers=4)
+    web = pg_queues(workers=0)
     cancelled: set[str] = set()
     for round_ in range(30):
         ids = [f"r{round_}-{i}" for i in range(16)]
@@ -235,10 +216,10 @@ def test_cancel_and_a_claim_racing_for_a_job_exactly_one_wins(queues: Any) -> No
 # --- periodic across processes ----------------------------------------------------------
 
 
-def test_a_handle_without_workers_may_declare_a_schedule(queues: Any) -> None:
+def test_a_handle_without_workers_may_declare_a_schedule(pg_queues: Any) -> None:
     recorder = Recorder()
-    queues(recorder, workers=1)
-    web = queues(workers=0)
+    pg_queues(recorder, workers=1)
+    web = pg_queues(workers=0)
     web.periodic("tick", 0.5, lambda: Job(payload=b"tick"))
     recorder.wait_until(lambda r: len(r.succeeded) >= 2, "two periods' jobs")
     first = recorder.succeeded[0]
