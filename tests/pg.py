@@ -2,9 +2,8 @@
 
 The server is ``JOBQ_TEST_DSN`` (default ``postgresql://postgres@127.0.0.1:5432/test``);
 when it does not answer, the tests that need it are skipped, except under ``CI``,
-where they fail. A plugin (the root ``conftest.py`` loads it): its fixtures ``server``,
-``db`` and ``pg_queues`` serve every test module, and it imports psycopg only when they
-are used.
+where they fail. A plugin (the root ``conftest.py`` loads it): its fixtures ``server``
+and ``db`` serve every test module, and it imports psycopg only when they are used.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -101,27 +100,3 @@ def db(server: str) -> Iterator[Database]:
         yield database
     finally:
         drop_schema(database)
-
-
-@pytest.fixture
-def pg_queues(db: Database) -> Iterator[Callable[..., Any]]:
-    """Build ``JobQueue`` handles on the test's schema (``dsn=`` may name another);
-    each is closed after the test, its ``Recorder`` handler released first."""
-    from final import JobQueue
-    from tests.support import PATIENCE, Recorder
-
-    made: list[Any] = []
-    recorders: list[Recorder] = []
-
-    def make(handler: Callable[[Any], object] = lambda job: None, **options: Any) -> Any:
-        if isinstance(handler, Recorder):
-            recorders.append(handler)
-        q = JobQueue(handler, dsn=options.pop("dsn", db.queue_dsn), **options)
-        made.append(q)
-        return q
-
-    yield make
-    for recorder in recorders:
-        recorder.release()
-    for q in made:
-        q.close(timeout=PATIENCE)
