@@ -334,7 +334,8 @@ def kill_the_parent_then_rerun(tmp_path: Path, store: dict[str, Any]) -> None:
         script.wait()
     children = [pid for pid, _, _ in notes(note)]
     wait_for(lambda: all(gone(pid) for pid in children), "the orphaned children to end")
-    with JobQueue(handlers.note, workers=2, executor="process", **store, **FAST) as q:
+    options: dict[str, Any] = {**store, **FAST}
+    with JobQueue(handlers.note, workers=2, executor="process", **options) as q:
         ids = [f"j{i}" for i in range(3)]
         # With a dsn, the two that died with the parent are rescued once their lease
         # passes; with a path, at the start. The third had not started and runs once.
