@@ -23,6 +23,7 @@ of its own on ``--dsn``, prints the tally and drops the schema.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -32,6 +33,7 @@ import tempfile
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -233,10 +235,24 @@ def with_schema(dsn: str, schema: str) -> str:
     return f"{dsn}{'&' if '?' in dsn else '?'}options={options}"
 
 
-def main(argv: list[str] | None = None) -> None:
+@contextlib.contextmanager
+def scratch_schema(dsn: str, prefix: str) -> Iterator[str]:
+    """A schema of its own on ``dsn``'s server for one run, dropped when the block ends;
+    yields ``dsn`` with that schema first in its search path."""
     import psycopg
     from psycopg import sql
 
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield with_schema(dsn, schema)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--kills", type=int, default=200)
     parser.add_argument("--seed", type=int, default=20261130)
@@ -247,18 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the tally here")
     args = parser.parse_args(argv)
-    schema = f"jobq_crash_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(args.dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     print(f"final on PostgreSQL, kill -9 of worker processes, {args.kills} times:", flush=True)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            tally = kill_workers_repeatedly(
-                with_schema(args.dsn, schema), Path(tmp), args.kills, args.seed, args.lease, True
-            )
-    finally:
-        with psycopg.connect(args.dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    with scratch_schema(args.dsn, "jobq_crash") as dsn, tempfile.TemporaryDirectory() as tmp:
+        tally = kill_workers_repeatedly(dsn, Path(tmp), args.kills, args.seed, args.lease, True)
     for name, value in asdict(tally).items():
         shown = f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
         shown = str(value) if isinstance(value, bool) else shown

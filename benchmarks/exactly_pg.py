@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import pg_effects
+from benchmarks.crash_pg import scratch_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 PROCESSES = 3  # worker processes killed in turn
@@ -238,16 +239,7 @@ def drain_rate(queue_dsn: str, mode: str, jobs: int) -> float:
         pg_effects.close_connections()
 
 
-def with_schema(dsn: str, schema: str) -> str:
-    """``dsn`` with ``schema`` first in its search path."""
-    options = urllib.parse.quote(f"-csearch_path={schema}")
-    return f"{dsn}{'&' if '?' in dsn else '?'}options={options}"
-
-
 def main(argv: list[str] | None = None) -> None:
-    import psycopg
-    from psycopg import sql
-
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--kills", type=int, default=200, help="per mode")
     parser.add_argument("--seed", type=int, default=20261130)
@@ -258,28 +250,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the tallies here")
     args = parser.parse_args(argv)
-    schema = f"jobq_exactly_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(args.dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     tallies = []
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for mode in MODES:
-                print(f"{mode}: kill -9 of worker processes {args.kills} times", flush=True)
-                tallies.append(
-                    kill_and_count(
-                        with_schema(args.dsn, schema),
-                        mode,
-                        args.kills,
-                        Path(tmp),
-                        seed=args.seed,
-                        lease=args.lease,
-                        progress=True,
-                    )
+    with scratch_schema(args.dsn, "jobq_exactly") as dsn, tempfile.TemporaryDirectory() as tmp:
+        for mode in MODES:
+            print(f"{mode}: kill -9 of worker processes {args.kills} times", flush=True)
+            tallies.append(
+                kill_and_count(
+                    dsn,
+                    mode,
+                    args.kills,
+                    Path(tmp),
+                    seed=args.seed,
+                    lease=args.lease,
+                    progress=True,
                 )
-    finally:
-        with psycopg.connect(args.dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+            )
     print(table(tallies))
     if args.json:
         args.json.write_text(json.dumps([asdict(t) for t in tallies], indent=2) + "\n")

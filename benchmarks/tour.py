@@ -40,7 +40,6 @@ import tempfile
 import threading
 import time
 import tracemalloc
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -534,22 +533,13 @@ def _pg_unavailable() -> str | None:
 
 def _kill_pg_workers(dsn: str, kills: int) -> Any:
     """``crash_pg``'s harness in a schema of its own, dropped afterwards; its tally."""
-    import psycopg
-    from psycopg import sql
-
     from benchmarks import crash_pg
 
-    schema = f"jobq_tour_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    try:
-        with tempfile.TemporaryDirectory(prefix="tour-pg-") as workdir:
-            return crash_pg.kill_workers_repeatedly(
-                crash_pg.with_schema(dsn, schema), Path(workdir), kills, seed=7
-            )
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    with (
+        crash_pg.scratch_schema(dsn, "jobq_tour") as where,
+        tempfile.TemporaryDirectory(prefix="tour-pg-") as workdir,
+    ):
+        return crash_pg.kill_workers_repeatedly(where, Path(workdir), kills, seed=7)
 
 
 # -- on PostgreSQL: exactly-once effects ----------------------------------------------
@@ -567,30 +557,20 @@ def exactly_once_on_postgresql(kills: int = EXACTLY_KILLS) -> str:
     print: each job's rows counted, side by side; or one line saying why it did not
     run when no PostgreSQL server answers at ``$JOBQ_TEST_DSN``.
     """
-    dsn = os.environ.get("JOBQ_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-    try:
-        import psycopg
-        from psycopg import sql
-    except ImportError:
-        return "(exactly-once on PostgreSQL: skipped, psycopg is not installed)"
-    try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as admin:
-            schema = f"jobq_tour_{uuid.uuid4().hex[:12]}"
-            admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    except psycopg.OperationalError:
-        return f"(exactly-once on PostgreSQL: skipped, no server answers at {dsn})"
-    from benchmarks import exactly_pg
+    why = _pg_unavailable()
+    if why is not None:
+        return f"(exactly-once on PostgreSQL: skipped, {why})"
+    from benchmarks import crash_pg, exactly_pg
 
+    dsn = os.environ.get(PG_DSN_ENV, PG_DEFAULT)
     tallies = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="tour-exactly-") as workdir:
-            for mode in exactly_pg.MODES:
-                print(f"exactly-once on PostgreSQL: {mode}, {kills} kills", file=sys.stderr)
-                where = exactly_pg.with_schema(dsn, schema)
-                tallies.append(exactly_pg.kill_and_count(where, mode, kills, Path(workdir)))
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    with (
+        crash_pg.scratch_schema(dsn, "jobq_tour") as where,
+        tempfile.TemporaryDirectory(prefix="tour-exactly-") as workdir,
+    ):
+        for mode in exactly_pg.MODES:
+            print(f"exactly-once on PostgreSQL: {mode}, {kills} kills", file=sys.stderr)
+            tallies.append(exactly_pg.kill_and_count(where, mode, kills, Path(workdir)))
     title = (
         f"9. final on PostgreSQL: {kills} kills and a lost lease, one effect row per job wanted"
         "\n   (exactly: the row commits with complete(conn); plain: the row commits, then"
