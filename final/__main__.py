@@ -59,6 +59,11 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--grace", type=seconds("grace"), default=10.0, help="seconds running jobs get at shutdown"
     )
     parser.add_argument("--access-log", action="store_true", help="log every request")
+    _logging_and_queue_options(parser)
+
+
+def _logging_and_queue_options(parser: argparse.ArgumentParser) -> None:
+    """What ``serve`` and ``worker`` both take: ``--log-level`` and the queue's options."""
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning"], help="what to log"
     )
@@ -67,10 +72,14 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _start_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _start_logging(args)
     try:
         from final.serve import load_handler, serve
     except ImportError as exc:
@@ -105,21 +114,14 @@ def _worker_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MODULE:FUNCTION",
         help="the handler, as an import path (required)",
     )
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning"], help="what to log"
-    )
-    add_queue_options(
-        parser.add_argument_group("queue options (see the JobQueue table in the README)")
-    )
+    _logging_and_queue_options(parser)
 
 
 def _worker(args: argparse.Namespace) -> int:
     from final.arguments import load_handler
     from final.worker import run
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _start_logging(args)
     try:
         run(load_handler(args.handler), **queue_options(args))
     except (ValueError, TypeError, StoreError) as exc:
