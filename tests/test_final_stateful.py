@@ -281,9 +281,8 @@ class FinalOnDisk(RuleBasedStateMachine):
         self.reopen()
         self.check_settled(self.queue)  # now from disk: statuses, attempts, dead letters
 
-    @rule(data=st.data())
-    def close_early_and_reopen(self, data: st.DataObject) -> None:
-        # Every worker held in a handler: nothing else runs while the close gives up.
+    def hold_every_worker(self, data: st.DataObject) -> None:
+        """Enqueue one fresh job per worker and hold each in its handler."""
         held = []
         for _ in range(WORKERS):
             job, fails = self.make_job(data, self.fresh_id(), keyed=False)
@@ -294,6 +293,11 @@ class FinalOnDisk(RuleBasedStateMachine):
             self.queue.enqueue(job)
             self.accepted(job, fails)
         self.handler.wait_held(WORKERS)
+
+    @rule(data=st.data())
+    def close_early_and_reopen(self, data: st.DataObject) -> None:
+        # Every worker held in a handler: nothing else runs while the close gives up.
+        self.hold_every_worker(data)
         self.queue.close(timeout=0)  # leaves the queued and retrying jobs on disk
         self.handler.release()  # the held attempts end after the queue has stopped
         self.queue.close()  # returns once they have, and the store is closed
@@ -315,16 +319,7 @@ class FinalOnDisk(RuleBasedStateMachine):
     def cancel_a_job_waiting_behind_busy_workers(self, data: st.DataObject) -> None:
         # Every worker held in a handler, as for an early close: the job waits in its
         # lane, so the cancel wins, whatever the timing (the model stays deterministic).
-        held = []
-        for _ in range(WORKERS):
-            job, fails = self.make_job(data, self.fresh_id(), keyed=False)
-            self.plan(job, fails)
-            held.append((job, fails))
-        self.handler.hold([job.id for job, _ in held])
-        for job, fails in held:
-            self.queue.enqueue(job)
-            self.accepted(job, fails)
-        self.handler.wait_held(WORKERS)
+        self.hold_every_worker(data)
         job, fails = self.make_job(data, self.fresh_id(), keyed=False)
         self.plan(job, fails)
         self.queue.enqueue(job)
