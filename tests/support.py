@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from types import ModuleType
@@ -56,6 +57,44 @@ PATIENCE = 10.0
 
 class Boom(Exception):
     """What a test handler raises to fail an attempt."""
+
+
+def wait_for(predicate: Callable[[], bool], what: str) -> None:
+    """Poll ``predicate`` until it holds, for at most ``PATIENCE`` seconds.
+
+    A poll, not an event: for what only shows from outside (another process's work,
+    a row in the database, a store's background thread), which nothing signals.
+    """
+    deadline = time.monotonic() + PATIENCE
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {PATIENCE}s waiting for {what}")
+        time.sleep(0.01)
+
+
+class Starts:
+    """A handler noting when (``time.time()``, the clock of the moment) each job first
+    started, and waking whoever waits for it."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+        self._cond = threading.Condition()
+
+    def __call__(self, job: Any) -> None:
+        with self._cond:
+            self.at.setdefault(job.id, time.time())
+            self._cond.notify_all()
+
+    def of(self, job_id: str) -> float:
+        """When ``job_id`` first started; waits for it."""
+        with self._cond:
+            assert self._cond.wait_for(lambda: job_id in self.at, PATIENCE), job_id
+            return self.at[job_id]
+
+    def wait(self, n: int) -> None:
+        """Wait until ``n`` jobs have started."""
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.at) >= n, PATIENCE), self.at
 
 
 class Recorder:

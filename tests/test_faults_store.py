@@ -12,13 +12,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from final import Job, JobQueue, Status
-from tests.support import PATIENCE
+from tests.support import PATIENCE, wait_for
 
 pytestmark = pytest.mark.tiers("final")
 
@@ -340,18 +339,6 @@ def test_a_file_of_schema_version_1_is_upgraded_in_place_and_keeps_its_jobs(
 
 
 # -- the file does not grow for ever: completed jobs are deleted after `retention` ---------
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` until it holds, for at most PATIENCE seconds.
-
-    A poll, not an event: what it waits for is the store's background thread
-    deleting rows, which nothing in the public API signals.
-    """
-    deadline = time.monotonic() + PATIENCE
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up after {PATIENCE}s waiting for {what}"
-        time.sleep(0.01)
 
 
 def test_completed_jobs_are_deleted_after_retention_and_dead_letters_stay(

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ import pytest
 from final import DuplicateJob, Job, JobQueue, Priority, Status, StoreError
 from final.pg_schema import SchemaMismatch
 from tests.pg import Database
-from tests.support import PATIENCE, Boom, Recorder
+from tests.support import PATIENCE, Boom, Recorder, wait_for
 
 pytest.importorskip("psycopg")
 
@@ -34,15 +33,6 @@ FAST = {"backoff": 0.01, "max_backoff": 0.02}
 def row(db: Database, job_id: str) -> pg_engine.StoredJob | None:
     with db.connect() as conn:
         return pg_engine.find(conn, "default", job_id)
-
-
-def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    """Poll the database (another process's work is only seen there) until it holds."""
-    deadline = time.monotonic() + PATIENCE
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {PATIENCE}s waiting for {what}")
-        time.sleep(0.01)
 
 
 # --- one queue, many handles ---------------------------------------------------------

@@ -23,7 +23,7 @@ import pytest
 from final import Job, JobQueue, Priority, QueueFull, Status
 from final.periodic import period_key, period_of
 from tests.pg import Database
-from tests.support import PATIENCE, Recorder
+from tests.support import PATIENCE, Recorder, Starts
 
 pytest.importorskip("psycopg")
 
@@ -34,23 +34,6 @@ UTC = datetime.UTC
 
 def later(seconds: float) -> datetime.datetime:
     return datetime.datetime.now(UTC) + datetime.timedelta(seconds=seconds)
-
-
-class Starts:
-    """A handler that notes when each job started (time.time()) and wakes a waiter."""
-
-    def __init__(self) -> None:
-        self.at: dict[str, float] = {}
-        self._cond = threading.Condition()
-
-    def __call__(self, job: Job) -> None:
-        with self._cond:
-            self.at[job.id] = time.time()
-            self._cond.notify_all()
-
-    def wait(self, n: int) -> None:
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self.at) >= n, PATIENCE), self.at
 
 
 # --- run_at ---------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import pytest
 from final import Job, JobInfo, JobQueue, Status
 from final.arguments import QUEUE_OPTIONS
 from tests import process_handlers as handlers
-from tests.support import PATIENCE
+from tests.support import PATIENCE, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {"backoff": 0.01, "max_backoff": 0.02}
@@ -51,15 +50,6 @@ def notes(path: Path) -> list[tuple[int, int, str]]:
         return []
     rows = [line.split() for line in path.read_text().splitlines()]
     return [(int(pid), int(number), left) for pid, number, left in rows]
-
-
-def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    """Poll: another process's doings are seen only from outside."""
-    deadline = time.monotonic() + PATIENCE
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {PATIENCE}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def gone(pid: int) -> bool:

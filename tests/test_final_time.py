@@ -20,7 +20,7 @@ from final.inspection import read as read_snapshot
 from final.jobs import Record
 from final.sqlite_store import SCHEMA_VERSION, SQLiteStore
 from tests.contract.test_time import race_cancel_against_a_worker
-from tests.support import PATIENCE, Recorder, Tier
+from tests.support import PATIENCE, Recorder, Starts, Tier
 
 pytestmark = pytest.mark.tiers("final")
 
@@ -30,24 +30,6 @@ LATER = timedelta(hours=1)
 
 def in_(delta: timedelta, now: float | None = None) -> datetime:
     return datetime.fromtimestamp(time.time() if now is None else now, UTC) + delta
-
-
-class Starts:
-    """A handler noting when (``time.time()``, the clock of the moment) each job started."""
-
-    def __init__(self) -> None:
-        self.at: dict[str, float] = {}
-        self._cond = threading.Condition()
-
-    def __call__(self, job: Job) -> None:
-        with self._cond:
-            self.at.setdefault(job.id, time.time())
-            self._cond.notify_all()
-
-    def of(self, job_id: str) -> float:
-        with self._cond:
-            assert self._cond.wait_for(lambda: job_id in self.at, PATIENCE), job_id
-            return self.at[job_id]
 
 
 # -- restarts ----------------------------------------------------------------------------------
